@@ -1,0 +1,268 @@
+"""Experiment configs: Python files with `get_config(arg)`, locked, overridable from the command line.
+
+An experiment file (`experiments/NAME.py`) starts from `base_config()` — the schema of every key a run can
+set — changes what it needs and returns it. `load_config("experiments/NAME.py:smoke")` imports the file,
+calls `get_config("smoke")`, locks the result and returns it; `apply_overrides` applies `a.b=value`
+strings from `--config.a.b=value` flags. Because the config is locked and every key exists in the schema,
+a misspelt key or a value of the wrong type stops the run with one line naming the key (big_vision and
+lm-human-preference-details work the same way).
+
+`finalize(config)` checks cross-key constraints once, before anything is built, so that code further down
+can trust the config instead of sprinkling `config.get(key, default)` checks through the stages.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from rlhf_jax.errors import UserError
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def model_config(family: str = "gpt2", **overrides: Any) -> ConfigDict:
+  """The `model` section for one of the two families; keyword arguments override single keys.
+
+  gpt2: learned positions, LayerNorm, GELU (tanh form), dense MLP, tied embeddings, biases.
+  llama: rotary positions, RMSNorm, SwiGLU, grouped-query attention, untied output, no biases.
+  """
+  common = dict(
+      vocab_size=256,
+      d_model=128,
+      n_layers=4,
+      n_heads=4,
+      n_kv_heads=4,
+      head_dim=0,  # 0: d_model // n_heads.
+      d_ff=512,
+      max_len=256,
+      rope_theta=10000.0,
+      norm_eps=1e-5,
+      dropout=0.0,
+      init_std=0.02,
+      dtype="float32",
+      remat="none",
+      scan_layers=False,
+      attention_impl="xla",
+  )
+  families = {
+      "gpt2": dict(position="learned", norm="layernorm", mlp="dense", activation="gelu_tanh",
+                   use_bias=True, tie_embeddings=True),
+      "llama": dict(position="rope", norm="rmsnorm", mlp="gated", activation="silu",
+                    use_bias=False, tie_embeddings=False, norm_eps=1e-6),
+  }
+  if family not in families:
+    raise UserError(f"unknown model family {family!r}; expected one of {sorted(families)}")
+  values = {**common, **families[family]}
+  for key in overrides:
+    if key not in values:
+      raise UserError(f"unknown model key {key!r} in model_config(); known keys: {sorted(values)}")
+  values.update(overrides)
+  return ConfigDict(values)
+
+
+def mesh_config() -> ConfigDict:
+  """The `mesh` section: axis sizes (-1 = all remaining devices) and multi-host start-up."""
+  return ConfigDict(dict(
+      data=1,
+      fsdp=-1,
+      tensor=1,
+      # Multi-host: "auto" calls jax.distributed.initialize() with no arguments (TPU VMs, SLURM, ...) when
+      # more than one process is launched; "on" always calls it with the settings below; "off" never.
+      distributed="auto",
+      coordinator_address="",
+      num_processes=0,
+      process_id=-1,
+  ))
+
+
+def optim_config() -> ConfigDict:
+  """The `optim` section: AdamW with warmup and decay, clipping, accumulation, a weight-decay mask."""
+  return ConfigDict(dict(
+      lr=3e-4,
+      min_lr_ratio=0.1,  # The decay ends at lr * min_lr_ratio.
+      warmup_steps=100,
+      schedule="cosine",  # cosine | linear | constant
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      weight_decay=0.1,
+      # Norm scales, biases and embeddings are not decayed unless asked (GPT-2/nanoGPT practice).
+      decay_embeddings=False,
+      grad_clip=1.0,  # Global-norm clipping; 0 disables it.
+      grad_accum_steps=1,
+  ))
+
+
+def base_config() -> ConfigDict:
+  """The schema: every key a run may set, with its default. Experiment files start here."""
+  config = ConfigDict()
+  config.stage = "pretrain"
+  config.seed = 0
+  config.model = model_config()
+  config.mesh = mesh_config()
+  config.optim = optim_config()
+  config.train = ConfigDict(dict(
+      steps=1000,
+      batch_size=16,  # Global batch, in sequences, summed over all hosts and devices.
+      seq_len=128,
+      log_every=50,
+      eval_every=250,
+      eval_batches=20,
+      checkpoint_every=500,
+  ))
+  return config
+
+
+# Stages that `main` can run, and the module that runs each. Filled in as stages land.
+STAGES = ("pretrain", "sft", "reward", "ppo", "pipeline")
+
+
+def load_config(spec: str) -> ConfigDict:
+  """Loads `path/to/file.py[:arg]`: imports the file and returns its locked `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  if not path.endswith(".py"):
+    raise UserError(f"--config {spec!r}: expected a Python experiment file, path/to/NAME.py[:ARG]")
+  if not os.path.isfile(path):
+    raise UserError(f"--config {spec!r}: no such file {path}")
+  module_name = "rlhf_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(module_spec)
+  # Experiment files are code the user wrote to configure the run (as in big_vision); running them is the
+  # point. Data files are never executed.
+  sys.modules[module_name] = module
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"{path}: defines no get_config(arg)")
+  config = module.get_config(arg or None)
+  if not isinstance(config, ConfigDict):
+    raise UserError(f"{path}: get_config() returned {type(config).__name__}, expected a ConfigDict")
+  config.lock()
+  return config
+
+
+def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+  """Applies `a.b=value` strings (the part after `--config.`) to a locked config, in order."""
+  for item in overrides:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+      raise UserError(f"--config.{item}: expected --config.KEY=VALUE")
+    parent, name = _resolve(config, key)
+    current = parent._fields[name]
+    if isinstance(current, config_dict.FieldReference):
+      target_type, current = current.get_type(), current.get()
+    else:
+      target_type = type(current)
+    value = _parse_value(key, raw, target_type, current)
+    try:
+      setattr(parent, name, value)
+    except (TypeError, ValueError) as e:
+      raise UserError(f"config key '{key}': cannot set {raw!r} ({e})") from None
+  return config
+
+
+def _resolve(config: ConfigDict, key: str) -> tuple[ConfigDict, str]:
+  node, parts = config, key.split(".")
+  for depth, part in enumerate(parts):
+    if not isinstance(node, ConfigDict) or part not in node:
+      where = ".".join(parts[:depth]) or "the config"
+      known = sorted(node.keys()) if isinstance(node, ConfigDict) else []
+      raise UserError(f"unknown config key '{key}': {where} has no key {part!r} (known: {', '.join(known)})")
+    if depth == len(parts) - 1:
+      if isinstance(node[part], ConfigDict):
+        raise UserError(f"config key '{key}' is a section; set one of its keys ({', '.join(sorted(node[part]))})")
+      return node, part
+    node = node[part]
+  raise AssertionError("unreachable")
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_value(key: str, raw: str, target_type: type, current: Any) -> Any:
+  """Converts a command-line string to the type the schema gives `key`, or raises a one-line error."""
+  def bad(expected: str) -> UserError:
+    return UserError(f"config key '{key}' expects {expected}, got {raw!r}")
+
+  if raw.lower() in ("none", "null") and (current is None or target_type is type(None)):
+    return None
+  if target_type is bool:
+    if raw.lower() in _TRUE:
+      return True
+    if raw.lower() in _FALSE:
+      return False
+    raise bad("a boolean (true/false)")
+  if target_type is int:
+    try:
+      return int(raw)
+    except ValueError:
+      raise bad("an integer") from None
+  if target_type is float:
+    try:
+      return float(raw)
+    except ValueError:
+      raise bad("a number") from None
+  if target_type is str:
+    return raw
+  if target_type in (tuple, list):
+    try:
+      value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+      value = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not isinstance(value, (tuple, list)):
+      value = (value,)
+    if current:
+      element_type = type(current[0])
+      try:
+        value = [element_type(v) for v in value]
+      except (TypeError, ValueError):
+        raise bad(f"a list of {element_type.__name__}") from None
+    return target_type(value)
+  # A key whose default is None takes any literal; plain words stay strings.
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def finalize(config: ConfigDict) -> ConfigDict:
+  """Checks constraints between keys; call once after overrides, before building anything."""
+  if config.stage not in STAGES:
+    raise UserError(f"config key 'stage': unknown stage {config.stage!r}; expected one of {', '.join(STAGES)}")
+  # Imported here: the model module depends on this one for ConfigDict, not the other way round.
+  from rlhf_jax.model.transformer import TransformerConfig
+  TransformerConfig.from_config(config.model)
+  optim, train = config.optim, config.train
+  if optim.schedule not in ("cosine", "linear", "constant"):
+    raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "
+                    "expected cosine, linear or constant")
+  if optim.grad_accum_steps < 1 or train.batch_size % optim.grad_accum_steps:
+    raise UserError(f"config key 'optim.grad_accum_steps': {optim.grad_accum_steps} must be >= 1 and divide "
+                    f"train.batch_size={train.batch_size}")
+  for key in ("steps", "batch_size", "seq_len", "log_every"):
+    if train[key] < 1:
+      raise UserError(f"config key 'train.{key}' must be >= 1, got {train[key]}")
+  return config
+
+
+def to_json(config: ConfigDict) -> str:
+  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)
+
+
+def write_config(config: ConfigDict, workdir: str) -> str:
+  """Writes the resolved config to `workdir/config.json` atomically (a crash never leaves half a file)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(to_json(config) + "\n")
+  os.replace(tmp, path)
+  return path

@@ -1,0 +1,430 @@
+"""The causal Transformer: one implementation, two families (GPT-2 style and Llama style).
+
+Shapes (dimension-suffixed names follow this legend):
+  B batch, T query length, S key length (cache slots), D model width, H query heads, G key/value heads,
+  K head dimension, F MLP width, V vocabulary, L layers.
+
+`Transformer(config, heads=(...))` is a Flax linen module whose parameters are a plain nested dict:
+
+  embed/embedding (V, D)              pos_embed/embedding (max_len, D)   [learned positions only]
+  layers_{i}/attn_norm/{scale,bias}   layers_{i}/attn/{q,k,v}/{kernel (D,H|G,K), bias}   attn/o/kernel (H,K,D)
+  layers_{i}/mlp_norm/{scale,bias}    layers_{i}/mlp/{fc_in,fc_out} (dense) or {gate,up,down} (gated)
+  final_norm/{scale,bias}             lm_head/kernel (D, V) [untied]   value_head/...   reward_head/...
+
+With `scan_layers=True` the blocks are one `nn.scan` and their parameters sit under `layers/` with a leading
+L axis (logical name "layers"); `stack_layers`/`unstack_layers` convert between the two layouts.
+
+Calling the module returns a `ModelOutput` with the final hidden states and the outputs of the requested
+heads. With a `KVCache` it runs the prefill/decode path: new tokens are written into the cache at
+`cache.index` and attend to everything before them; prefill is the same call with an empty cache.
+
+Masking: tokens attend causally, and only within their own segment when `segment_ids` are given (packed
+rows: documents never see each other; id 0 marks padding). Positions are per token, so packed documents
+each start at 0 and left-padded prompts start counting at their first real token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.model.heads import LMHead, RewardHead, ValueHead
+
+HEADS = ("lm", "value", "reward")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the trunk. Built from the config's `model` section by `from_config`."""
+  vocab_size: int = 256
+  d_model: int = 128
+  n_layers: int = 4
+  n_heads: int = 4
+  n_kv_heads: int = 4
+  head_dim: int = 32
+  d_ff: int = 512
+  max_len: int = 256
+  position: str = "learned"  # learned | rope
+  rope_theta: float = 10000.0
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  norm_eps: float = 1e-5
+  mlp: str = "dense"  # dense | gated
+  activation: str = "gelu_tanh"  # gelu_tanh | gelu | silu | relu
+  use_bias: bool = True  # Biases of the projections and of LayerNorm.
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  init_std: float = 0.02
+  dtype: str = "float32"  # Compute dtype; parameters are always float32.
+  remat: str = "none"  # none | full | dots
+  scan_layers: bool = False
+  attention_impl: str = "xla"  # xla | cudnn | auto (jax picks)
+
+  _CHOICES = dict(position=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("dense", "gated"),
+                  activation=("gelu_tanh", "gelu", "silu", "relu"), dtype=("float32", "bfloat16"),
+                  remat=("none", "full", "dots"), attention_impl=("xla", "cudnn", "auto"))
+
+  @classmethod
+  def from_config(cls, model: Any) -> "TransformerConfig":
+    """Validates a `model` config section (ConfigDict or dict); errors name the offending key."""
+    values = dict(model)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+      if key not in names:
+        raise UserError(f"unknown config key 'model.{key}'")
+    for key, choices in cls._CHOICES.items():
+      if key in values and values[key] not in choices:
+        raise UserError(f"config key 'model.{key}': {values[key]!r} is not one of {', '.join(choices)}")
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
+      if key in values and values[key] < 1:
+        raise UserError(f"config key 'model.{key}' must be >= 1, got {values[key]}")
+    d_model = values.get("d_model", cls.d_model)
+    n_heads = values.get("n_heads", cls.n_heads)
+    if not values.get("head_dim"):
+      if d_model % n_heads:
+        raise UserError(f"config key 'model.n_heads': {n_heads} does not divide model.d_model={d_model} "
+                        "(or set model.head_dim)")
+      values["head_dim"] = d_model // n_heads
+    if n_heads % values.get("n_kv_heads", cls.n_kv_heads):
+      raise UserError(f"config key 'model.n_kv_heads': {values.get('n_kv_heads')} must divide "
+                      f"model.n_heads={n_heads}")
+    if values.get("position", cls.position) == "rope" and values["head_dim"] % 2:
+      raise UserError(f"config key 'model.head_dim': rotary positions need an even head_dim, got "
+                      f"{values['head_dim']}")
+    if not 0.0 <= values.get("dropout", 0.0) < 1.0:
+      raise UserError(f"config key 'model.dropout' must be in [0, 1), got {values['dropout']}")
+    return cls(**values)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def num_params(self, heads: Sequence[str] = ("lm",)) -> int:
+    """Parameter count, computed from shapes alone (no arrays are made)."""
+    shapes = jax.eval_shape(lambda: Transformer(self, heads=tuple(heads)).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(unbox(shapes["params"])))
+
+
+@flax.struct.dataclass
+class LayerCache:
+  """Keys and values of one layer: k, v (B, S, G, K); with scanned layers they carry a leading L axis."""
+  k: jax.Array
+  v: jax.Array
+
+
+@flax.struct.dataclass
+class KVCache:
+  """The decode state. `segment_ids` (B, S) marks filled slots (0 = empty or padding); `index` () is the
+  next slot to write, the same for every row (rows that are shorter carry padding, not a different index)."""
+  layers: Any  # LayerCache with a leading L axis (scanned layers) or a tuple of L LayerCaches.
+  segment_ids: jax.Array
+  index: jax.Array
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """hidden (B, T, D) after the final norm; logits (B, T, V) float32; values and rewards (B, T) float32."""
+  hidden: jax.Array
+  logits: Optional[jax.Array] = None
+  values: Optional[jax.Array] = None
+  rewards: Optional[jax.Array] = None
+  cache: Optional[KVCache] = None
+
+
+def init_cache(config: TransformerConfig, batch: int, length: int, dtype: Any = None) -> KVCache:
+  """An empty cache of `length` slots for `batch` rows, in the compute dtype unless given."""
+  if config.position == "learned" and length > config.max_len:
+    raise UserError(f"a cache of {length} slots exceeds model.max_len={config.max_len} (learned positions)")
+  dtype = dtype or config.compute_dtype
+  shape = (batch, length, config.n_kv_heads, config.head_dim)
+  if config.scan_layers:
+    zeros = jnp.zeros((config.n_layers, *shape), dtype)
+    layers = LayerCache(k=zeros, v=zeros)
+  else:
+    layers = tuple(LayerCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+                   for _ in range(config.n_layers))
+  return KVCache(layers=layers, segment_ids=jnp.zeros((batch, length), jnp.int32),
+                 index=jnp.zeros((), jnp.int32))
+
+
+def unbox(tree):
+  """Strips flax's LogicallyPartitioned boxes, leaving plain arrays (or shape structs)."""
+  return jax.tree.map(lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x, tree,
+                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def stack_layers(params: dict, n_layers: int) -> dict:
+  """`layers_0..layers_{L-1}` -> `layers` with a leading L axis (the scan_layers layout)."""
+  params = dict(params)
+  blocks = [params.pop(f"layers_{i}") for i in range(n_layers)]
+  params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return params
+
+
+def unstack_layers(params: dict, n_layers: int) -> dict:
+  """`layers` with a leading L axis -> `layers_0..layers_{L-1}`."""
+  params = dict(params)
+  stacked = params.pop("layers")
+  for i in range(n_layers):
+    params[f"layers_{i}"] = jax.tree.map(lambda x: x[i], stacked)
+  return params
+
+
+# --- building blocks -------------------------------------------------------------------------------------
+
+
+class Linear(nn.Module):
+  """Contracts the last `in_ndim` axes of x with a kernel of shape (*in, *out_shape), plus a bias."""
+  out_shape: tuple
+  axes: tuple  # Logical names of the kernel's axes: in axes, then out axes.
+  in_ndim: int = 1
+  use_bias: bool = False
+  std: float = 0.02
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    in_shape = x.shape[x.ndim - self.in_ndim:]
+    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.std), self.axes),
+                        (*in_shape, *self.out_shape))
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.in_ndim)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.in_ndim:]),
+                        self.out_shape)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Norm(nn.Module):
+  """LayerNorm (GPT-2) or RMSNorm (Llama), computed in float32 and returned in the compute dtype."""
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_btd):
+    cfg = self.config
+    x = x_btd.astype(jnp.float32)
+    if cfg.norm == "layernorm":
+      x = x - x.mean(-1, keepdims=True)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), -1, keepdims=True) + cfg.norm_eps)
+    x = x * self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+    if cfg.norm == "layernorm" and cfg.use_bias:
+      x = x + self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (x.shape[-1],))
+    return x.astype(cfg.compute_dtype)
+
+
+class Embed(nn.Module):
+  """A lookup table (N, D); `attend` multiplies by its transpose (tied output projection)."""
+  num_embeddings: int
+  features: int
+  init_std: float
+  dtype: Any
+  axes: tuple = ("vocab", "embed")
+
+  def setup(self):
+    self.embedding = self.param("embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(self.init_std), self.axes), (self.num_embeddings, self.features))
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, hidden_btd):
+    return jnp.einsum("btd,vd->btv", hidden_btd.astype(self.dtype), self.embedding.astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def rotary(x_bthk, positions_bt, theta: float):
+  """Rotary position embedding in the "rotate half" layout that Hugging Face's Llama uses (Su et al. 2021):
+  feature i is paired with feature i + K/2 and rotated by angle position * theta^(-2i/K)."""
+  k = x_bthk.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, k, 2, dtype=jnp.float32) / k))  # (K/2,)
+  angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # (B, T, K/2)
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x = x_bthk.astype(jnp.float32)
+  x1, x2 = x[..., : k // 2], x[..., k // 2:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_bthk.dtype)
+
+
+class Attention(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_btd, positions_bt, mask_b1ts, cache_index, layer_cache: Optional[LayerCache]):
+    cfg = self.config
+    dt = cfg.compute_dtype
+    h, g, k = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled init of residual projections.
+    proj = lambda heads, name: Linear((heads, k), ("embed", "heads", "kv"), use_bias=cfg.use_bias,
+                                      std=cfg.init_std, dtype=dt, name=name)(x_btd)
+    q_bthk, k_btgk, v_btgk = proj(h, "q"), proj(g, "k"), proj(g, "v")
+    if cfg.position == "rope":
+      q_bthk = rotary(q_bthk, positions_bt, cfg.rope_theta)
+      k_btgk = rotary(k_btgk, positions_bt, cfg.rope_theta)
+    new_cache = None
+    if layer_cache is not None:
+      start = (0, cache_index, 0, 0)
+      k_bsgk = jax.lax.dynamic_update_slice(layer_cache.k, k_btgk.astype(layer_cache.k.dtype), start)
+      v_bsgk = jax.lax.dynamic_update_slice(layer_cache.v, v_btgk.astype(layer_cache.v.dtype), start)
+      new_cache = LayerCache(k=k_bsgk, v=v_bsgk)
+      k_btgk, v_btgk = k_bsgk.astype(dt), v_bsgk.astype(dt)
+    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+    out_bthk = jax.nn.dot_product_attention(q_bthk, k_btgk, v_btgk, mask=mask_b1ts,
+                                            is_causal=mask_b1ts is None, implementation=impl)
+    out_btd = Linear((cfg.d_model,), ("heads", "kv", "embed"), in_ndim=2, use_bias=cfg.use_bias,
+                     std=resid_std, dtype=dt, name="o")(out_bthk)
+    return out_btd, new_cache
+
+
+_ACTIVATIONS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+                "gelu": lambda x: jax.nn.gelu(x, approximate=False), "silu": jax.nn.silu, "relu": jax.nn.relu}
+
+
+class MLP(nn.Module):
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_btd):
+    cfg = self.config
+    dt = cfg.compute_dtype
+    act = _ACTIVATIONS[cfg.activation]
+    resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    up = lambda name: Linear((cfg.d_ff,), ("embed", "mlp"), use_bias=cfg.use_bias, std=cfg.init_std, dtype=dt,
+                             name=name)(x_btd)
+    down = lambda h_btf, name: Linear((cfg.d_model,), ("mlp", "embed"), use_bias=cfg.use_bias, std=resid_std,
+                                      dtype=dt, name=name)(h_btf)
+    if cfg.mlp == "gated":  # SwiGLU (Shazeer 2020): act(x W_gate) * (x W_up), then W_down.
+      return down(act(up("gate")) * up("up"), "down")
+    return down(act(up("fc_in")), "fc_out")
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+  config: TransformerConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_btd, positions_bt, mask_b1ts, cache_index, layer_cache):
+    cfg = self.config
+    drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
+    attn_btd, new_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x_btd), positions_bt,
+                                                      mask_b1ts, cache_index, layer_cache)
+    x_btd = x_btd + drop(attn_btd)
+    x_btd = x_btd + drop(MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_btd)))
+    x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
+    return x_btd, new_cache
+
+
+def _segment_mask(segment_ids_bt):
+  """(B, 1, T, T): causal, and a token sees only tokens of its own segment."""
+  t = segment_ids_bt.shape[1]
+  same = segment_ids_bt[:, :, None] == segment_ids_bt[:, None, :]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  return (same & causal)[:, None]
+
+
+def _decode_mask(cache_segments_bs, segment_ids_bt, index):
+  """(B, 1, T, S): new token t (at slot index + t) sees filled slots up to its own of its own segment."""
+  s, t = cache_segments_bs.shape[1], segment_ids_bt.shape[1]
+  slot_s = jnp.arange(s)
+  query_slot_t = index + jnp.arange(t)
+  causal = slot_s[None, :] <= query_slot_t[:, None]  # (T, S)
+  same = (cache_segments_bs[:, None, :] == segment_ids_bt[:, :, None]) & (cache_segments_bs[:, None, :] != 0)
+  return (same & causal[None])[:, None]
+
+
+class Transformer(nn.Module):
+  """Trunk + the heads named in `heads` (any of "lm", "value", "reward").
+
+  Call with tokens (B, T) int32 and optionally positions (B, T), segment_ids (B, T) and a KVCache.
+  `deterministic=False` turns dropout on (needs a "dropout" RNG).
+  """
+  config: TransformerConfig
+  heads: tuple = ("lm",)
+  deterministic: bool = True
+
+  def setup(self):
+    cfg = self.config
+    for head in self.heads:
+      if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; expected some of {HEADS}")
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, cfg.init_std, cfg.compute_dtype)
+    if cfg.position == "learned":
+      self.pos_embed = Embed(cfg.max_len, cfg.d_model, cfg.init_std, cfg.compute_dtype, axes=(None, "embed"))
+    block = Block
+    if cfg.remat != "none":
+      policy = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[cfg.remat]
+      block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.deterministic)
+    else:
+      self.layers = [block(cfg, self.deterministic) for _ in range(cfg.n_layers)]
+    self.dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
+    self.final_norm = Norm(cfg)
+    if "lm" in self.heads and not cfg.tie_embeddings:
+      self.lm_head = LMHead(cfg.vocab_size, cfg.init_std, cfg.dtype)
+    if "value" in self.heads:
+      self.value_head = ValueHead()
+    if "reward" in self.heads:
+      self.reward_head = RewardHead()
+
+  def __call__(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: Optional[KVCache] = None
+               ) -> ModelOutput:
+    cfg = self.config
+    b, t = tokens_bt.shape
+    index = cache.index if cache is not None else 0
+    if positions_bt is None:
+      positions_bt = jnp.broadcast_to(index + jnp.arange(t, dtype=jnp.int32), (b, t))
+    if cache is None:
+      if cfg.position == "learned" and t > cfg.max_len:
+        raise UserError(f"sequence length {t} exceeds model.max_len={cfg.max_len} (learned positions)")
+      mask_b1ts = None if segment_ids_bt is None else _segment_mask(segment_ids_bt)
+    else:
+      if segment_ids_bt is None:
+        segment_ids_bt = jnp.ones((b, t), jnp.int32)
+      segments_bs = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids_bt.astype(jnp.int32), (0, index))
+      mask_b1ts = _decode_mask(segments_bs, segment_ids_bt, index)
+
+    x_btd = self.embed(tokens_bt)
+    if cfg.position == "learned":
+      x_btd = x_btd + self.pos_embed(positions_bt)
+    x_btd = nn.with_logical_constraint(self.dropout(x_btd), ("batch", "length", "embed"))
+
+    layer_caches = None if cache is None else cache.layers
+    if cfg.scan_layers:
+      x_btd, new_layers = self.layers(x_btd, positions_bt, mask_b1ts, index, layer_caches)
+    else:
+      new_layers = []
+      for i, block in enumerate(self.layers):
+        x_btd, layer_cache = block(x_btd, positions_bt, mask_b1ts, index,
+                                   None if layer_caches is None else layer_caches[i])
+        new_layers.append(layer_cache)
+      new_layers = tuple(new_layers)
+    hidden_btd = self.final_norm(x_btd)
+
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(layers=new_layers, segment_ids=segments_bs, index=cache.index + t)
+    return ModelOutput(hidden=hidden_btd, logits=self.lm_logits(hidden_btd) if "lm" in self.heads else None,
+                       values=self.value_head(hidden_btd) if "value" in self.heads else None,
+                       rewards=self.reward_head(hidden_btd) if "reward" in self.heads else None,
+                       cache=new_cache)
+
+  def lm_logits(self, hidden_btd):
+    """(B, T, D) -> (B, T, V) float32 logits: the tied embedding or the untied head."""
+    if self.config.tie_embeddings:
+      return self.embed.attend(hidden_btd)
+    return self.lm_head(hidden_btd)
