@@ -235,7 +235,11 @@ class Embed(nn.Module):
         nn.initializers.normal(self.init_std), self.axes), (self.num_embeddings, self.features))
 
   def __call__(self, ids):
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    # Gather from a table sharded on one axis only: with the table split over both vocab (tensor) and width
+    # (fsdp), XLA's partitioner replicates it in a slow "involuntary full rematerialization" (NOTES-stack.md).
+    # Unsharding the width first is the all-gather FSDP does for every weight anyway.
+    table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
+    return jnp.take(table, ids, axis=0).astype(self.dtype)
 
   def attend(self, hidden_btd):
     return jnp.einsum("btd,vd->btv", hidden_btd.astype(self.dtype), self.embedding.astype(self.dtype),

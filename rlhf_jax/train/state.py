@@ -1,0 +1,110 @@
+"""Training state, the optimizer from config, and abstract-first sharded initialisation.
+
+`create_train_state` never materialises an unsharded copy of the model: it traces the initialiser with
+`jax.eval_shape`, turns the parameters' logical axis names into shardings on the mesh, derives the optimizer
+state's shardings from the parameters' (`optax.tree_map_params`), and only then runs the initialiser under
+`jit(out_shardings=...)`, so each device allocates just its own shard (MaxText's and big_vision's recipe).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.model.transformer import Transformer, unbox
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step () int32; params a plain nested dict; opt_state optax's; rng the run's root key."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_schedule(optim: Any, total_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to `lr`, then cosine or linear decay to `lr * min_lr_ratio`, or constant."""
+  warmup = optax.linear_schedule(0.0, optim.lr, max(optim.warmup_steps, 1))
+  decay_steps = max(total_steps - optim.warmup_steps, 1)
+  end = optim.lr * optim.min_lr_ratio
+  decay = {
+      "cosine": lambda: optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio),
+      "linear": lambda: optax.linear_schedule(optim.lr, end, decay_steps),
+      "constant": lambda: optax.constant_schedule(optim.lr),
+  }[optim.schedule]()
+  return optax.join_schedules([warmup, decay], [optim.warmup_steps])
+
+
+def decay_mask(params: Any, decay_embeddings: bool = False) -> Any:
+  """True where weight decay applies: projection kernels (and embedding tables if asked); never norm scales,
+  biases or the reward head's gain. Decided by name, so it also holds for scanned (stacked) layers."""
+  def decays(path, _):
+    name = path[-1].key if hasattr(path[-1], "key") else str(path[-1])
+    return name == "kernel" or (decay_embeddings and name == "embedding")
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(optim: Any, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with the schedule above, global-norm clipping and the decay mask. Returns (tx, schedule)."""
+  schedule = make_schedule(optim, total_steps)
+  parts = []
+  if optim.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(optim.grad_clip))
+  parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
+                           mask=lambda p: decay_mask(p, optim.decay_embeddings)))
+  return optax.chain(*parts), schedule
+
+
+def param_shardings(model: Transformer, mesh: Mesh, rules=mesh_lib.RULES):
+  """(abstract params, their NamedShardings) for `model`, from the logical names its parameters carry."""
+  boxed = jax.eval_shape(lambda rng: model.init(rng, jnp.zeros((1, 1), jnp.int32))["params"],
+                         jax.random.PRNGKey(0))
+  abstract = unbox(boxed)
+  return abstract, mesh_lib.logical_to_sharding(nn.get_partition_spec(boxed), abstract, mesh, rules)
+
+
+def init_params(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.RULES):
+  """Sharded random parameters for `model`, allocated shard by shard. Returns (params, shardings)."""
+  _, shardings = param_shardings(model, mesh, rules)
+  init = jax.jit(lambda r: unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]), out_shardings=shardings)
+  with mesh_lib.activate(mesh, rules):
+    return init(rng), shardings
+
+
+def create_train_state(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh, rng: jax.Array,
+                       params: Optional[Any] = None, rules=mesh_lib.RULES) -> tuple[TrainState, TrainState]:
+  """A sharded TrainState and the matching tree of shardings (for the step's in/out_shardings).
+
+  With `params` given (a pretrained model), they are placed on the mesh instead of being initialised.
+  """
+  abstract_params, p_shardings = param_shardings(model, mesh, rules)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = mesh_lib.replicated(mesh)
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shardings,
+                                        transform_non_params=lambda _: replicated)
+  shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
+  init_rng, root_rng = jax.random.split(rng)
+
+  def build(init_rng, root_rng, given):
+    p = given if given is not None else unbox(model.init(init_rng, jnp.zeros((1, 1), jnp.int32))["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=root_rng)
+
+  with mesh_lib.activate(mesh, rules):
+    if params is not None:
+      params = jax.device_put(params, p_shardings)
+    state = jax.jit(build, out_shardings=shardings)(init_rng, root_rng, params)
+  return state, shardings
+
+
+def count_params(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
