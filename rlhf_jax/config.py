@@ -121,10 +121,6 @@ def base_config() -> ConfigDict:
   return config
 
 
-# Stages that `main` can run, and the module that runs each. Filled in as stages land.
-STAGES = ("pretrain", "sft", "reward", "ppo", "pipeline")
-
-
 def load_config(spec: str) -> ConfigDict:
   """Loads `path/to/file.py[:arg]`: imports the file and returns its locked `get_config(arg)`."""
   path, _, arg = spec.partition(":")
@@ -235,8 +231,6 @@ def _parse_value(key: str, raw: str, target_type: type, current: Any) -> Any:
 
 def finalize(config: ConfigDict) -> ConfigDict:
   """Checks constraints between keys; call once after overrides, before building anything."""
-  if config.stage not in STAGES:
-    raise UserError(f"config key 'stage': unknown stage {config.stage!r}; expected one of {', '.join(STAGES)}")
   # Imported here: the model module depends on this one for ConfigDict, not the other way round.
   from rlhf_jax.model.transformer import TransformerConfig
   TransformerConfig.from_config(config.model)

@@ -70,7 +70,7 @@ def make_lm_step(model: Transformer, tx: optax.GradientTransformation, schedule:
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"train/loss": total / denom, "train/accuracy": aux["correct"] / denom, "train/tokens": count,
-               "train/grad_norm": optax.global_norm(grads), "train/lr": schedule(state.step)}
+               "train/grad_norm": optax.tree.norm(grads), "train/lr": schedule(state.step)}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return step

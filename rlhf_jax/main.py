@@ -1,0 +1,81 @@
+"""The command line: run the stage an experiment file names.
+
+  python -m rlhf_jax.main --config experiments/NAME.py[:ARG] --workdir DIR [--config.a.b=value ...]
+
+Loads the experiment's locked config, applies the overrides (an unknown key or a wrongly typed value stops
+here with one line naming the key), starts multi-host JAX if configured, writes the resolved config to
+DIR/config.json and runs `config.stage`. Re-running the same command on the same DIR resumes that run.
+Bad input of any kind ends with one `error: ...` line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from rlhf_jax import config as config_lib
+from rlhf_jax.errors import UserError
+
+# The module that runs each stage; each defines `run(config, workdir) -> dict` (the run's summary).
+STAGE_MODULES = {
+    "pretrain": "rlhf_jax.stages.pretrain",
+}
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  parser = argparse.ArgumentParser(
+      prog="python -m rlhf_jax.main", description=__doc__.split("\n\n")[0],
+      epilog="Override any config key with --config.KEY=VALUE (for example --config.optim.lr=1e-3).")
+  parser.add_argument("--config", required=True, help="experiment file, path/to/NAME.py[:ARG]")
+  parser.add_argument("--workdir", required=True, help="directory for this run's outputs")
+  args, rest = parser.parse_known_args(argv)
+  overrides, i = [], 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith("--config."):
+      raise UserError(f"unrecognised argument {item!r}; config overrides look like --config.KEY=VALUE")
+    item = item[len("--config."):]
+    if "=" not in item:  # --config.KEY VALUE
+      if i + 1 >= len(rest):
+        raise UserError(f"--config.{item}: missing value")
+      item, i = f"{item}={rest[i + 1]}", i + 1
+    overrides.append(item)
+    i += 1
+  return args, overrides
+
+
+def resolve_config(spec: str, overrides: Sequence[str]) -> config_lib.ConfigDict:
+  """The experiment's config with overrides applied and checked: what `config.json` records."""
+  config = config_lib.load_config(spec)
+  config_lib.apply_overrides(config, overrides)
+  return config_lib.finalize(config)
+
+
+def run(argv: Sequence[str]) -> dict:
+  args, overrides = parse_args(argv)
+  config = resolve_config(args.config, overrides)
+  if config.stage not in STAGE_MODULES:
+    raise UserError(f"config key 'stage': stage {config.stage!r} cannot run yet in this version "
+                    f"(available: {', '.join(STAGE_MODULES)})")
+  from rlhf_jax import mesh as mesh_lib  # Imports jax: after the cheap checks, before any device use.
+  mesh_lib.maybe_initialize_distributed(config.mesh)
+  import jax
+  if jax.process_index() == 0:
+    config_lib.write_config(config, args.workdir)
+  stage = importlib.import_module(STAGE_MODULES[config.stage])
+  return stage.run(config, args.workdir)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  try:
+    run(sys.argv[1:] if argv is None else argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
