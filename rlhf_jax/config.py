@@ -115,8 +115,18 @@ def base_config() -> ConfigDict:
       seq_len=128,
       log_every=50,
       eval_every=250,
-      eval_batches=20,
+      eval_batches=0,  # 0: the whole validation split.
       checkpoint_every=500,
+      keep_checkpoints=2,
+  ))
+  config.data = ConfigDict(dict(
+      source="text",  # text: read data.path | toyworld: generate the built-in world
+      path="",  # A .txt file or directory, .jsonl, .array_record, or tfds:NAME/SPLIT.
+      layout="packed",  # packed: documents packed with segment ids | windows: one token stream (nanoGPT)
+      # sentencepiece (trained on the training text) | char | a tokenizer file, or a workdir that holds one.
+      tokenizer="sentencepiece",
+      tokenizer_vocab_size=1024,
+      val_fraction=0.1,
   ))
   return config
 
@@ -137,7 +147,10 @@ def load_config(spec: str) -> ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise UserError(f"{path}: defines no get_config(arg)")
-  config = module.get_config(arg or None)
+  try:
+    config = module.get_config(arg or None)
+  except (ValueError, KeyError) as e:  # An experiment rejects an unknown variant this way.
+    raise UserError(f"{path}: get_config({arg or None!r}) failed: {e}") from None
   if not isinstance(config, ConfigDict):
     raise UserError(f"{path}: get_config() returned {type(config).__name__}, expected a ConfigDict")
   config.lock()
@@ -233,7 +246,13 @@ def finalize(config: ConfigDict) -> ConfigDict:
   """Checks constraints between keys; call once after overrides, before building anything."""
   # Imported here: the model module depends on this one for ConfigDict, not the other way round.
   from rlhf_jax.model.transformer import TransformerConfig
-  TransformerConfig.from_config(config.model)
+  # model.vocab_size 0 means "the tokenizer's size", resolved by the stage once the tokenizer exists.
+  TransformerConfig.from_config({**dict(config.model), "vocab_size": config.model.vocab_size or 1})
+  for key, choices in (("source", ("text", "toyworld")), ("layout", ("packed", "windows"))):
+    if config.data[key] not in choices:
+      raise UserError(f"config key 'data.{key}': {config.data[key]!r} is not one of {', '.join(choices)}")
+  if not 0.0 < config.data.val_fraction < 1.0:
+    raise UserError(f"config key 'data.val_fraction' must be in (0, 1), got {config.data.val_fraction}")
   optim, train = config.optim, config.train
   if optim.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "
@@ -241,7 +260,7 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if optim.grad_accum_steps < 1 or train.batch_size % optim.grad_accum_steps:
     raise UserError(f"config key 'optim.grad_accum_steps': {optim.grad_accum_steps} must be >= 1 and divide "
                     f"train.batch_size={train.batch_size}")
-  for key in ("steps", "batch_size", "seq_len", "log_every"):
+  for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every"):
     if train[key] < 1:
       raise UserError(f"config key 'train.{key}' must be >= 1, got {train[key]}")
   return config

@@ -1,0 +1,48 @@
+"""Language-model evaluation: the masked next-token loss over a whole split, exactly (sum / count)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from rlhf_jax import losses
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.data.pipelines import to_lm_batch
+from rlhf_jax.model.transformer import Transformer
+
+
+def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iterable[dict]], prefix: str = "eval"):
+  """Returns `evaluate(state) -> {prefix/loss, prefix/perplexity, prefix/accuracy, prefix/tokens}`.
+
+  `batches()` yields global host batches (same on every process); each process feeds its own rows.
+  """
+  eval_model = model.clone(deterministic=True)
+
+  @jax.jit
+  def totals(params, batch):
+    out = eval_model.apply({"params": params}, batch.tokens, batch.positions, batch.segment_ids)
+    total, count, aux = losses.lm_loss(out.logits, batch.targets, batch.loss_mask)
+    return total, count, aux["correct"]
+
+  def evaluate(state) -> dict:
+    total = count = correct = 0.0
+    with mesh_lib.activate(mesh):
+      for rows in batches():
+        local = jax.tree.map(lambda x: x[mesh_lib.process_batch_slice(x.shape[0])], rows)
+        t, c, k = jax.device_get(totals(state.params, mesh_lib.shard_batch(to_lm_batch(local), mesh)))
+        total, count, correct = total + float(t), count + float(c), correct + float(k)
+    loss = total / max(count, 1.0)
+    return {f"{prefix}/loss": loss, f"{prefix}/perplexity": math.exp(min(loss, 50.0)),
+            f"{prefix}/accuracy": correct / max(count, 1.0), f"{prefix}/tokens": count}
+
+  return evaluate
+
+
+def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+  """nanoGPT's split of one token stream: the first (1 - f) for training, the rest for validation."""
+  cut = int(len(tokens) * (1.0 - val_fraction))
+  return tokens[:cut], tokens[cut:]

@@ -1,0 +1,195 @@
+"""The one training loop, shared by pretraining, SFT and the reward model.
+
+  for step in start..total:  batch = next(data); state, metrics = step_fn(state, batch, rng)
+    every log_every:          average the window's metrics (fetched from the device only now), stop on NaN/inf
+    every eval_every:         evaluate(state)
+    every checkpoint_every:   save state + data-iterator position (asynchronously)
+
+Resuming: if the workdir has a checkpoint, the state and the data iterator are restored from the latest one
+and the loop continues from its step; a run that already reached `total_steps` is not redone. Because the
+step folds the step number into the root key and the data iterator is restored exactly, a resumed run ends
+with the same parameters as one that was never interrupted.
+
+Preemption: SIGTERM or SIGINT (TPU VMs are preempted with SIGTERM) finishes the current step, saves a
+checkpoint at it and raises `Preempted`; a second SIGINT aborts at once. Divergence: a non-finite loss raises
+`Diverged` before any checkpoint of the bad state is written, so the last good checkpoint stays intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.train.checkpoint import Checkpointer
+from rlhf_jax.train.metrics import MetricsWriter
+
+SUMMARY_FILE = "summary.json"
+
+
+class Preempted(Exception):
+  """A signal asked the run to stop; a checkpoint at `step` has been written."""
+
+  def __init__(self, step: int, signum: int):
+    self.step, self.signum = step, signum
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
+                     "Re-run the same command to resume.")
+
+
+class Diverged(UserError):
+  """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  total_steps: int
+  log_every: int
+  eval_every: int
+  checkpoint_every: int
+  tokens_per_step: int
+  keep_checkpoints: int = 2
+  desc: str = "train"
+
+
+def write_summary(workdir: str, summary: dict) -> None:
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, SUMMARY_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(path + ".tmp", path)
+
+
+def read_summary(workdir: str) -> Optional[dict]:
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+class _SignalGuard:
+  """Turns the first SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signum: Optional[int] = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    tqdm.write(f"received {signal.Signals(signum).name}: saving a checkpoint after this step "
+               "(press Ctrl-C again to abort without saving)")
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread (e.g. a notebook worker): no signal handling there.
+        pass
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def stop_requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self.signum is not None
+    # Every host must stop at the same step to write one consistent checkpoint.
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
+    if self.signum is None and flags.max() > 0:
+      self.signum = int(flags.max())
+    return bool(flags.max() > 0)
+
+
+def _mean_metrics(window: list[dict]) -> dict:
+  """Averages a window of per-step device metrics (fetched here, once); sums token counts."""
+  fetched = jax.device_get(window)
+  out = {}
+  for key in fetched[0]:
+    values = np.asarray([m[key] for m in fetched], np.float64)
+    out[key] = float(values.sum() if key.endswith("/tokens") else values.mean())
+  return out
+
+
+def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, step_fn: Callable,
+               rng: jax.Array, data: Iterator, make_batch: Callable[[Any], Any],
+               evaluate: Optional[Callable[[Any], dict]] = None, extra_summary: Optional[dict] = None):
+  """Runs (or resumes, or skips if finished) a training run. Returns (state, summary)."""
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints)
+  start = checkpoints.latest_step() or 0
+  if start:
+    state, _ = checkpoints.restore(start, state, shardings, data)
+    summary = read_summary(workdir)
+    if start >= loop.total_steps and summary is not None:
+      print(f"{loop.desc}: already finished at step {start} ({workdir}); nothing to do")
+      checkpoints.close()
+      return state, summary
+    print(f"{loop.desc}: resuming from the checkpoint at step {start}")
+  writer = MetricsWriter(workdir, resume_step=start)
+  window, last, eval_metrics = [], {}, {}
+  last_good = start
+  started = time.time()
+  window_start, window_steps = time.time(), 0
+  try:
+    with _SignalGuard() as guard, tqdm(total=loop.total_steps, initial=start, desc=loop.desc, unit="step",
+                                       dynamic_ncols=True, disable=jax.process_index() != 0) as bar:
+      for step in range(start, loop.total_steps):
+        state, metrics = step_fn(state, make_batch(next(data)), rng)
+        window.append(metrics)
+        window_steps += 1
+        done = step + 1
+        bar.update(1)
+        if jax.process_count() > 1:  # Agreeing across hosts costs a collective: only on log steps.
+          stopping = (done % loop.log_every == 0 or done == loop.total_steps) and guard.stop_requested()
+        else:
+          stopping = guard.stop_requested()
+        save = done % loop.checkpoint_every == 0 or done == loop.total_steps or stopping
+        if done % loop.log_every == 0 or save:
+          last = _mean_metrics(window)
+          loss = last.get("train/loss", 0.0)
+          if not math.isfinite(loss):
+            raise Diverged(f"{loop.desc}: loss is {loss} in steps {done - len(window) + 1}..{done}; stopped. The "
+                           f"last good checkpoint (step {last_good}) in {checkpoints.directory} is intact; "
+                           "lower optim.lr or raise optim.warmup_steps")
+          elapsed = time.time() - window_start
+          last["perf/steps_per_s"] = window_steps / elapsed
+          last["perf/tokens_per_s"] = window_steps * loop.tokens_per_step / elapsed
+          writer.write(done, last)
+          bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{last['perf/tokens_per_s']:,.0f}")
+          window, window_start, window_steps = [], time.time(), 0
+        if evaluate is not None and (done % loop.eval_every == 0 or done == loop.total_steps):
+          eval_metrics = evaluate(state)
+          writer.write(done, eval_metrics)
+          bar.write(f"{loop.desc} step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+          window_start = time.time()  # Evaluation time is not training throughput.
+        if save:
+          checkpoints.save(done, state, data, meta={"step": done})
+          last_good = done
+        if stopping:
+          checkpoints.wait()
+          raise Preempted(done, guard.signum)
+    checkpoints.wait()
+  finally:
+    writer.close()
+    checkpoints.close()
+  wall = time.time() - started
+  steps_run = loop.total_steps - start
+  summary = {"step": loop.total_steps, "wall_time_s": wall, "steps_per_s": steps_run / wall if wall else 0.0,
+             **{k: v for k, v in last.items()}, **eval_metrics, **(extra_summary or {})}
+  write_summary(workdir, summary)
+  return state, summary
+
