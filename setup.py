@@ -32,6 +32,7 @@ setup(
         "tqdm>=4.66",
         "absl-py>=2.1",
         "safetensors>=0.4",
+        "tensorboardX>=2.6",
     ],
     extras_require={
         "test": ["pytest>=8.0"],

@@ -59,6 +59,22 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return flax.serialization.from_state_dict(state_template, restored["state"]), dict(restored["meta"] or {})
 
+  def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
+    """Only the parameters of a checkpoint (no optimizer state): to start a later stage, sample or chat.
+
+    Top-level entries the checkpoint lacks (a head the earlier stage did not have) are left out of the result.
+    """
+    saved = set(self._manager.item_metadata(step)["state"]["params"].keys())
+    abstract_params = {k: v for k, v in abstract_params.items() if k in saved}
+    shardings = {k: v for k, v in shardings.items() if k in saved}
+    target = {"params": abstract_params}
+    self._check_shapes(step, target)
+    abstract = {"params": abstract_like(abstract_params, shardings)}
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)))
+    return restored["state"]["params"]
+
   def _check_shapes(self, step: int, target: Any) -> None:
     saved = self._manager.item_metadata(step)["state"]
     saved_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(saved)}

@@ -1,0 +1,104 @@
+"""What every stage does the same way: the mesh, the tokenizer, the model's vocabulary, the result line."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import jax
+
+from rlhf_jax import config as config_lib
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.errors import UserError
+from rlhf_jax.model.transformer import Transformer, TransformerConfig
+from rlhf_jax.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
+
+
+def make_mesh(config):
+  return mesh_lib.make_mesh(config.mesh)
+
+
+def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterable[str]]) -> Tokenizer:
+  """The run's tokenizer, saved in the workdir: reused when the workdir has one (a resumed run), else loaded
+  from `data.tokenizer` when that names a file or directory, else trained on the training texts."""
+  spec = config.data.tokenizer
+  for name in ("tokenizer.model", "tokenizer.json"):
+    if os.path.exists(os.path.join(workdir, name)):
+      return load_tokenizer(workdir)
+  if spec == "char":
+    tokenizer = CharTokenizer.from_text("".join(training_texts()))
+  elif spec == "sentencepiece":
+    tokenizer = train_sentencepiece(training_texts(), config.data.tokenizer_vocab_size)
+  elif os.path.exists(spec):
+    tokenizer = load_tokenizer(spec)
+  else:
+    raise UserError(f"config key 'data.tokenizer': {spec!r} is not sentencepiece, char, or an existing path")
+  if jax.process_index() == 0:
+    tokenizer.save(workdir)
+  return tokenizer
+
+
+def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
+  """The model the config describes, with `model.vocab_size` 0 resolved to the tokenizer's size (and the
+  resolved value written back to config.json)."""
+  if config.model.vocab_size == 0:
+    config.model.vocab_size = tokenizer.vocab_size
+    if jax.process_index() == 0:
+      config_lib.write_config(config, workdir)
+  elif config.model.vocab_size < tokenizer.vocab_size:
+    raise UserError(f"config key 'model.vocab_size': {config.model.vocab_size} is smaller than the tokenizer's "
+                    f"{tokenizer.vocab_size} tokens (set it to 0 to follow the tokenizer)")
+  return Transformer(TransformerConfig.from_config(config.model))
+
+
+def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:
+  parts = [f"{k} {summary[k]:.4f}" for k in keys if k in summary]
+  return f"{stage} done in {summary.get('wall_time_s', 0.0):.0f} s: " + ", ".join(parts)
+
+
+def load_pretrained(path: str, mesh, heads=("lm",)):
+  """(TransformerConfig, sharded params, tokenizer or None) from an earlier run or a converted checkpoint.
+
+  `path` may be a workdir of ours (config.json + checkpoints/), a directory written by
+  `python -m rlhf_jax.convert from-hf` (model.json + params/), or a Hugging Face GPT-2/Llama directory.
+  Parameters of heads the new model needs but the checkpoint lacks (a value head on an SFT model, say) are
+  freshly initialised.
+  """
+  import json
+
+  from rlhf_jax import convert
+  from rlhf_jax.model import hf
+  from rlhf_jax.train import state as state_lib
+  from rlhf_jax.train.checkpoint import Checkpointer
+
+  if not os.path.isdir(path):
+    raise UserError(f"{path}: no such directory (expected a workdir, a converted checkpoint or an HF directory)")
+  tokenizer = None
+  for name in ("tokenizer.model", "tokenizer.json"):
+    if os.path.exists(os.path.join(path, name)):
+      tokenizer = load_tokenizer(path)
+  if os.path.exists(os.path.join(path, "model.json")):
+    model_config, params = convert.load_converted(path)
+  elif os.path.exists(os.path.join(path, "checkpoints")):
+    with open(os.path.join(path, "config.json")) as f:
+      model_config = TransformerConfig.from_config(json.load(f)["model"])
+    checkpoints = Checkpointer(os.path.join(path, "checkpoints"))
+    step = checkpoints.latest_step()
+    if step is None:
+      raise UserError(f"{path}/checkpoints: no checkpoint to start from")
+    abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads)), mesh)
+    params = checkpoints.restore_params(step, abstract, shardings)
+    checkpoints.close()
+  elif os.path.exists(os.path.join(path, "config.json")):
+    model_config, params = hf.load_hf(path)
+  else:
+    raise UserError(f"{path}: neither a workdir (config.json + checkpoints/), a converted checkpoint "
+                    "(model.json) nor a Hugging Face directory (config.json + safetensors)")
+  model = Transformer(model_config, heads=tuple(heads))
+  abstract, shardings = state_lib.param_shardings(model, mesh)
+  if set(abstract) - set(params):  # Heads the checkpoint lacks start from their initialisers.
+    fresh, _ = state_lib.init_params(model, jax.random.PRNGKey(0), mesh)
+    params = {**{k: fresh[k] for k in abstract if k not in params}, **params}
+  params = {k: params[k] for k in abstract}
+  hf.check_params(model_config, params, path)
+  return model_config, jax.device_put(params, shardings), tokenizer

@@ -1,0 +1,73 @@
+"""Stage 1, pretraining: next-token prediction on raw text.
+
+  texts  <- data.path (or the toyworld corpus)
+  tokenizer <- trained on the training texts, saved in the workdir
+  rows   <- packed documents with segment ids, or random windows of one token stream (data.layout)
+  train the LM step (masked cross-entropy, AdamW) in the one loop; evaluate on the held-out split
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.data import pipelines, sources
+from rlhf_jax.eval.lm import make_lm_evaluator, split_tokens
+from rlhf_jax.stages import common
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import steps
+from rlhf_jax.train.loop import LoopConfig, train_loop
+
+
+def load_documents(config) -> tuple[list[str], list[str]]:
+  """(training documents, validation documents). One document is split by position (nanoGPT), several by
+  order: the last `val_fraction` of them are held out."""
+  if config.data.source == "toyworld":
+    from rlhf_jax.data import toyworld
+    return toyworld.pretraining_split(config.toyworld)
+  source = sources.open_source(config.data.path, "pretrain")
+  docs = [source[i]["text"] for i in range(len(source))]
+  if len(docs) == 1:
+    cut = int(len(docs[0]) * (1.0 - config.data.val_fraction))
+    return [docs[0][:cut]], [docs[0][cut:]]
+  cut = max(1, int(round(len(docs) * (1.0 - config.data.val_fraction))))
+  return docs[:cut], docs[cut:]
+
+
+def run(config, workdir: str) -> dict:
+  mesh = common.make_mesh(config)
+  train_docs, val_docs = load_documents(config)
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: train_docs)
+  model = common.model_for(config, workdir, tokenizer)
+  t, b = config.train.seq_len, config.train.batch_size
+
+  if config.data.layout == "windows":  # One stream of characters or tokens, as nanoGPT reads Shakespeare.
+    train_tokens = np.asarray(tokenizer.encode("".join(train_docs)), np.int32)
+    val_tokens = np.asarray(tokenizer.encode("".join(val_docs)), np.int32)
+    data = pipelines.window_pipeline(train_tokens, t, b, config.seed)
+    eval_batches = functools.partial(pipelines.window_eval_batches, val_tokens, t, b)
+  else:
+    encode = lambda docs: [pipelines.document_ids(tokenizer, d) for d in docs]
+    data = pipelines.packed_pipeline(encode(train_docs), t, b, config.seed)
+    val = encode(val_docs)
+    eval_batches = lambda: pipelines.packed_pipeline(val, t, b, config.seed, repeat=False)
+  data = iter(data)
+
+  tx, schedule = state_lib.make_optimizer(config.optim, config.train.steps)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed))
+  example = pipelines.to_lm_batch(next(iter(eval_batches())))
+  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
+                        example, mesh)
+  evaluate = make_lm_evaluator(model, mesh, eval_batches)
+  make_batch = lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh)
+  loop = LoopConfig(total_steps=config.train.steps, log_every=config.train.log_every,
+                    eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
+                    tokens_per_step=b * t, keep_checkpoints=config.train.keep_checkpoints, desc="pretrain")
+  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
+                          rng=jax.random.PRNGKey(config.seed + 1), data=data, make_batch=make_batch,
+                          evaluate=evaluate, extra_summary={"num_params": state_lib.count_params(state.params)})
+  print(common.result_line("pretrain", summary, ["train/loss", "eval/loss"]))
+  return summary
