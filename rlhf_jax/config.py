@@ -128,6 +128,19 @@ def base_config() -> ConfigDict:
       tokenizer_vocab_size=1024,
       val_fraction=0.1,
   ))
+  # The run this one starts from: a workdir of ours, a `python -m rlhf_jax.convert from-hf` output, or a
+  # Hugging Face GPT-2/Llama directory (SFT starts from pretraining, the reward model from SFT, ...).
+  config.init_from = ""
+  config.toyworld = ConfigDict(dict(
+      seed=0,  # The world (lexicon) and its data.
+      num_docs=20000,  # Pretraining documents (a further 5% are generated for validation).
+      num_sft=4000,  # Demonstrations for SFT.
+      num_val_sft=400,  # Held-out demonstrations (held-out instances) for the SFT validation loss.
+      error_rate=0.2,  # How often the demonstrators write a flawed answer.
+      num_eval_prompts=250,  # Held-out prompts on which samples are scored by the gold scorer.
+  ))
+  # How responses are sampled for evaluation (and, later, for PPO rollouts).
+  config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))
   return config
 
 

@@ -21,6 +21,7 @@ from rlhf_jax.errors import UserError
 # The module that runs each stage; each defines `run(config, workdir) -> dict` (the run's summary).
 STAGE_MODULES = {
     "pretrain": "rlhf_jax.stages.pretrain",
+    "sft": "rlhf_jax.stages.sft",
 }
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import jax
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.errors import UserError
-from rlhf_jax.model.transformer import Transformer, TransformerConfig
+from rlhf_jax.model.transformer import Transformer, TransformerConfig, stack_layers, unstack_layers
 from rlhf_jax.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
 
 
@@ -18,14 +19,18 @@ def make_mesh(config):
   return mesh_lib.make_mesh(config.mesh)
 
 
-def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterable[str]]) -> Tokenizer:
-  """The run's tokenizer, saved in the workdir: reused when the workdir has one (a resumed run), else loaded
-  from `data.tokenizer` when that names a file or directory, else trained on the training texts."""
+def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterable[str]],
+                      given: Optional[Tokenizer] = None) -> Tokenizer:
+  """The run's tokenizer, saved in the workdir: reused when the workdir has one (a resumed run), else the
+  one `given` (from the checkpoint a stage starts from), else loaded from `data.tokenizer` when that names a
+  file or directory, else trained on the training texts."""
   spec = config.data.tokenizer
   for name in ("tokenizer.model", "tokenizer.json"):
     if os.path.exists(os.path.join(workdir, name)):
       return load_tokenizer(workdir)
-  if spec == "char":
+  if given is not None:
+    tokenizer = given
+  elif spec == "char":
     tokenizer = CharTokenizer.from_text("".join(training_texts()))
   elif spec == "sentencepiece":
     tokenizer = train_sentencepiece(training_texts(), config.data.tokenizer_vocab_size)
@@ -56,13 +61,26 @@ def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:
   return f"{stage} done in {summary.get('wall_time_s', 0.0):.0f} s: " + ", ".join(parts)
 
 
-def load_pretrained(path: str, mesh, heads=("lm",)):
-  """(TransformerConfig, sharded params, tokenizer or None) from an earlier run or a converted checkpoint.
+# Model keys that are choices of the run, not of the trained weights: a later stage may change them.
+RUNTIME_KEYS = ("dtype", "remat", "scan_layers", "attention_impl", "dropout")
+
+
+def record_model(config, workdir: str, model_config: TransformerConfig) -> None:
+  """Makes `config.model` (and config.json) say which model the run really uses."""
+  for key, value in model_config.to_dict().items():
+    config.model[key] = value
+  if jax.process_index() == 0:
+    config_lib.write_config(config, workdir)
+
+
+def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
+  """(Transformer, sharded params, tokenizer or None) from an earlier run or a converted checkpoint.
 
   `path` may be a workdir of ours (config.json + checkpoints/), a directory written by
   `python -m rlhf_jax.convert from-hf` (model.json + params/), or a Hugging Face GPT-2/Llama directory.
-  Parameters of heads the new model needs but the checkpoint lacks (a value head on an SFT model, say) are
-  freshly initialised.
+  The architecture comes from the checkpoint; `runtime` (the current config's model section) supplies the
+  RUNTIME_KEYS, converting the layer layout if scan_layers differs. Parameters of heads the new model needs
+  but the checkpoint lacks (a value head on an SFT model, say) are freshly initialised.
   """
   import json
 
@@ -94,6 +112,13 @@ def load_pretrained(path: str, mesh, heads=("lm",)):
   else:
     raise UserError(f"{path}: neither a workdir (config.json + checkpoints/), a converted checkpoint "
                     "(model.json) nor a Hugging Face directory (config.json + safetensors)")
+  if runtime is not None:
+    saved = model_config
+    model_config = dataclasses.replace(model_config, **{k: runtime[k] for k in RUNTIME_KEYS})
+    if saved.scan_layers and not model_config.scan_layers:
+      params = unstack_layers(params, saved.n_layers)
+    elif model_config.scan_layers and not saved.scan_layers:
+      params = stack_layers(params, saved.n_layers)
   model = Transformer(model_config, heads=tuple(heads))
   abstract, shardings = state_lib.param_shardings(model, mesh)
   if set(abstract) - set(params):  # Heads the checkpoint lacks start from their initialisers.
@@ -101,4 +126,4 @@ def load_pretrained(path: str, mesh, heads=("lm",)):
     params = {**{k: fresh[k] for k in abstract if k not in params}, **params}
   params = {k: params[k] for k in abstract}
   hf.check_params(model_config, params, path)
-  return model_config, jax.device_put(params, shardings), tokenizer
+  return model, jax.device_put(params, shardings), tokenizer

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from rlhf_jax import mesh as mesh_lib
-from rlhf_jax.data import pipelines, sources
+from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.eval.lm import make_lm_evaluator, split_tokens
 from rlhf_jax.stages import common
 from rlhf_jax.train import state as state_lib
@@ -26,8 +26,10 @@ def load_documents(config) -> tuple[list[str], list[str]]:
   """(training documents, validation documents). One document is split by position (nanoGPT), several by
   order: the last `val_fraction` of them are held out."""
   if config.data.source == "toyworld":
-    from rlhf_jax.data import toyworld
-    return toyworld.pretraining_split(config.toyworld)
+    tw = config.toyworld
+    world = toyworld.make_world(tw.seed)
+    return (list(toyworld.corpus(world, tw.num_docs, seed=tw.seed)),
+            list(toyworld.corpus(world, max(tw.num_docs // 20, 1), seed=tw.seed + 1)))
   source = sources.open_source(config.data.path, "pretrain")
   docs = [source[i]["text"] for i in range(len(source))]
   if len(docs) == 1:
@@ -37,10 +39,20 @@ def load_documents(config) -> tuple[list[str], list[str]]:
   return docs[:cut], docs[cut:]
 
 
+def tokenizer_texts(config, train_docs: list[str]) -> list[str]:
+  """The text the tokenizer is trained on. For toyworld this adds the chat data's words (instructions such
+  as "write a review" never occur in the pretraining corpus), so later stages share one vocabulary."""
+  if config.data.source != "toyworld":
+    return train_docs
+  tw = config.toyworld
+  examples = toyworld.sft_examples(toyworld.make_world(tw.seed), tw.num_sft, tw.seed, tw.error_rate)
+  return train_docs + [m["content"] for ex in examples for m in ex["messages"]]
+
+
 def run(config, workdir: str) -> dict:
   mesh = common.make_mesh(config)
   train_docs, val_docs = load_documents(config)
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: train_docs)
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: tokenizer_texts(config, train_docs))
   model = common.model_for(config, workdir, tokenizer)
   t, b = config.train.seq_len, config.train.batch_size
 

@@ -26,6 +26,12 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Read each array straight into its sharding on the current mesh."""
+  restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
+  return ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=partial)
+
+
 class Checkpointer:
   """Saves and restores {state, data iterator, meta} under `directory/<step>/`, keeping the latest `keep`."""
 
@@ -33,13 +39,17 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.LatestN(keep), enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    # Handlers named up front: a manager opened only to read (a later stage, `sample`) can then read item
+    # metadata and restore parts of the state.
+    handlers = dict(state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler(),
+                    data=grain.checkpoint.CheckpointHandler())
+    self._manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, data_iterator: Any = None, meta: Optional[dict] = None) -> None:
-    items = dict(state=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+    items = dict(state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
                  meta=ocp.args.JsonSave(meta or {}))
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -53,7 +63,7 @@ class Checkpointer:
     target = flax.serialization.to_state_dict(state_template)
     self._check_shapes(step, target)
     abstract = abstract_like(target, flax.serialization.to_state_dict(shardings))
-    items = dict(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    items = dict(state=_restore_args(abstract), meta=ocp.args.JsonRestore())
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
@@ -70,9 +80,7 @@ class Checkpointer:
     target = {"params": abstract_params}
     self._check_shapes(step, target)
     abstract = {"params": abstract_like(abstract_params, shardings)}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)))
+    restored = self._manager.restore(step, args=ocp.args.Composite(state=_restore_args(abstract, partial=True)))
     return restored["state"]["params"]
 
   def _check_shapes(self, step: int, target: Any) -> None:

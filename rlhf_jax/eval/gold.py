@@ -1,0 +1,50 @@
+"""toyworld evaluation: sample answers to held-out prompts and score them with the gold scorer."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from rlhf_jax.data import toyworld
+from rlhf_jax.data.pipelines import prompt_ids
+from rlhf_jax.model.transformer import Transformer
+from rlhf_jax.sampling import make_generate, prompt_batch
+from rlhf_jax.tokenizer import Tokenizer
+
+
+def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: Sequence[str], sampling,
+                     seed: int = 0) -> tuple[list[str], np.ndarray]:
+  """Answers to single-turn user prompts, decoded up to the end of turn. Returns (texts, ended (N,) bool)."""
+  ids = [prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+  width = max(len(x) for x in ids)
+  generate = make_generate(model.clone(heads=("lm",)), max_new_tokens=sampling.max_new_tokens,
+                           temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
+                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+  texts, ended = [], []
+  rng = jax.random.PRNGKey(seed)
+  b = sampling.batch_size
+  for start in range(0, len(ids), b):
+    chunk = ids[start:start + b]
+    chunk = chunk + [chunk[-1]] * (b - len(chunk))  # Fixed batch shape: one compilation.
+    prompt_bp, mask_bp = prompt_batch(chunk, tokenizer.pad_id, length=width)
+    out = jax.device_get(generate(params, prompt_bp, mask_bp, jax.random.fold_in(rng, start)))
+    for row in range(min(b, len(ids) - start)):
+      tokens = out.tokens[row][out.mask[row]]
+      if out.ended[row]:
+        tokens = tokens[:-1]  # Drop the stop token.
+      texts.append(tokenizer.decode(tokens))
+      ended.append(bool(out.ended[row]))
+  return texts, np.asarray(ended)
+
+
+def gold_evaluation(model: Transformer, params, tokenizer: Tokenizer, world: toyworld.World,
+                    instances: Sequence[toyworld.Instance], sampling, seed: int = 0, prefix: str = "gold"):
+  """Mean gold score per task and overall, the end-of-turn rate and mean length. Returns (metrics, texts)."""
+  texts, ended = sample_responses(model, params, tokenizer, [inst.prompt for inst in instances], sampling, seed)
+  by_task = toyworld.mean_gold_by_task(world, instances, texts)
+  metrics = {f"{prefix}/{task}": score for task, score in by_task.items()}
+  metrics[f"{prefix}/end_of_turn_rate"] = float(ended.mean())
+  metrics[f"{prefix}/mean_words"] = float(np.mean([len(t.split()) for t in texts]))
+  return metrics, texts

@@ -1,0 +1,205 @@
+"""Batched generation: one prefill call over the prompts, then a KV-cache decode loop inside jit.
+
+Shapes: B batch, P prompt width (left-padded), N new tokens, S cache slots (P + N - 1), V vocabulary.
+
+Sampling at temperature T draws token y at step n from
+
+  pi_T(y | x, y_<n) = softmax(z / T)_y,        z = the model's logits after the prompt x and y_<n,
+
+optionally truncated to the k most likely tokens (top-k) and then to the nucleus (top-p: the smallest set of
+most likely tokens whose probability under the top-k-renormalised distribution is >= p), renormalised.
+The log-probability reported for each sampled token is log pi_T(y), without the truncation: PPO's ratio
+pi_theta / pi_old must compare the same temperature-scaled policy that training recomputes from the logits
+(training never sees top-k/top-p), so the rollout's log-probs are taken from that policy too, as in
+lm-human-preferences and the InstructGPT setup (Ziegler et al. 2019; Ouyang et al. 2022).
+
+A row ends at its first stop token (kept, and counted in the mask); after it the row holds `pad_id` and
+log-probability 0. The loop runs at most N steps and exits as soon as every row has ended.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.model.transformer import KVCache, Transformer, init_cache
+from rlhf_jax.tokenizer import END_OF_TURN_ID, EOS_ID, PAD_ID
+
+
+@flax.struct.dataclass
+class SampleOutput:
+  """tokens (B, N) int32: the new tokens, `pad_id` after a row's stop token.
+  log_probs (B, N) float32: log softmax(logits / temperature) at each sampled token (no top-k/top-p), 0 after
+    a row's stop token.
+  mask (B, N) bool: True for generated tokens up to and including the stop token.
+  lengths (B,) int32: mask.sum(-1).
+  ended (B,) bool: whether the row produced a stop token.
+  num_steps () int32: tokens sampled per row before the loop stopped (N, or fewer when every row ended early);
+    columns from num_steps on are padding in every row.
+  """
+  tokens: jax.Array
+  log_probs: jax.Array
+  mask: jax.Array
+  lengths: jax.Array
+  ended: jax.Array
+  num_steps: jax.Array
+
+
+@flax.struct.dataclass
+class _DecodeState:
+  """The decode loop's carry. `step` () is the next column of the output to fill; column step - 1 holds the
+  token fed to the model at this step, written to cache slot P + step - 1."""
+  step: jax.Array
+  cache: KVCache
+  tokens_bn: jax.Array
+  log_probs_bn: jax.Array
+  mask_bn: jax.Array
+  ended_b: jax.Array
+
+
+def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Draws one token per row from softmax(scaled) truncated to the top k, then to the nucleus; (B,) int32.
+
+  With the candidates sorted by decreasing logit z_(1) >= z_(2) >= ... (the top k, or the whole vocabulary)
+  and q = softmax over them, the nucleus keeps z_(j) while sum_{i<j} q_(i) < p: the smallest prefix whose
+  probability is >= p, and always z_(1). The draw is made among the C candidates only, so top-k sampling
+  costs C rather than V random numbers per row.
+  """
+  vocab = scaled_bv.shape[-1]
+  k = top_k if 0 < top_k < vocab else 0
+  if not k and top_p >= 1.0:
+    return jax.random.categorical(rng, scaled_bv, axis=-1)
+  if k:
+    sorted_bc, ids_bc = jax.lax.top_k(scaled_bv, k)
+  else:
+    ids_bc = jnp.argsort(-scaled_bv, axis=-1)
+    sorted_bc = jnp.take_along_axis(scaled_bv, ids_bc, axis=-1)
+  if top_p < 1.0:
+    probs_bc = jax.nn.softmax(sorted_bc, axis=-1)
+    mass_before_bc = jnp.cumsum(probs_bc, axis=-1) - probs_bc
+    sorted_bc = jnp.where(mass_before_bc < top_p, sorted_bc, -jnp.inf)
+  pick_b = jax.random.categorical(rng, sorted_bc, axis=-1)
+  return jnp.take_along_axis(ids_bc, pick_b[:, None], axis=-1)[:, 0]
+
+
+def _sample(logits_bv: jax.Array, rng: jax.Array, *, temperature: float, top_k: int, top_p: float,
+            greedy: bool):
+  """One token per row and its log-probability log softmax(logits / T)_token, both (B,)."""
+  scaled_bv = logits_bv.astype(jnp.float32) / temperature
+  token_b = jnp.argmax(scaled_bv, axis=-1) if greedy else _draw(scaled_bv, rng, top_k, top_p)
+  token_b = token_b.astype(jnp.int32)
+  picked_b = jnp.take_along_axis(scaled_bv, token_b[:, None], axis=-1)[:, 0]
+  return token_b, picked_b - jax.nn.logsumexp(scaled_bv, axis=-1)
+
+
+def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, greedy: bool = False, stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID),
+                  pad_id: int = PAD_ID):
+  """A jitted `(params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput`; it compiles once per prompt shape.
+
+  `prompt_bp` (B, P) int32 holds left-padded prompts, `prompt_mask_bp` (B, P) bool is False on the padding,
+  and every row needs at least one real token. Token j of a row whose first real token sits at column c
+  gets position j - c and segment id 1 (padding: segment 0, invisible to every query). Step n uses the key
+  fold_in(rng, n); `greedy` takes the arg-max and ignores rng, top_k and top_p.
+  """
+  if "lm" not in model.heads:
+    raise ValueError(f"generation needs the model's 'lm' head; it has {model.heads}")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  if temperature <= 0.0:
+    raise ValueError(f"temperature must be > 0 (use greedy=True for the arg-max), got {temperature}")
+  if top_k < 0:
+    raise ValueError(f"top_k must be >= 0 (0: off), got {top_k}")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
+  sample = functools.partial(_sample, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+  stop_ids_k = np.asarray(stop_ids, np.int32).reshape(-1)
+
+  def prefill(module: Transformer, prompt_bp, positions_bp, segments_bp, cache):
+    # Only the last position's logits are needed; the full (B, P, V) logits of the call are dead code that
+    # XLA removes.
+    out = module(prompt_bp, positions_bp, segments_bp, cache=cache)
+    return module.lm_logits(out.hidden[:, -1:])[:, 0], out.cache
+
+  def run(params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput:
+    variables = {"params": params}
+    b, p = prompt_bp.shape
+    prompt_mask_bp = prompt_mask_bp.astype(bool)
+    prompt_len_b = jnp.sum(prompt_mask_bp, axis=-1, dtype=jnp.int32)
+
+    def emit(state: _DecodeState, logits_bv) -> _DecodeState:
+      """Samples column `step` from the logits after column step - 1, masking rows that have ended."""
+      token_b, log_prob_b = sample(logits_bv, jax.random.fold_in(rng, state.step))
+      live_b = ~state.ended_b
+      token_b = jnp.where(live_b, token_b, pad_id)
+      log_prob_b = jnp.where(live_b, log_prob_b, 0.0)
+      put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
+      stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_k, axis=-1)
+      return _DecodeState(step=state.step + 1, cache=state.cache, tokens_bn=put(state.tokens_bn, token_b),
+                          log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
+                          ended_b=state.ended_b | stopped_b)
+
+    # The last sampled token is never fed back, so P + N - 1 slots hold everything the model reads.
+    cache = init_cache(model.config, b, p + max_new_tokens - 1)
+    positions_bp = jnp.maximum(jnp.cumsum(prompt_mask_bp, axis=-1, dtype=jnp.int32) - 1, 0)
+    logits_bv, cache = model.apply(variables, prompt_bp, positions_bp, jnp.ones((b, p), jnp.int32), cache,
+                                   method=prefill)
+    state = emit(_DecodeState(step=jnp.zeros((), jnp.int32), cache=cache,
+                              tokens_bn=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
+                              log_probs_bn=jnp.zeros((b, max_new_tokens), jnp.float32),
+                              mask_bn=jnp.zeros((b, max_new_tokens), bool), ended_b=jnp.zeros((b,), bool)),
+                 logits_bv)
+    segments_b1 = jnp.ones((b, 1), jnp.int32)
+
+    def decode(state: _DecodeState) -> _DecodeState:
+      token_b1 = jax.lax.dynamic_slice_in_dim(state.tokens_bn, state.step - 1, 1, axis=1)
+      positions_b1 = (prompt_len_b + state.step - 1)[:, None]
+      out = model.apply(variables, token_b1, positions_b1, segments_b1, cache=state.cache)
+      return emit(state.replace(cache=out.cache), out.logits[:, 0])
+
+    state = jax.lax.while_loop(lambda s: (s.step < max_new_tokens) & ~jnp.all(s.ended_b), decode, state)
+    return SampleOutput(tokens=state.tokens_bn, log_probs=state.log_probs_bn, mask=state.mask_bn,
+                        lengths=jnp.sum(state.mask_bn, axis=-1, dtype=jnp.int32), ended=state.ended_b,
+                        num_steps=state.step)
+
+  return jax.jit(run)
+
+
+_cached_generate = functools.lru_cache(maxsize=64)(make_generate)
+
+
+def generate(model: Transformer, params, prompt_bp, prompt_mask_bp, rng: jax.Array, *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
+             stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID), pad_id: int = PAD_ID) -> SampleOutput:
+  """Samples up to `max_new_tokens` per left-padded prompt; see `make_generate` for the arguments.
+
+  The jitted function is built once per (model, settings) and compiled once per prompt shape.
+  """
+  run = _cached_generate(model, max_new_tokens=max_new_tokens, temperature=float(temperature),
+                         top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
+                         stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id))
+  return run(params, prompt_bp, prompt_mask_bp, rng)
+
+
+def prompt_batch(token_lists: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
+  """Left-pads lists of ids to `length` (default: the longest) -> (prompt_bp int32, mask_bp bool) numpy.
+
+  Fixed bucket widths keep `generate` to one compile per bucket. Raises ValueError for an empty prompt or one
+  longer than `length`.
+  """
+  width = max((len(ids) for ids in token_lists), default=0) if length is None else length
+  prompt_bp = np.full((len(token_lists), width), pad_id, np.int32)
+  mask_bp = np.zeros((len(token_lists), width), bool)
+  for i, ids in enumerate(token_lists):
+    if not len(ids):
+      raise ValueError(f"prompt {i} is empty: generation needs at least one token to condition on")
+    if len(ids) > width:
+      raise ValueError(f"prompt {i} has {len(ids)} tokens, more than the bucket width {width}")
+    prompt_bp[i, width - len(ids):] = ids
+    mask_bp[i, width - len(ids):] = True
+  return prompt_bp, mask_bp

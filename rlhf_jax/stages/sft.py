@@ -1,0 +1,88 @@
+"""Stage 2, instruction tuning (SFT): the pretraining loss on chat demonstrations, counted only on the
+assistant's tokens (InstructGPT section 3.5; the "SFT" box of Karpathy's "State of GPT").
+
+  model, params, tokenizer <- init_from (a pretraining workdir, a converted or a Hugging Face checkpoint)
+  conversations <- data.path (JSONL {"messages"} / {"prompt", "response"}) or toyworld demonstrations
+  rows <- conversations packed with segment ids; loss mask = assistant content + its end-of-turn token
+  train the LM step in the one loop; evaluate the held-out loss, and for toyworld the gold score of samples
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.data import pipelines, sources, toyworld
+from rlhf_jax.errors import UserError
+from rlhf_jax.eval.gold import gold_evaluation
+from rlhf_jax.eval.lm import make_lm_evaluator
+from rlhf_jax.stages import common
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import steps
+from rlhf_jax.train.loop import LoopConfig, train_loop
+
+
+def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
+  """(training conversations, held-out conversations), each a list of {"role", "content"} messages."""
+  if config.data.source == "toyworld":
+    tw = config.toyworld
+    world = toyworld.make_world(tw.seed)
+    train = toyworld.sft_examples(world, tw.num_sft, tw.seed, tw.error_rate, split="train")
+    val = toyworld.sft_examples(world, tw.num_val_sft, tw.seed + 1, tw.error_rate, split="heldout")
+    return [ex["messages"] for ex in train], [ex["messages"] for ex in val]
+  source = sources.open_source(config.data.path, "sft")
+  conversations = [source[i]["messages"] for i in range(len(source))]
+  cut = max(1, int(round(len(conversations) * (1.0 - config.data.val_fraction))))
+  return conversations[:cut], conversations[cut:] or conversations[-1:]
+
+
+def run(config, workdir: str) -> dict:
+  if not config.init_from:
+    raise UserError("config key 'init_from': SFT starts from a pretrained model; name its workdir or checkpoint")
+  mesh = common.make_mesh(config)
+  model, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
+  common.record_model(config, workdir, model.config)
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  t, b = config.train.seq_len, config.train.batch_size
+
+  train_convs, val_convs = load_conversations(config)
+  encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
+  train_ids, train_masks = encode(train_convs)
+  val_ids, val_masks = encode(val_convs)
+  data = iter(pipelines.packed_pipeline(train_ids, t, b, config.seed, masks=train_masks))
+  eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
+  lm_eval = make_lm_evaluator(model, mesh, eval_batches)
+
+  evaluate = lm_eval
+  extra = {}
+  if config.data.source == "toyworld":
+    tw = config.toyworld
+    world = toyworld.make_world(tw.seed)
+    heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
+
+    def evaluate(state):
+      metrics = lm_eval(state)
+      gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, config.seed)
+      return {**metrics, **{f"eval/{k}": v for k, v in gold.items()}}
+
+    # The demonstrators' own gold score on the same prompts: what imitating them perfectly would give.
+    rng = np.random.default_rng(tw.seed + 3)
+    demos = [toyworld.demonstrate(world, inst, rng, tw.error_rate) for inst in heldout]
+    extra = {f"demonstrator/{k}": v for k, v in toyworld.mean_gold_by_task(world, heldout, demos).items()}
+
+  tx, schedule = state_lib.make_optimizer(config.optim, config.train.steps)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
+  example = pipelines.to_lm_batch(next(iter(eval_batches())))
+  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
+                        example, mesh)
+  loop = LoopConfig(total_steps=config.train.steps, log_every=config.train.log_every,
+                    eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
+                    tokens_per_step=b * t, keep_checkpoints=config.train.keep_checkpoints, desc="sft")
+  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
+                          rng=jax.random.PRNGKey(config.seed + 1), data=data,
+                          make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh),
+                          evaluate=evaluate, extra_summary=extra)
+  print(common.result_line("sft", summary, ["train/loss", "eval/loss", "eval/gold/all", "demonstrator/all",
+                                            "eval/gold/end_of_turn_rate"]))
+  return summary
