@@ -12,3 +12,13 @@ class UserError(Exception):
   def __init__(self, message: str):
     message = " ".join(str(message).split("\n"))
     super().__init__(message)
+
+
+class Preempted(Exception):
+  """A signal (SIGTERM, SIGINT) asked a training run to stop; a checkpoint at `step` has been written."""
+
+  def __init__(self, step: int, signum: int):
+    import signal
+    self.step, self.signum = step, signum
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
+                     "Re-run the same command to resume.")

@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from rlhf_jax import config as config_lib
-from rlhf_jax.errors import UserError
+from rlhf_jax.errors import Preempted, UserError
 
 # The module that runs each stage; each defines `run(config, workdir) -> dict` (the run's summary).
 STAGE_MODULES = {
@@ -75,6 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    return 128 + e.signum  # The shell's convention for "ended by this signal".
   return 0
 
 

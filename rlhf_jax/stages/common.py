@@ -16,7 +16,13 @@ from rlhf_jax.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, train_s
 
 
 def make_mesh(config):
-  return mesh_lib.make_mesh(config.mesh)
+  """The run's mesh; the global batch must split evenly over its data-parallel axes."""
+  mesh = mesh_lib.make_mesh(config.mesh)
+  shards = mesh_lib.num_batch_shards(mesh)
+  if config.train.batch_size % shards:
+    raise UserError(f"config key 'train.batch_size': {config.train.batch_size} rows do not split over the "
+                    f"{shards} data-parallel devices of mesh {dict(mesh.shape)}; change the batch or mesh.*")
+  return mesh
 
 
 def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterable[str]],

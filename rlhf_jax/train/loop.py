@@ -29,20 +29,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from rlhf_jax.errors import UserError
+from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.train.checkpoint import Checkpointer
 from rlhf_jax.train.metrics import MetricsWriter
 
 SUMMARY_FILE = "summary.json"
-
-
-class Preempted(Exception):
-  """A signal asked the run to stop; a checkpoint at `step` has been written."""
-
-  def __init__(self, step: int, signum: int):
-    self.step, self.signum = step, signum
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved. "
-                     "Re-run the same command to resume.")
 
 
 class Diverged(UserError):
