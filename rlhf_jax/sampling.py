@@ -1,6 +1,7 @@
 """Batched generation: one prefill call over the prompts, then a KV-cache decode loop inside jit.
 
-Shapes: B batch, P prompt width (left-padded), N new tokens, S cache slots (P + N - 1), V vocabulary.
+Shapes: B batch, P prompt width (left-padded), N new tokens, S cache slots (P + N - 1), V vocabulary,
+C sampling candidates (the top k, or all V).
 
 Sampling at temperature T draws token y at step n from
 
@@ -105,7 +106,8 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
   `prompt_bp` (B, P) int32 holds left-padded prompts, `prompt_mask_bp` (B, P) bool is False on the padding,
   and every row needs at least one real token. Token j of a row whose first real token sits at column c
   gets position j - c and segment id 1 (padding: segment 0, invisible to every query). Step n uses the key
-  fold_in(rng, n); `greedy` takes the arg-max and ignores rng, top_k and top_p.
+  fold_in(rng, n); `greedy` takes the arg-max and ignores rng, top_k and top_p. The KV cache is in the
+  model's compute dtype.
   """
   if "lm" not in model.heads:
     raise ValueError(f"generation needs the model's 'lm' head; it has {model.heads}")
@@ -118,7 +120,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
   sample = functools.partial(_sample, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
-  stop_ids_k = np.asarray(stop_ids, np.int32).reshape(-1)
+  stop_ids_array = np.asarray(stop_ids, np.int32).reshape(-1)
 
   def prefill(module: Transformer, prompt_bp, positions_bp, segments_bp, cache):
     # Only the last position's logits are needed; the full (B, P, V) logits of the call are dead code that
@@ -127,6 +129,8 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     return module.lm_logits(out.hidden[:, -1:])[:, 0], out.cache
 
   def run(params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput:
+    if prompt_bp.shape != prompt_mask_bp.shape:
+      raise ValueError(f"prompt {prompt_bp.shape} and prompt mask {prompt_mask_bp.shape} differ in shape")
     variables = {"params": params}
     b, p = prompt_bp.shape
     prompt_mask_bp = prompt_mask_bp.astype(bool)
@@ -139,7 +143,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)
       put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
-      stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_k, axis=-1)
+      stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_array, axis=-1)
       return _DecodeState(step=state.step + 1, cache=state.cache, tokens_bn=put(state.tokens_bn, token_b),
                           log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
                           ended_b=state.ended_b | stopped_b)
@@ -147,7 +151,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     # The last sampled token is never fed back, so P + N - 1 slots hold everything the model reads.
     cache = init_cache(model.config, b, p + max_new_tokens - 1)
     positions_bp = jnp.maximum(jnp.cumsum(prompt_mask_bp, axis=-1, dtype=jnp.int32) - 1, 0)
-    logits_bv, cache = model.apply(variables, prompt_bp, positions_bp, jnp.ones((b, p), jnp.int32), cache,
+    logits_bv, cache = model.apply(variables, prompt_bp, positions_bp, prompt_mask_bp.astype(jnp.int32), cache,
                                    method=prefill)
     state = emit(_DecodeState(step=jnp.zeros((), jnp.int32), cache=cache,
                               tokens_bn=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
