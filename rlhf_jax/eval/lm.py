@@ -15,10 +15,19 @@ from rlhf_jax.data.pipelines import to_lm_batch
 from rlhf_jax.model.transformer import Transformer
 
 
-def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iterable[dict]], prefix: str = "eval"):
+def pad_rows(rows: dict, size: int) -> dict:
+  """Pads a short final batch with all-zero rows (zero mask and segment ids: they count for nothing), so every
+  evaluation batch has the shape the step was compiled for."""
+  return {k: np.concatenate([v, np.zeros((size - len(v), *v.shape[1:]), v.dtype)]) if len(v) < size else v
+          for k, v in rows.items()}
+
+
+def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iterable[dict]], batch_size: int,
+                      prefix: str = "eval"):
   """Returns `evaluate(state) -> {prefix/loss, prefix/perplexity, prefix/accuracy, prefix/tokens}`.
 
-  `batches()` yields global host batches (same on every process); each process feeds its own rows.
+  `batches()` yields global host batches (same on every process) of at most `batch_size` rows; each process
+  feeds its own rows.
   """
   eval_model = model.clone(deterministic=True)
 
@@ -32,6 +41,7 @@ def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iter
     total = count = correct = 0.0
     with mesh_lib.activate(mesh):
       for rows in batches():
+        rows = pad_rows(rows, batch_size)
         local = jax.tree.map(lambda x: x[mesh_lib.process_batch_slice(x.shape[0])], rows)
         t, c, k = jax.device_get(totals(state.params, mesh_lib.shard_batch(to_lm_batch(local), mesh)))
         total, count, correct = total + float(t), count + float(c), correct + float(k)
@@ -41,8 +51,3 @@ def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iter
 
   return evaluate
 
-
-def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-  """nanoGPT's split of one token stream: the first (1 - f) for training, the rest for validation."""
-  cut = int(len(tokens) * (1.0 - val_fraction))
-  return tokens[:cut], tokens[cut:]

@@ -50,16 +50,16 @@ def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterabl
 
 
 def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
-  """The model the config describes, with `model.vocab_size` 0 resolved to the tokenizer's size (and the
-  resolved value written back to config.json)."""
+  """The model the config describes, with `model.vocab_size` 0 resolved to the tokenizer's size and every
+  derived value (head_dim) written back to config.json."""
   if config.model.vocab_size == 0:
     config.model.vocab_size = tokenizer.vocab_size
-    if jax.process_index() == 0:
-      config_lib.write_config(config, workdir)
   elif config.model.vocab_size < tokenizer.vocab_size:
     raise UserError(f"config key 'model.vocab_size': {config.model.vocab_size} is smaller than the tokenizer's "
                     f"{tokenizer.vocab_size} tokens (set it to 0 to follow the tokenizer)")
-  return Transformer(TransformerConfig.from_config(config.model))
+  model_config = TransformerConfig.from_config(config.model)
+  record_model(config, workdir, model_config)
+  return Transformer(model_config)
 
 
 def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
-from rlhf_jax.eval.lm import make_lm_evaluator, split_tokens
+from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.stages import common
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
@@ -73,7 +73,7 @@ def run(config, workdir: str) -> dict:
   example = pipelines.to_lm_batch(next(iter(eval_batches())))
   step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
                         example, mesh)
-  evaluate = make_lm_evaluator(model, mesh, eval_batches)
+  evaluate = make_lm_evaluator(model, mesh, eval_batches, b)
   make_batch = lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh)
   loop = LoopConfig(total_steps=config.train.steps, log_every=config.train.log_every,
                     eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,

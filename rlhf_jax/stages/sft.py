@@ -52,7 +52,7 @@ def run(config, workdir: str) -> dict:
   val_ids, val_masks = encode(val_convs)
   data = iter(pipelines.packed_pipeline(train_ids, t, b, config.seed, masks=train_masks))
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
-  lm_eval = make_lm_evaluator(model, mesh, eval_batches)
+  lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
 
   evaluate = lm_eval
   extra = {}

@@ -1,0 +1,113 @@
+"""Sample from a trained model.
+
+  python -m rlhf_jax.sample --workdir DIR --prompt "write a positive review of the lemon ." [--num 4]
+
+DIR is any run's workdir (or a converted checkpoint holding a tokenizer). For a chat model (SFT, PPO) the prompt
+is one user turn and the answer ends at the end-of-turn token; for a pretrained model, or with --raw, the
+prompt is plain text that the model continues until the end-of-document token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from rlhf_jax.errors import UserError
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--workdir", required=True, help="a run's workdir (or a converted checkpoint directory)")
+  parser.add_argument("--temperature", type=float, default=0.7)
+  parser.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+  parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+  parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
+  parser.add_argument("--max-new-tokens", type=int, default=64)
+  parser.add_argument("--seed", type=int, default=0)
+
+
+class Sampler:
+  """A model loaded from a workdir, ready to continue text or to answer a conversation."""
+
+  def __init__(self, args: argparse.Namespace):
+    import jax
+    import ml_collections
+
+    from rlhf_jax import mesh as mesh_lib
+    from rlhf_jax.stages.common import load_pretrained
+
+    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+    self.model, self.params, self.tokenizer = load_pretrained(args.workdir, mesh)
+    if self.tokenizer is None:
+      raise UserError(f"{args.workdir}: no tokenizer.model or tokenizer.json next to the checkpoint")
+    stage = None
+    config_path = os.path.join(args.workdir, "config.json")
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        stage = json.load(f).get("stage")
+    self.chat_model = stage not in (None, "pretrain")
+    self.args = args
+    self._rng = jax.random.PRNGKey(args.seed)
+    self._calls = 0
+
+  def _generate(self, ids_list, stop_ids):
+    import jax
+
+    from rlhf_jax.sampling import generate, prompt_batch
+    prompt_bp, mask_bp = prompt_batch(ids_list, self.tokenizer.pad_id)
+    a = self.args
+    max_new = a.max_new_tokens
+    cfg = self.model.config
+    if cfg.position == "learned" and prompt_bp.shape[1] + max_new - 1 > cfg.max_len:
+      max_new = cfg.max_len - prompt_bp.shape[1] + 1
+      if max_new < 1:
+        raise UserError(f"the prompt ({prompt_bp.shape[1]} tokens) does not fit model.max_len={cfg.max_len}")
+      print(f"(at most {max_new} new tokens fit the model's {cfg.max_len} positions)", file=sys.stderr)
+    self._calls += 1
+    rng = jax.random.fold_in(self._rng, self._calls)
+    out = jax.device_get(generate(self.model, self.params, prompt_bp, mask_bp, rng,
+                                  max_new_tokens=max_new, temperature=a.temperature, top_k=a.top_k,
+                                  top_p=a.top_p, greedy=a.greedy, stop_ids=stop_ids, pad_id=self.tokenizer.pad_id))
+    texts = []
+    for row in range(len(ids_list)):
+      tokens = out.tokens[row][out.mask[row]]
+      texts.append(self.tokenizer.decode(tokens[:-1] if out.ended[row] else tokens))
+    return texts
+
+  def continue_text(self, text: str, num: int = 1) -> list[str]:
+    ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
+    return self._generate([ids] * num, stop_ids=(self.tokenizer.eos_id,))
+
+  def answer(self, messages: Sequence[dict], num: int = 1) -> list[str]:
+    from rlhf_jax.data.pipelines import prompt_ids
+    ids = list(prompt_ids(self.tokenizer, messages))
+    return self._generate([ids] * num, stop_ids=(self.tokenizer.end_of_turn_id, self.tokenizer.eos_id))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rlhf_jax.sample", description=__doc__.split("\n\n")[0])
+  add_sampling_args(parser)
+  parser.add_argument("--prompt", required=True)
+  parser.add_argument("--num", type=int, default=1, help="how many samples")
+  parser.add_argument("--raw", action="store_true", help="continue the prompt as plain text, even for a chat model")
+  args = parser.parse_args(argv)
+  try:
+    sampler = Sampler(args)
+    if sampler.chat_model and not args.raw:
+      texts = sampler.answer([{"role": "user", "content": args.prompt}], args.num)
+    else:
+      texts = [args.prompt + t for t in sampler.continue_text(args.prompt, args.num)]
+  except (UserError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for i, text in enumerate(texts):
+    if args.num > 1:
+      print(f"--- sample {i + 1}")
+    print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,68 @@
+"""Smoke runs of the toyworld stages as a user launches them (the experiments' `smoke` variants), and the
+`sample` and `chat` tools on their workdirs."""
+
+import io
+import json
+import os
+
+import pytest
+
+from rlhf_jax import chat, main as main_lib, sample
+from rlhf_jax.tokenizer import load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = "--config.train.batch_size=8"  # Splits over conftest's 8 fake devices.
+
+
+def _run(experiment, workdir, *extra):
+  code = main_lib.main(["--config", os.path.join(ROOT, "experiments", experiment) + ":smoke",
+                        "--workdir", str(workdir), BATCH, *extra])
+  assert code == 0
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  base = tmp_path_factory.mktemp("toyworld")
+  pretrain, sft = base / "pretrain", base / "sft"
+  return {"pretrain": (pretrain, _run("toyworld_pretrain.py", pretrain)),
+          "sft": (sft, _run("toyworld_sft.py", sft, f"--config.init_from={pretrain}"))}
+
+
+def test_pretrain_writes_the_workdir_contract(runs):
+  workdir, summary = runs["pretrain"]
+  config = json.load(open(workdir / "config.json"))
+  tokenizer = load_tokenizer(str(workdir))
+  assert config["model"]["vocab_size"] == tokenizer.vocab_size  # Resolved from the tokenizer.
+  assert summary["step"] == config["train"]["steps"] and "eval/loss" in summary and summary["num_params"] > 0
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert any("train/loss" in r for r in rows) and any("eval/loss" in r for r in rows)
+  assert os.listdir(workdir / "tensorboard")
+
+
+def test_sft_starts_from_pretraining_and_reports_gold_scores(runs):
+  pre_dir, _ = runs["pretrain"]
+  workdir, summary = runs["sft"]
+  config = json.load(open(workdir / "config.json"))
+  pre_config = json.load(open(pre_dir / "config.json"))
+  assert config["model"] == pre_config["model"]  # The architecture came from init_from.
+  assert open(workdir / "tokenizer.model", "rb").read() == open(pre_dir / "tokenizer.model", "rb").read()
+  for task in ("review", "list", "arithmetic", "repeat", "reverse", "all"):
+    assert 0.0 <= summary[f"eval/gold/{task}"] <= 1.0
+    assert 0.0 < summary[f"demonstrator/{task}"] <= 1.0
+  assert 0.0 <= summary["eval/gold/end_of_turn_rate"] <= 1.0
+
+
+def test_sample_and_chat_tools(runs, capsys, monkeypatch):
+  workdir, _ = runs["sft"]
+  assert sample.main(["--workdir", str(workdir), "--prompt", "name 3 fruits .", "--num", "2",
+                      "--max-new-tokens", "6"]) == 0
+  out = capsys.readouterr().out
+  assert out.count("--- sample") == 2
+  monkeypatch.setattr("sys.stdin", io.StringIO("what is 3 plus 4 ?\n/reset\nname 2 tools .\n"))
+  assert chat.main(["--workdir", str(workdir), "--max-new-tokens", "6", "--greedy"]) == 0
+  out = capsys.readouterr().out
+  assert out.count("assistant> ") == 2 and "(conversation reset)" in out
+  assert sample.main(["--workdir", str(workdir / "nope"), "--prompt", "x"]) == 2
+  assert "nope" in capsys.readouterr().err
