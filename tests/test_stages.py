@@ -66,3 +66,27 @@ def test_sample_and_chat_tools(runs, capsys, monkeypatch):
   assert out.count("assistant> ") == 2 and "(conversation reset)" in out
   assert sample.main(["--workdir", str(workdir / "nope"), "--prompt", "x"]) == 2
   assert "nope" in capsys.readouterr().err
+
+
+def test_sft_from_a_hugging_face_checkpoint(runs, tmp_path):
+  """A GPT-2 directory as transformers writes it is a valid `init_from`, with a tokenizer given separately."""
+  transformers = pytest.importorskip("transformers")
+  pre_dir, _ = runs["pretrain"]
+  tokenizer = load_tokenizer(str(pre_dir))
+  hf_dir = tmp_path / "hf"
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+  model.save_pretrained(hf_dir)
+  workdir = tmp_path / "sft"
+  summary = _run("toyworld_sft.py", workdir, f"--config.init_from={hf_dir}",
+                 f"--config.data.tokenizer={pre_dir / 'tokenizer.model'}")
+  assert json.load(open(workdir / "config.json"))["model"]["activation"] == "gelu_tanh"
+  assert summary["eval/loss"] > 0
+  # A tokenizer larger than the model's embedding table is refused with one line.
+  small = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=tokenizer.vocab_size - 1, n_positions=64, n_embd=32, n_layer=2, n_head=4))
+  small.save_pretrained(tmp_path / "small")
+  code = main_lib.main(["--config", os.path.join(ROOT, "experiments", "toyworld_sft.py") + ":smoke",
+                        "--workdir", str(tmp_path / "sft2"), BATCH, f"--config.init_from={tmp_path / 'small'}",
+                        f"--config.data.tokenizer={pre_dir / 'tokenizer.model'}"])
+  assert code == 2

@@ -62,6 +62,12 @@ def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
   return Transformer(model_config)
 
 
+def check_vocab(tokenizer: Tokenizer, model_config: TransformerConfig, source: str) -> None:
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise UserError(f"{source}: the model has {model_config.vocab_size} token embeddings but the tokenizer has "
+                    f"{tokenizer.vocab_size} tokens (config key 'data.tokenizer')")
+
+
 def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:
   parts = [f"{k} {summary[k]:.4f}" for k in keys if k in summary]
   return f"{stage} done in {summary.get('wall_time_s', 0.0):.0f} s: " + ", ".join(parts)

@@ -44,6 +44,7 @@ def run(config, workdir: str) -> dict:
   model, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
   tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  common.check_vocab(tokenizer, model.config, config.init_from)
   t, b = config.train.seq_len, config.train.batch_size
 
   train_convs, val_convs = load_conversations(config)
