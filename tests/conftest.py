@@ -3,7 +3,10 @@ small model configs shared by the tests."""
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+# RLHF_JAX_TEST_DEVICES=1 runs the full-size (slow) experiments on one device, as they are configured.
+DEVICES = int(os.environ.get("RLHF_JAX_TEST_DEVICES", "8"))
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402

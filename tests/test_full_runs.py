@@ -1,0 +1,42 @@
+"""Full-size experiment runs, checked against their expected results. Slow (minutes each): kept out of the
+default suite. Run them on one device, as they are configured:
+
+  RLHF_JAX_TEST_DEVICES=1 python -m pytest -m slow
+
+The Shakespeare check needs the Tiny Shakespeare text: `RLHF_JAX_SHAKESPEARE=path/to/tinyshakespeare.txt`
+(default: ../shared/data/tinyshakespeare.txt)."""
+
+import json
+import os
+
+import pytest
+
+from rlhf_jax import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAKESPEARE = os.environ.get("RLHF_JAX_SHAKESPEARE",
+                             os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"))
+
+def _run(experiment, workdir, *extra):
+  import jax
+  if jax.device_count() != 1:
+    pytest.skip("full runs are configured for one device: RLHF_JAX_TEST_DEVICES=1 python -m pytest -m slow")
+  assert main_lib.main(["--config", os.path.join(ROOT, "experiments", experiment), "--workdir", str(workdir),
+                        *extra]) == 0
+  return json.load(open(os.path.join(workdir, "summary.json")))
+
+
+@pytest.mark.slow
+def test_shakespeare_char_reaches_nanogpt_validation_loss(tmp_path):
+  if not os.path.exists(SHAKESPEARE):
+    pytest.skip(f"no Tiny Shakespeare text at {SHAKESPEARE}")
+  summary = _run("shakespeare_char.py", tmp_path / "run", f"--config.data.path={SHAKESPEARE}")
+  assert summary["eval/loss"] <= 1.89
+
+
+@pytest.mark.slow
+def test_toyworld_sft_ends_turns_and_approaches_the_demonstrators(tmp_path):
+  _run("toyworld_pretrain.py", tmp_path / "pretrain")
+  summary = _run("toyworld_sft.py", tmp_path / "sft", f"--config.init_from={tmp_path / 'pretrain'}")
+  assert summary["eval/gold/end_of_turn_rate"] >= 0.95
+  assert summary["eval/gold/all"] >= 0.8 * summary["demonstrator/all"]
