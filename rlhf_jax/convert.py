@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.model.hf import atomic_directory, check_params, load_hf, save_hf
+from rlhf_jax.model.hf import atomic_directory, check_params, load_hf, read_json_object, save_hf
 from rlhf_jax.model.transformer import TransformerConfig
 
 MODEL_FILE = "model.json"
@@ -47,13 +47,7 @@ def load_converted(directory: str) -> tuple[TransformerConfig, dict]:
   path = os.path.join(directory, MODEL_FILE)
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file (not a directory written by `convert from-hf`)")
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f"{path}: malformed JSON ({e})") from None
-  if not isinstance(values, dict):
-    raise UserError(f"{path}: expected a JSON object, got {type(values).__name__}")
+  values = read_json_object(path)
   try:
     config = TransformerConfig.from_config(values)
   except UserError as e:

@@ -52,7 +52,8 @@ _REQUIRED = object()
 # --- reading ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: str) -> dict:
+def read_json_object(path: str) -> dict:
+  """A JSON file holding one object; a missing or malformed file is a one-line UserError naming it."""
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file")
   try:
@@ -163,7 +164,7 @@ class _Checkpoint:
       self.files = {name: single for name in self._handles[single].keys()}
       self.listing = single
     elif os.path.isfile(index):
-      weight_map = _read_json(index).get("weight_map")
+      weight_map = read_json_object(index).get("weight_map")
       if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise UserError(f"{index}: missing or malformed key 'weight_map'")
       self.files = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
@@ -277,7 +278,7 @@ def load_hf(directory: str, *, scan_layers: bool = False, dtype: str = "float32"
   if dtype not in ("float32", "bfloat16"):
     raise UserError(f"load_hf: dtype must be 'float32' or 'bfloat16', got {dtype!r}")
   path = os.path.join(directory, CONFIG_FILE)
-  hf = _read_json(path)
+  hf = read_json_object(path)
   model_type = hf.get("model_type")
   if model_type not in _FAMILIES_IN:
     raise UserError(f"{path}: unsupported model_type {model_type!r} (supported: {', '.join(_FAMILIES_IN)})")

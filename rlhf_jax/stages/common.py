@@ -94,8 +94,6 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   RUNTIME_KEYS, converting the layer layout if scan_layers differs. Parameters of heads the new model needs
   but the checkpoint lacks (a value head on an SFT model, say) are freshly initialised.
   """
-  import json
-
   from rlhf_jax import convert
   from rlhf_jax.model import hf
   from rlhf_jax.train import state as state_lib
@@ -110,8 +108,11 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   if os.path.exists(os.path.join(path, "model.json")):
     model_config, params = convert.load_converted(path)
   elif os.path.exists(os.path.join(path, "checkpoints")):
-    with open(os.path.join(path, "config.json")) as f:
-      model_config = TransformerConfig.from_config(json.load(f)["model"])
+    config_path = os.path.join(path, "config.json")
+    run_config = hf.read_json_object(config_path)
+    if not isinstance(run_config.get("model"), dict):
+      raise UserError(f"{config_path}: no 'model' section (not a workdir of this project?)")
+    model_config = TransformerConfig.from_config(run_config["model"])
     checkpoints = Checkpointer(os.path.join(path, "checkpoints"))
     step = checkpoints.latest_step()
     if step is None:
@@ -139,3 +140,30 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   params = {k: params[k] for k in abstract}
   hf.check_params(model_config, params, path)
   return model, jax.device_put(params, shardings), tokenizer
+
+
+def train_lm(config, workdir: str, *, model: Transformer, mesh, data, eval_batches: Callable[[], Iterable[dict]],
+             evaluate: Callable, desc: str, params=None, extra_summary: Optional[dict] = None) -> dict:
+  """What the LM stages share: the optimizer, the sharded state (from `params` when a stage starts from a
+  pretrained model), the jitted step, and the one loop. `data` yields host batches of rows."""
+  from rlhf_jax.data import pipelines
+  from rlhf_jax.train import state as state_lib
+  from rlhf_jax.train import steps
+  from rlhf_jax.train.loop import LoopConfig, train_loop
+
+  train = config.train
+  tx, schedule = state_lib.make_optimizer(config.optim, train.steps)
+  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
+  example = pipelines.to_lm_batch(next(iter(eval_batches())))  # Shapes and structure only.
+  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
+                        example, mesh)
+  loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
+                    checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * train.seq_len,
+                    keep_checkpoints=train.keep_checkpoints, desc=desc)
+  extra = {"num_params": state_lib.count_params(state.params), **(extra_summary or {})}
+  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
+                          rng=jax.random.PRNGKey(config.seed + 1), data=iter(data),
+                          make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh),
+                          evaluate=evaluate, extra_summary=extra)
+  return summary
+

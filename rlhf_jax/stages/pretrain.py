@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import numpy as np
 
-from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.stages import common
-from rlhf_jax.train import state as state_lib
-from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, train_loop
 
 
 def load_documents(config) -> tuple[list[str], list[str]]:
@@ -66,20 +61,7 @@ def run(config, workdir: str) -> dict:
     data = pipelines.packed_pipeline(encode(train_docs), t, b, config.seed)
     val = encode(val_docs)
     eval_batches = lambda: pipelines.packed_pipeline(val, t, b, config.seed, repeat=False)
-  data = iter(data)
-
-  tx, schedule = state_lib.make_optimizer(config.optim, config.train.steps)
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed))
-  example = pipelines.to_lm_batch(next(iter(eval_batches())))
-  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
-                        example, mesh)
-  evaluate = make_lm_evaluator(model, mesh, eval_batches, b)
-  make_batch = lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh)
-  loop = LoopConfig(total_steps=config.train.steps, log_every=config.train.log_every,
-                    eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
-                    tokens_per_step=b * t, keep_checkpoints=config.train.keep_checkpoints, desc="pretrain")
-  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
-                          rng=jax.random.PRNGKey(config.seed + 1), data=data, make_batch=make_batch,
-                          evaluate=evaluate, extra_summary={"num_params": state_lib.count_params(state.params)})
+  summary = common.train_lm(config, workdir, model=model, mesh=mesh, data=data, eval_batches=eval_batches,
+                            evaluate=make_lm_evaluator(model, mesh, eval_batches, b), desc="pretrain")
   print(common.result_line("pretrain", summary, ["train/loss", "eval/loss"]))
   return summary

@@ -9,18 +9,13 @@ assistant's tokens (InstructGPT section 3.5; the "SFT" box of Karpathy's "State 
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval.gold import gold_evaluation
 from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.stages import common
-from rlhf_jax.train import state as state_lib
-from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, train_loop
 
 
 def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
@@ -51,39 +46,30 @@ def run(config, workdir: str) -> dict:
   encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
-  data = iter(pipelines.packed_pipeline(train_ids, t, b, config.seed, masks=train_masks))
+  data = pipelines.packed_pipeline(train_ids, t, b, config.seed, masks=train_masks)
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
   lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
 
-  evaluate = lm_eval
-  extra = {}
+  evaluate, extra = lm_eval, {}
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)
     heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
 
-    def evaluate(state):
+    def evaluate_with_gold(state):
       metrics = lm_eval(state)
       gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, config.seed)
       return {**metrics, **{f"eval/{k}": v for k, v in gold.items()}}
+
+    evaluate = evaluate_with_gold
 
     # The demonstrators' own gold score on the same prompts: what imitating them perfectly would give.
     rng = np.random.default_rng(tw.seed + 3)
     demos = [toyworld.demonstrate(world, inst, rng, tw.error_rate) for inst in heldout]
     extra = {f"demonstrator/{k}": v for k, v in toyworld.mean_gold_by_task(world, heldout, demos).items()}
 
-  tx, schedule = state_lib.make_optimizer(config.optim, config.train.steps)
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
-  example = pipelines.to_lm_batch(next(iter(eval_batches())))
-  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
-                        example, mesh)
-  loop = LoopConfig(total_steps=config.train.steps, log_every=config.train.log_every,
-                    eval_every=config.train.eval_every, checkpoint_every=config.train.checkpoint_every,
-                    tokens_per_step=b * t, keep_checkpoints=config.train.keep_checkpoints, desc="sft")
-  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
-                          rng=jax.random.PRNGKey(config.seed + 1), data=data,
-                          make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh),
-                          evaluate=evaluate, extra_summary=extra)
+  summary = common.train_lm(config, workdir, model=model, mesh=mesh, data=data, eval_batches=eval_batches,
+                            evaluate=evaluate, desc="sft", params=params, extra_summary=extra)
   print(common.result_line("sft", summary, ["train/loss", "eval/loss", "eval/gold/all", "demonstrator/all",
                                             "eval/gold/end_of_turn_rate"]))
   return summary
