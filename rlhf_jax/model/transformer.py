@@ -118,7 +118,8 @@ class TransformerConfig:
 
 @flax.struct.dataclass
 class LayerCache:
-  """Keys and values of one layer: k, v (B, S, G, K); with scanned layers they carry a leading L axis."""
+  """Keys and values of one layer: k, v (B, G, S, K), head-major so that attention over the cache is G * B
+  batched matmuls with no relayout; with scanned layers they carry a leading L axis."""
   k: jax.Array
   v: jax.Array
 
@@ -147,7 +148,7 @@ def init_cache(config: TransformerConfig, batch: int, length: int, dtype: Any = 
   if config.position == "learned" and length > config.max_len:
     raise UserError(f"a cache of {length} slots exceeds model.max_len={config.max_len} (learned positions)")
   dtype = dtype or config.compute_dtype
-  shape = (batch, length, config.n_kv_heads, config.head_dim)
+  shape = (batch, config.n_kv_heads, length, config.head_dim)
   if config.scan_layers:
     zeros = jnp.zeros((config.n_layers, *shape), dtype)
     layers = LayerCache(k=zeros, v=zeros)
@@ -251,6 +252,25 @@ class Embed(nn.Module):
                       preferred_element_type=jnp.float32)
 
 
+def _cached_attention(q_bthk, k_bgsk, v_bgsk, mask_b1ts):
+  """softmax(q k^T / sqrt(K)) v of T queries over the S slots of a head-major cache, (B, T, H, K).
+
+  `jax.nn.dot_product_attention` takes keys as (B, S, G, K); fed from the cache in that layout, XLA's CPU
+  backend transposes every layer's whole K and V before each decode step's matmuls, O(S) copies per new
+  token that were 57% of a toy-model generation (benchmarks/generate.py). Query head h uses key/value head
+  h // (H / G), as in grouped-query attention.
+  """
+  b, t, h, k = q_bthk.shape
+  g = k_bgsk.shape[1]
+  q_bgrtk = q_bthk.reshape(b, t, g, h // g, k).transpose(0, 2, 3, 1, 4)
+  logits_bgrts = jnp.einsum("bgrtk,bgsk->bgrts", q_bgrtk, k_bgsk,
+                            preferred_element_type=jnp.float32) / np.sqrt(k).astype(np.float32)
+  logits_bgrts = jnp.where(mask_b1ts[:, :, None], logits_bgrts, jnp.finfo(jnp.float32).min)
+  probs_bgrts = jax.nn.softmax(logits_bgrts, axis=-1).astype(v_bgsk.dtype)
+  out_bgrtk = jnp.einsum("bgrts,bgsk->bgrtk", probs_bgrts, v_bgsk)
+  return out_bgrtk.transpose(0, 3, 1, 2, 4).reshape(b, t, h, k)
+
+
 def rotary(x_bthk, positions_bt, theta: float):
   """Rotary position embedding in the "rotate half" layout that Hugging Face's Llama uses (Su et al. 2021):
   feature i is paired with feature i + K/2 and rotated by angle position * theta^(-2i/K)."""
@@ -282,14 +302,15 @@ class Attention(nn.Module):
       k_btgk = rotary(k_btgk, positions_bt, cfg.rope_theta)
     new_cache = None
     if layer_cache is not None:
-      start = (0, cache_index, 0, 0)
-      k_bsgk = jax.lax.dynamic_update_slice(layer_cache.k, k_btgk.astype(layer_cache.k.dtype), start)
-      v_bsgk = jax.lax.dynamic_update_slice(layer_cache.v, v_btgk.astype(layer_cache.v.dtype), start)
-      new_cache = LayerCache(k=k_bsgk, v=v_bsgk)
-      k_btgk, v_btgk = k_bsgk.astype(dt), v_bsgk.astype(dt)
-    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-    out_bthk = jax.nn.dot_product_attention(q_bthk, k_btgk, v_btgk, mask=mask_b1ts,
-                                            is_causal=mask_b1ts is None, implementation=impl)
+      start = (0, 0, cache_index, 0)
+      put = lambda c_bgsk, x_btgk: jax.lax.dynamic_update_slice(
+          c_bgsk, x_btgk.transpose(0, 2, 1, 3).astype(c_bgsk.dtype), start)
+      new_cache = LayerCache(k=put(layer_cache.k, k_btgk), v=put(layer_cache.v, v_btgk))
+      out_bthk = _cached_attention(q_bthk, new_cache.k.astype(dt), new_cache.v.astype(dt), mask_b1ts)
+    else:
+      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+      out_bthk = jax.nn.dot_product_attention(q_bthk, k_btgk, v_btgk, mask=mask_b1ts,
+                                              is_causal=mask_b1ts is None, implementation=impl)
     out_btd = Linear((cfg.d_model,), ("heads", "kv", "embed"), in_ndim=2, use_bias=cfg.use_bias,
                      std=resid_std, dtype=dt, name="o")(out_bthk)
     return out_btd, new_cache
