@@ -75,6 +75,7 @@ has to teach.
 Pure Python and numpy, no JAX: data pipelines run on the host.
 """
 
+import abc
 import dataclasses
 import functools
 import hashlib
@@ -351,7 +352,7 @@ def _instance_rng(inst: Instance) -> np.random.Generator:
 # Tasks.
 
 
-class Task:
+class Task(abc.ABC):
   """An instruction task: phrasings, an instance sampler, a perfect answer, a gold scorer, a flawed answer.
 
   Subclasses implement `sample_args`, `render_fields`, `reference`, `_gold` and `_corruptions`.
@@ -360,12 +361,13 @@ class Task:
   name: str = ""
   phrasings: tuple[str, ...] = ()
 
+  @abc.abstractmethod
   def sample_args(self, world: World, rng: np.random.Generator) -> dict[str, Any]:
-    raise NotImplementedError
+    """The instance's arguments (what the phrasing names and the scorer needs)."""
 
+  @abc.abstractmethod
   def render_fields(self, world: World, args: Mapping[str, Any]) -> dict[str, Any]:
     """The values of the phrasing's placeholders."""
-    raise NotImplementedError
 
   def instance(self, world: World, args: dict[str, Any], phrasing: int) -> Instance:
     prompt = self.phrasings[phrasing].format(**self.render_fields(world, args))
@@ -375,10 +377,10 @@ class Task:
     args = self.sample_args(world, rng)
     return self.instance(world, args, int(rng.integers(len(self.phrasings))))
 
+  @abc.abstractmethod
   def reference(self, world: World, inst: Instance, rng: np.random.Generator | None = None) -> str:
     """A perfect answer (gold 1). Without `rng` it is fixed by the instance; with one, answers that have
     several perfect forms (reviews, lists) vary, so demonstrations are not all alike."""
-    raise NotImplementedError
 
   def gold(self, world: World, inst: Instance, response: str) -> float:
     """The gold score in [0, 1]; 0 for anything that is not a string. Never raises."""
@@ -387,12 +389,13 @@ class Task:
     score = float(self._gold(world, inst, response))
     return min(1.0, max(0.0, score)) if score == score else 0.0
 
+  @abc.abstractmethod
   def _gold(self, world: World, inst: Instance, response: str) -> float:
-    raise NotImplementedError
+    """The unclipped gold score of a string response."""
 
+  @abc.abstractmethod
   def _corruptions(self, world: World, inst: Instance, rng: np.random.Generator) -> list[str]:
     """Candidate flawed answers; `corrupt` picks one that scores below the reference."""
-    raise NotImplementedError
 
   def corrupt(self, world: World, inst: Instance, rng: np.random.Generator) -> str:
     """A plausible flawed answer, always scoring strictly below the reference."""
