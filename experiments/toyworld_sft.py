@@ -3,13 +3,16 @@
   python -m rlhf_jax.main --config experiments/toyworld_sft.py --workdir runs/toyworld/sft \
       --config.init_from=runs/toyworld/pretrain
 
-Hardware: a 2-core CPU. Runtime: a few minutes. Expected: the SFT model answers held-out prompts with a mean
-gold score close to (a little under) the demonstrators' own, which err 20% of the time, and ends its turn
-with the end-of-turn token in at least 95% of samples. Both figures are in summary.json.
+Hardware: a 2-core CPU. Runtime: about 4 minutes (evaluations included). Measured here (from the full
+toyworld_pretrain run): held-out gold 0.572 against the demonstrators' 0.875 (review 0.81/0.82, list
+0.81/0.93, repeat 0.74/0.93, reverse 0.30/0.89, arithmetic 0.20/0.81), end-of-turn token in 100% of samples.
+The demonstrators err 20% of the time; the copying and arithmetic tasks are still well below them, and
+training loss (0.66) far below validation loss (1.42) says more demonstrations would help. (300 steps at
+lr 5e-4 gave 0.369.)
 
 Data: 4,000 demonstrations (one user turn, one assistant turn; about 30 tokens each) packed into rows of 128
 tokens; the loss counts only the assistant's tokens and its end-of-turn token. Batch arithmetic: 32 rows x
-128 tokens hold about 130 demonstrations, so 300 steps are about 10 epochs.
+128 tokens hold about 130 demonstrations, so 600 steps are about 20 epochs.
 """
 
 from rlhf_jax.config import base_config, model_config
@@ -23,13 +26,13 @@ def get_config(arg=None):
   # The architecture comes from init_from; only the run-time keys (dtype, remat, ...) of this section apply.
   config.model = model_config("gpt2")
   config.data.source = "toyworld"
-  config.train.steps = 300
+  config.train.steps = 600
   config.train.batch_size = 32
   config.train.seq_len = 128
   config.train.log_every = 25
-  config.train.eval_every = 150
-  config.train.checkpoint_every = 150
-  config.optim.lr = 5e-4
+  config.train.eval_every = 300
+  config.train.checkpoint_every = 300
+  config.optim.lr = 1e-3
   config.optim.warmup_steps = 30
   config.optim.b2 = 0.99
   if arg == "smoke":  # Seconds on a CPU; init_from must name a toyworld_pretrain.py:smoke workdir.
