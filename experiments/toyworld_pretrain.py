@@ -2,8 +2,9 @@
 
   python -m rlhf_jax.main --config experiments/toyworld_pretrain.py --workdir runs/toyworld/pretrain
 
-Hardware: a 2-core CPU. Runtime: a few minutes. Expected: the model learns the world's words, grammar and raw
-skills (validation loss well under 1.5 nats/token); it does not yet follow instructions (that is SFT's job).
+Hardware: a 2-core CPU. Runtime: 705 s measured on a 2-core machine shared with other jobs. Measured result:
+validation loss 1.195 nats/token (1.62 at step 400, 1.30 at 800). The model learns the world's words, grammar
+and raw skills; it does not yet follow instructions (that is SFT's job).
 
 Model: 4 layers, 4 heads, width 128 (about 0.9M parameters with the 1024-token vocabulary) — the size every
 toyworld stage uses. Data: 20,000 documents (about 1.4M tokens), packed into rows of 128 tokens with
