@@ -68,7 +68,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import resource
 import statistics
 import tempfile
 import time
@@ -82,6 +81,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from machine import ForeignLoad  # noqa: E402
 from rlhf_jax import config as config_lib  # noqa: E402
 from rlhf_jax.model import hf  # noqa: E402
 from rlhf_jax.model.transformer import Transformer, TransformerConfig, unbox  # noqa: E402
@@ -110,32 +110,6 @@ class Case:
 LENGTHS = (32, 128)
 CASES = (Case("toy", TOY, {32: 7, 128: 5}, warmup=True), Case("base", BASE, {32: 3, 128: 1}, warmup=False))
 QUICK_CASES = (Case("toy", TOY, {32: 1, 128: 1}, warmup=True),)
-
-
-class ForeignLoad:
-  """Average cores that other processes kept busy since construction, from /proc/stat minus our own CPU
-  time (None off Linux). On 2 cores one busy neighbour halves both sides' rates."""
-
-  def __init__(self):
-    self._start = self._sample()
-
-  @staticmethod
-  def _sample():
-    try:
-      with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-      return None
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # All but idle and iowait.
-    return busy, usage.ru_utime + usage.ru_stime, time.perf_counter()
-
-  def cores(self):
-    end = self._sample()
-    if self._start is None or end is None:
-      return None
-    (busy0, ours0, t0), (busy1, ours1, t1) = self._start, end
-    return max((busy1 - busy0) - (ours1 - ours0), 0.0) / max(t1 - t0, 1e-9)
 
 
 def build_models(case: Case, directory: str):
