@@ -25,13 +25,17 @@ How:
    values, counted over the full T x T square although attention is causal, as PaLM counts it.
 
 Sizes: on 2 cores the base model's step must be big enough that its matmuls dominate, and small enough that
-ten steps take about a minute. B=8 T=128 (~5 s a step here) ran at ~157 GFLOP/s, B=4 T=128 at ~120;
-longer rows add attention, which runs below the matmul rate. The default run takes ~2.5 minutes on an idle
-machine; `--quick` (a couple of steps of each, base at B=2) takes ~35 s and is only a smoke test.
+ten steps take under a minute. Measured back to back on an idle machine (model GFLOP/s): B=4 T=128 152,
+B=8 T=128 160, B=16 T=128 158, B=4 T=256 153, B=8 T=256 150. Throughput has plateaued by B T = 512, so
+B=8 T=128 (~4.9 s a step) measures the steady state at the lowest cost; longer rows only add attention,
+which runs below the matmul rate. The default run takes ~2.3 minutes on an idle machine; `--quick` (two
+steps of each, base at B=2) ~27 s, a smoke test whose numbers are not steady state.
 
-Hardware: 2 vCPUs of an AMD EPYC (Zen 4, AVX-512 on 256-bit units: 32 float32 FLOPs a cycle a core, so
-~210 GFLOP/s at 3.3 GHz). Measured here: matmul peak ~200 GFLOP/s at N=2048, ~175 at N=4096; the base step
-~157 GFLOP/s, 75% of it. NOTES-stack.md's 314 GFLOP/s is above what two such cores can do.
+Hardware: 2 vCPUs of an AMD EPYC (Zen 4: AVX-512 on 256-bit units, 32 float32 FLOPs a cycle a core, so
+~210 GFLOP/s at 3.3 GHz). Measured here in November 2026: matmul peak 181-211 GFLOP/s at N=2048 (it drifts
+from run to run; N=4096 is ~5% slower); the base step 154-160 GFLOP/s, 75-85% of the peak of the same run;
+a plain nanoGPT-style linen step on the same shapes, timed alternately with ours, 151 GFLOP/s against our
+160. The 314 GFLOP/s in NOTES-stack.md is more than two such cores can do, so it is not used here.
 
 The machine is shared, and one busy neighbour takes half of it. Each timed step records how many cores
 other processes used meanwhile (/proc/stat minus our own CPU time); the step time is the median of the

@@ -167,3 +167,14 @@ def test_config_errors_name_the_key():
   with pytest.raises(UserError, match="max_len"):
     cfg = tiny_model("gpt2")
     Transformer(cfg).apply({"params": _init(cfg)}, jnp.zeros((1, cfg.max_len + 1), jnp.int32))
+
+
+def test_key_value_heads_default_to_the_query_heads():
+  """GPT-2 sized configs must not silently become grouped-query attention."""
+  from rlhf_jax.config import model_config
+  from rlhf_jax.model.transformer import TransformerConfig
+  cfg = TransformerConfig.from_config(model_config("gpt2", d_model=96, n_heads=12, d_ff=384))
+  assert cfg.n_kv_heads == 12 and cfg.head_dim == 8
+  assert TransformerConfig.from_config(model_config("llama", n_heads=8, n_kv_heads=2)).n_kv_heads == 2
+  with pytest.raises(UserError, match="model.n_kv_heads"):
+    TransformerConfig.from_config(model_config("llama", n_heads=8, n_kv_heads=-2))

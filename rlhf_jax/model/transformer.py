@@ -82,7 +82,7 @@ class TransformerConfig:
     for key, choices in cls._CHOICES.items():
       if key in values and values[key] not in choices:
         raise UserError(f"config key 'model.{key}': {values[key]!r} is not one of {', '.join(choices)}")
-    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_len"):
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
       if key in values and values[key] < 1:
         raise UserError(f"config key 'model.{key}' must be >= 1, got {values[key]}")
     d_model = values.get("d_model", cls.d_model)
@@ -92,7 +92,9 @@ class TransformerConfig:
         raise UserError(f"config key 'model.n_heads': {n_heads} does not divide model.d_model={d_model} "
                         "(or set model.head_dim)")
       values["head_dim"] = d_model // n_heads
-    if n_heads % values.get("n_kv_heads", cls.n_kv_heads):
+    if not values.get("n_kv_heads"):
+      values["n_kv_heads"] = n_heads
+    if values["n_kv_heads"] < 1 or n_heads % values["n_kv_heads"]:
       raise UserError(f"config key 'model.n_kv_heads': {values.get('n_kv_heads')} must divide "
                       f"model.n_heads={n_heads}")
     if values.get("position", cls.position) == "rope" and values["head_dim"] % 2:
