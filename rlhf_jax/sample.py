@@ -55,7 +55,7 @@ class Sampler:
   def _generate(self, ids_list, stop_ids):
     import jax
 
-    from rlhf_jax.sampling import generate, prompt_batch
+    from rlhf_jax.sampling import generate, prompt_batch, response_token_ids
     prompt_bp, mask_bp = prompt_batch(ids_list, self.tokenizer.pad_id)
     a = self.args
     max_new = a.max_new_tokens
@@ -67,14 +67,10 @@ class Sampler:
       print(f"(at most {max_new} new tokens fit the model's {cfg.max_len} positions)", file=sys.stderr)
     self._calls += 1
     rng = jax.random.fold_in(self._rng, self._calls)
-    out = jax.device_get(generate(self.model, self.params, prompt_bp, mask_bp, rng,
-                                  max_new_tokens=max_new, temperature=a.temperature, top_k=a.top_k,
-                                  top_p=a.top_p, greedy=a.greedy, stop_ids=stop_ids, pad_id=self.tokenizer.pad_id))
-    texts = []
-    for row in range(len(ids_list)):
-      tokens = out.tokens[row][out.mask[row]]
-      texts.append(self.tokenizer.decode(tokens[:-1] if out.ended[row] else tokens))
-    return texts
+    out = generate(self.model, self.params, prompt_bp, mask_bp, rng, max_new_tokens=max_new,
+                   temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, stop_ids=stop_ids,
+                   pad_id=self.tokenizer.pad_id)
+    return [self.tokenizer.decode(t) for t in response_token_ids(out)]
 
   def continue_text(self, text: str, num: int = 1) -> list[str]:
     ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]

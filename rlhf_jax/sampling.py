@@ -222,3 +222,12 @@ def prompt_batch(token_lists: Sequence[Sequence[int]], pad_id: int, length: int 
     prompt_bp[i, width - len(ids):] = ids
     mask_bp[i, width - len(ids):] = True
   return prompt_bp, mask_bp
+
+
+def response_token_ids(out: SampleOutput, num_rows: int | None = None) -> list[np.ndarray]:
+  """Each row's generated tokens as a host array, without padding and without the stop token that ended it
+  (what a tokenizer should decode as the response). Only the first `num_rows` rows when given."""
+  out = jax.device_get(out)
+  rows = range(len(out.tokens) if num_rows is None else num_rows)
+  return [out.tokens[r][out.mask[r]][:-1] if out.ended[r] else out.tokens[r][out.mask[r]] for r in rows]
+

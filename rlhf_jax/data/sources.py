@@ -96,9 +96,10 @@ def _json_type(value: Any) -> str:
   return "an object"
 
 
-def _get(obj: Mapping[str, Any], key: str, where: str) -> Any:
+def _get(obj: Mapping[str, Any], key: str, where: str, item: str = "") -> Any:
+  """obj[key], or a UserError naming `where` (file:line) and, inside a list, the `item` that lacks it."""
   if key not in obj:
-    raise UserError(f'{where}: missing key "{key}"')
+    raise UserError(f'{where}: {item + " is " if item else ""}missing key "{key}"')
   return obj[key]
 
 
@@ -106,12 +107,6 @@ def _string(value: Any, where: str, name: str) -> str:
   if not isinstance(value, str):
     raise UserError(f"{where}: {name} must be a string, got {_json_type(value)}")
   return value
-
-
-def _get_turn_key(turn: Mapping[str, Any], key: str, where: str, item: str) -> Any:
-  if key not in turn:
-    raise UserError(f'{where}: {item} is missing key "{key}"')
-  return turn[key]
 
 
 def _messages(value: Any, where: str, name: str) -> Messages:
@@ -125,13 +120,13 @@ def _messages(value: Any, where: str, name: str) -> Messages:
     item = f"{name}[{i}]"
     if not isinstance(turn, dict):
       raise UserError(f'{where}: {item} must be a {{"role", "content"}} object, got {_json_type(turn)}')
-    role = _string(_get_turn_key(turn, "role", where, item), where, f'{item}["role"]')
+    role = _string(_get(turn, "role", where, item), where, f'{item}["role"]')
     if role not in ROLES:
       expected = ", ".join(json.dumps(r) for r in ROLES)
       raise UserError(f'{where}: {item}["role"] is {json.dumps(role)}; expected one of {expected}')
     if role == "system" and i > 0:
       raise UserError(f"{where}: {item} is a system turn; a system turn may only come first")
-    content = _string(_get_turn_key(turn, "content", where, item), where, f'{item}["content"]')
+    content = _string(_get(turn, "content", where, item), where, f'{item}["content"]')
     messages.append({"role": role, "content": content})
   return messages
 

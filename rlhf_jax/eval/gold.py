@@ -10,7 +10,7 @@ import numpy as np
 from rlhf_jax.data import toyworld
 from rlhf_jax.data.pipelines import prompt_ids
 from rlhf_jax.model.transformer import Transformer
-from rlhf_jax.sampling import make_generate, prompt_batch
+from rlhf_jax.sampling import generate, prompt_batch, response_token_ids
 from rlhf_jax.tokenizer import Tokenizer
 
 
@@ -19,9 +19,7 @@ def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: 
   """Answers to single-turn user prompts, decoded up to the end of turn. Returns (texts, ended (N,) bool)."""
   ids = [prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
   width = max(len(x) for x in ids)
-  generate = make_generate(model.clone(heads=("lm",)), max_new_tokens=sampling.max_new_tokens,
-                           temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+  lm = model.clone(heads=("lm",))
   texts, ended = [], []
   rng = jax.random.PRNGKey(seed)
   b = sampling.batch_size
@@ -29,13 +27,14 @@ def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: 
     chunk = ids[start:start + b]
     chunk = chunk + [chunk[-1]] * (b - len(chunk))  # Fixed batch shape: one compilation.
     prompt_bp, mask_bp = prompt_batch(chunk, tokenizer.pad_id, length=width)
-    out = jax.device_get(generate(params, prompt_bp, mask_bp, jax.random.fold_in(rng, start)))
-    for row in range(min(b, len(ids) - start)):
-      tokens = out.tokens[row][out.mask[row]]
-      if out.ended[row]:
-        tokens = tokens[:-1]  # Drop the stop token.
-      texts.append(tokenizer.decode(tokens))
-      ended.append(bool(out.ended[row]))
+    # `generate` caches its compiled sampler per model and settings: evaluations after the first reuse it.
+    out = generate(lm, params, prompt_bp, mask_bp, jax.random.fold_in(rng, start),
+                   max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                   top_p=sampling.top_p, stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id),
+                   pad_id=tokenizer.pad_id)
+    rows = min(b, len(ids) - start)
+    texts.extend(tokenizer.decode(t) for t in response_token_ids(out, rows))
+    ended.extend(bool(e) for e in jax.device_get(out.ended)[:rows])
   return texts, np.asarray(ended)
 
 
