@@ -50,3 +50,19 @@ class LMBatch:
       positions = np.asarray(positions_bt1, np.int32)[:, :-1]
     return cls(tokens=sequences_bt1[:, :-1], targets=sequences_bt1[:, 1:],
                loss_mask=loss_mask.astype(np.float32), segment_ids=segment_ids, positions=positions)
+
+
+@flax.struct.dataclass
+class RMBatch:
+  """K-wise comparisons for the reward model: B prompts, each with K responses (padded to the batch's K).
+
+  tokens (B, K, T) int32: BOS + prompt + assistant tag + response + end of turn (+ the reward token for the
+    `reward_token` variant), right-padded; each row is one response and goes through the model once.
+  start, end (B, K) int32: positions of a response's first token and of the token whose hidden state gives
+    the response's score (its last token); a response spans start..end inclusive.
+  ranks (B, K) int32: the annotator's rank of each response, 0 best, ties share a rank, -1 = no response.
+  """
+  tokens: jax.Array
+  start: jax.Array
+  end: jax.Array
+  ranks: jax.Array

@@ -138,19 +138,34 @@ def base_config() -> ConfigDict:
       num_val_sft=400,  # Held-out demonstrations (held-out instances) for the SFT validation loss.
       error_rate=0.2,  # How often the demonstrators write a flawed answer.
       num_eval_prompts=250,  # Held-out prompts on which samples are scored by the gold scorer.
+      # Comparison data the InstructGPT way: K samples of the SFT policy per prompt, ranked by an annotator.
+      num_comparisons=2000,  # Training prompts (each with K ranked responses).
+      num_val_comparisons=250,  # Held-out prompts, for the reward model's evaluation.
+      responses_per_prompt=4,  # K.
+      sample_temperature=1.0,  # The SFT policy's temperature when it writes the responses to be ranked.
+      annotator_temperature=0.1,  # Plackett-Luce noise on the gold scores (0: rank by gold exactly).
+      tie_margin=0.02,  # Responses whose gold scores differ by less than this are tied.
+      disagreement=0.05,  # How often an annotator's ranking is replaced by a random one.
+  ))
+  # The reward-model stage (stages/reward.py): which loss, and how its scores are normalised.
+  config.reward = ConfigDict(dict(
+      loss="pairwise",  # pairwise | margin | per_token | reward_token (see losses.py)
+      margin=1.0,  # margin: r_w - r_l must exceed margin x (rank gap).
+      threshold=1.0,  # per_token: the score difference each aligned response position must clear.
+      max_responses=9,  # K of a comparison may be 2..max_responses; batches are padded to the data's largest K.
+      norm_samples=512,  # SFT samples on training prompts used to fit the score's gain and bias.
   ))
   # How responses are sampled for evaluation (and, later, for PPO rollouts).
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))
   return config
 
 
-def load_config(spec: str) -> ConfigDict:
-  """Loads `path/to/file.py[:arg]`: imports the file and returns its locked `get_config(arg)`."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str, what: str = "--config"):
+  """Imports an experiment (or ablation) file by path."""
   if not path.endswith(".py"):
-    raise UserError(f"--config {spec!r}: expected a Python experiment file, path/to/NAME.py[:ARG]")
+    raise UserError(f"{what} {path!r}: expected a Python experiment file, path/to/NAME.py[:ARG]")
   if not os.path.isfile(path):
-    raise UserError(f"--config {spec!r}: no such file {path}")
+    raise UserError(f"{what} {path!r}: no such file")
   module_name = "rlhf_jax_experiment_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(module_name, path)
   module = importlib.util.module_from_spec(module_spec)
@@ -158,6 +173,13 @@ def load_config(spec: str) -> ConfigDict:
   # point. Data files are never executed.
   sys.modules[module_name] = module
   module_spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec: str) -> ConfigDict:
+  """Loads `path/to/file.py[:arg]`: imports the file and returns its locked `get_config(arg)`."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path)
   if not hasattr(module, "get_config"):
     raise UserError(f"{path}: defines no get_config(arg)")
   try:
@@ -266,6 +288,14 @@ def finalize(config: ConfigDict) -> ConfigDict:
       raise UserError(f"config key 'data.{key}': {config.data[key]!r} is not one of {', '.join(choices)}")
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserError(f"config key 'data.val_fraction' must be in (0, 1), got {config.data.val_fraction}")
+  reward_losses = ("pairwise", "margin", "per_token", "reward_token")
+  if config.reward.loss not in reward_losses:
+    raise UserError(f"config key 'reward.loss': {config.reward.loss!r} is not one of {', '.join(reward_losses)}")
+  if not 2 <= config.reward.max_responses <= 16:
+    raise UserError(f"config key 'reward.max_responses' must be in 2..16, got {config.reward.max_responses}")
+  if config.toyworld.responses_per_prompt < 2:
+    raise UserError("config key 'toyworld.responses_per_prompt': a comparison needs at least 2 responses, got "
+                    f"{config.toyworld.responses_per_prompt}")
   optim, train = config.optim, config.train
   if optim.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "

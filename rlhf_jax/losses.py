@@ -26,3 +26,87 @@ def lm_loss(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array):
   nll_bt = -token_log_probs(logits_btv, targets_bt)
   correct = jnp.sum((jnp.argmax(logits_btv, axis=-1) == targets_bt) * mask_bt)
   return jnp.sum(nll_bt * mask_bt), jnp.sum(mask_bt), {"correct": correct}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reward-model losses over K-wise comparisons. Shapes: B comparisons (one prompt each), K responses (padded
+# to the batch's largest K), L aligned response positions. `ranks_bk[b, i]` is the annotator's rank of
+# response i (0 best, ties share a rank, -1 for a padding slot). Response i beats j when its rank is lower.
+#
+# InstructGPT (Ouyang et al. 2022, eq. 1) averages the loss over the C(K,2) pairs of one prompt, and the
+# batch averages over prompts: every prompt weighs the same whatever its K or number of ties, and the K
+# responses of a prompt go through the model once (the pairs only index their scores).
+
+
+def pair_weights(ranks_bk: jax.Array) -> jax.Array:
+  """(B, K, K) float32: 1 where response i is ranked strictly better than response j, else 0."""
+  valid_bk = ranks_bk >= 0
+  better_bkk = ranks_bk[:, :, None] < ranks_bk[:, None, :]
+  return (better_bkk & valid_bk[:, :, None] & valid_bk[:, None, :]).astype(jnp.float32)
+
+
+def rank_gaps(ranks_bk: jax.Array) -> jax.Array:
+  """(B, K, K) float32: rank_j - rank_i, how many places i is ahead of j (used where i beats j)."""
+  return (ranks_bk[:, None, :] - ranks_bk[:, :, None]).astype(jnp.float32)
+
+
+def _per_prompt_mean(pair_loss_bkk: jax.Array, pair_correct_bkk: jax.Array, weights_bkk: jax.Array):
+  """Averages pair values within each prompt, then sums over prompts that have at least one pair."""
+  num_pairs_b = weights_bkk.sum((1, 2))
+  has_pairs_b = (num_pairs_b > 0).astype(jnp.float32)
+  per_prompt = lambda x_bkk: (x_bkk * weights_bkk).sum((1, 2)) / jnp.maximum(num_pairs_b, 1.0)
+  return (jnp.sum(per_prompt(pair_loss_bkk)), jnp.sum(has_pairs_b),
+          {"correct": jnp.sum(per_prompt(pair_correct_bkk)), "pairs": jnp.sum(num_pairs_b)})
+
+
+def ranking_loss(scores_bk: jax.Array, ranks_bk: jax.Array, margin: float = 0.0):
+  """The pairwise reward-model loss, averaged over each prompt's ordered pairs (winner w, loser l):
+
+    loss(w, l) = -log sigmoid(r_w - r_l - margin x (rank_l - rank_w))
+
+  `margin` 0 is InstructGPT's loss; > 0 asks the scores of pairs further apart in the ranking to differ by
+  more (a margin that grows with the preference gap, as Llama 2's RM does with its rating scale).
+  Returns (sum over prompts of their mean pair loss, number of prompts with a pair, aux): aux `correct` sums
+  over prompts the fraction of pairs ordered right (a tied score counts half), `pairs` counts pairs.
+  """
+  scores_bk = scores_bk.astype(jnp.float32)
+  diff_bkk = scores_bk[:, :, None] - scores_bk[:, None, :]
+  weights_bkk = pair_weights(ranks_bk)
+  loss_bkk = -jax.nn.log_sigmoid(diff_bkk - margin * rank_gaps(ranks_bk))
+  correct_bkk = (diff_bkk > 0).astype(jnp.float32) + 0.5 * (diff_bkk == 0).astype(jnp.float32)
+  return _per_prompt_mean(loss_bkk, correct_bkk, weights_bkk)
+
+
+def aligned_response_scores(rewards_bkt: jax.Array, start_bk: jax.Array, end_bk: jax.Array,
+                            length: int) -> jax.Array:
+  """(B, K, L) per-token scores aligned by response position: [b, k, l] is the score at the l-th token of
+  response k (positions start..end inclusive); past a response's end it holds the score of its last token."""
+  offsets_l = jnp.arange(length, dtype=jnp.int32)
+  positions_bkl = jnp.minimum(start_bk[..., None] + offsets_l, end_bk[..., None])
+  return jnp.take_along_axis(rewards_bkt, positions_bkl, axis=-1)
+
+
+def per_token_ranking_loss(rewards_bkt: jax.Array, start_bk: jax.Array, end_bk: jax.Array,
+                           ranks_bk: jax.Array, threshold: float = 1.0):
+  """The per-token reward-model loss of the Fudan seed article: the model scores every response token, and
+  at every aligned position l the winner's score must exceed the loser's by `threshold`:
+
+    loss(w, l) = mean over l < max(len_w, len_l) of  -log sigmoid(s_w[l] - s_l[l] - threshold)
+
+  where s[l] is the score after the l-th response token (a response shorter than the other keeps the score
+  of its last token, so the final scores are always compared). A smooth hinge: once the difference clears
+  the threshold the loss goes to 0. The sequence's reward is its last token's score, as for `ranking_loss`.
+  Returns (sum, number of prompts with a pair, aux) like `ranking_loss`; `correct` judges the last tokens.
+  """
+  rewards_bkt = rewards_bkt.astype(jnp.float32)
+  length = rewards_bkt.shape[-1]
+  aligned_bkl = aligned_response_scores(rewards_bkt, start_bk, end_bk, length)
+  lengths_bk = end_bk - start_bk + 1
+  span_bkk = jnp.maximum(lengths_bk[:, :, None], lengths_bk[:, None, :])
+  in_span_bkkl = (jnp.arange(length)[None, None, None, :] < span_bkk[..., None]).astype(jnp.float32)
+  diff_bkkl = aligned_bkl[:, :, None, :] - aligned_bkl[:, None, :, :]
+  loss_bkk = (-jax.nn.log_sigmoid(diff_bkkl - threshold) * in_span_bkkl).sum(-1) / jnp.maximum(span_bkk, 1)
+  final_bk = jnp.take_along_axis(rewards_bkt, end_bk[..., None], axis=-1)[..., 0]
+  final_diff_bkk = final_bk[:, :, None] - final_bk[:, None, :]
+  correct_bkk = (final_diff_bkk > 0).astype(jnp.float32) + 0.5 * (final_diff_bkk == 0).astype(jnp.float32)
+  return _per_prompt_mean(loss_bkk, correct_bkk, pair_weights(ranks_bk))

@@ -22,6 +22,8 @@ from rlhf_jax.errors import Preempted, UserError
 STAGE_MODULES = {
     "pretrain": "rlhf_jax.stages.pretrain",
     "sft": "rlhf_jax.stages.sft",
+    "comparisons": "rlhf_jax.stages.comparisons",
+    "reward": "rlhf_jax.stages.reward",
 }
 
 
@@ -32,6 +34,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--config", required=True, help="experiment file, path/to/NAME.py[:ARG]")
   parser.add_argument("--workdir", required=True, help="directory for this run's outputs")
   args, rest = parser.parse_known_args(argv)
+  return args, parse_overrides(rest)
+
+
+def parse_overrides(rest: Sequence[str]) -> list[str]:
+  """`--config.KEY=VALUE` (or `--config.KEY VALUE`) arguments -> ["KEY=VALUE", ...]."""
   overrides, i = [], 0
   while i < len(rest):
     item = rest[i]
@@ -44,7 +51,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
       item, i = f"{item}={rest[i + 1]}", i + 1
     overrides.append(item)
     i += 1
-  return args, overrides
+  return overrides
 
 
 def resolve_config(spec: str, overrides: Sequence[str]) -> config_lib.ConfigDict:

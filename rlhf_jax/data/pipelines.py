@@ -23,7 +23,7 @@ import grain
 import jax
 import numpy as np
 
-from rlhf_jax.batches import LMBatch
+from rlhf_jax.batches import LMBatch, RMBatch
 from rlhf_jax.errors import UserError
 from rlhf_jax.tokenizer import Tokenizer, render_chat
 
@@ -84,6 +84,62 @@ def prompt_ids(tokenizer: Tokenizer, messages: Sequence[dict]) -> np.ndarray:
   """What a model is given to answer: BOS + the chat so far + the assistant role token."""
   ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
   return np.concatenate([[tokenizer.bos_id], ids]).astype(np.int32)
+
+
+def scored_sequence(tokenizer: Tokenizer, prompt: np.ndarray, response: Sequence[int], seq_len: int,
+                    reward_token: bool = False) -> tuple[np.ndarray, int, int]:
+  """A prompt (from `prompt_ids`) and a response's tokens -> (ids, start, end) for the reward model.
+
+  The response is followed by the end-of-turn token (and the reward token if `reward_token`), whose hidden
+  state gives the score at `end`; `start` is the response's first position. Too long for `seq_len`: the
+  prompt loses its oldest tokens first (its BOS is kept), down to half the row; then the response is cut,
+  keeping its closing token(s).
+  """
+  tail = [tokenizer.end_of_turn_id] + ([tokenizer.reward_id] if reward_token else [])
+  content = list(response)[:max(0, seq_len - len(tail) - 1)]
+  prompt = np.asarray(prompt, np.int32)
+  room = seq_len - len(tail) - len(content)
+  if len(prompt) > room:
+    keep = max(room, min(len(prompt), seq_len // 2))
+    prompt = np.concatenate([prompt[:1], prompt[len(prompt) - keep + 1:]]) if keep > 1 else prompt[:keep]
+    content = content[:seq_len - len(tail) - len(prompt)]
+  ids = np.concatenate([prompt, np.asarray(content + tail, np.int32)]).astype(np.int32)
+  return ids, len(prompt), len(ids) - 1
+
+
+def comparison_example(tokenizer: Tokenizer, record: dict, seq_len: int, num_responses: int,
+                       reward_token: bool = False) -> dict:
+  """A comparison record ({"prompt": messages, "responses", "ranking"}) -> host arrays of one batch element:
+  "tokens" (K, T), "start", "end", "ranks" (K,), with K = `num_responses` (empty slots have rank -1)."""
+  k = len(record["responses"])
+  if k > num_responses:
+    raise UserError(f"a comparison has {k} responses, more than reward.max_responses={num_responses}")
+  prompt = prompt_ids(tokenizer, record["prompt"])
+  tokens = np.full((num_responses, seq_len), tokenizer.pad_id, np.int32)
+  start = np.zeros(num_responses, np.int32)
+  end = np.zeros(num_responses, np.int32)
+  ranks = np.full(num_responses, -1, np.int32)
+  for i, response in enumerate(tokenizer.encode_batch(record["responses"])):
+    ids, start[i], end[i] = scored_sequence(tokenizer, prompt, response, seq_len, reward_token)
+    tokens[i, :len(ids)] = ids
+    ranks[i] = record["ranking"][i]
+  return {"tokens": tokens, "start": start, "end": end, "ranks": ranks}
+
+
+def comparison_pipeline(examples: Sequence[dict], global_batch_size: int, seed: int,
+                        repeat: bool = True) -> grain.IterDataset:
+  """Batches of comparison examples (from `comparison_example`), shuffled by seed, this host's share."""
+  if not examples:
+    raise UserError("no comparisons to train on")
+  ds = _host_slice(grain.MapDataset.source(list(examples)).seed(seed).shuffle())
+  if repeat:
+    ds = ds.repeat()
+  return ds.batch(host_batch_size(global_batch_size), drop_remainder=repeat).to_iter_dataset()
+
+
+def to_rm_batch(rows: dict) -> RMBatch:
+  return RMBatch(tokens=np.asarray(rows["tokens"], np.int32), start=np.asarray(rows["start"], np.int32),
+                 end=np.asarray(rows["end"], np.int32), ranks=np.asarray(rows["ranks"], np.int32))
 
 
 def _pieces(ids: np.ndarray, mask: np.ndarray, length: int):

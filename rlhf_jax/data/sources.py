@@ -14,6 +14,9 @@ checkpoints) whose records are small normalised dicts of one *kind*:
                {"prompt", "responses", "order": [int]}, or Anthropic      "ranking": [int, ...]}
                HH {"chosen": transcript, "rejected": transcript}
 
+A K-wise comparison may also carry "gold" (K numbers in [0, 1]) and "task" (a string), the labels of
+simulated data (toyworld writes them); they are kept, checked, so a reward model can be judged against gold.
+
 Messages are `{"role": one of ROLES, "content": str}`; a system turn may only come first. Keys other than
 those above are ignored, so datasets that carry ids or metadata need no cleaning. A comparison's "prompt"
 may be a string (it becomes one user turn) or a conversation; the normalised prompt is always messages, so
@@ -263,6 +266,23 @@ def _hh_comparison(obj: Mapping[str, Any], where: str) -> Record:
   return {"prompt": chosen_prompt, "responses": [chosen, rejected], "ranking": [0, 1]}
 
 
+def _simulated_labels(obj: Mapping[str, Any], k: int, where: str) -> Record:
+  """The optional extras of simulated comparisons (toyworld writes them): "gold", the gold score of each
+  response in [0, 1], and "task", the task's name. Kept so the reward model can be judged against gold."""
+  out = {}
+  if "gold" in obj:
+    gold = obj["gold"]
+    if not isinstance(gold, list) or len(gold) != k:
+      raise UserError(f'{where}: "gold" must be an array of {k} numbers (one per response)')
+    for i, value in enumerate(gold):
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise UserError(f'{where}: "gold"[{i}] must be a number in [0, 1], got {value!r}')
+    out["gold"] = [float(v) for v in gold]
+  if "task" in obj:
+    out["task"] = _string(obj["task"], where, '"task"')
+  return out
+
+
 def validate_comparison(obj: Mapping[str, Any], where: str) -> Record:
   """A pair, a K-wise ranking or an HH pair -> `{"prompt": messages, "responses", "ranking"}`."""
   if "prompt" not in obj:
@@ -278,7 +298,8 @@ def validate_comparison(obj: Mapping[str, Any], where: str) -> Record:
     responses = [_string(response, where, f'"responses"[{i}]') for i, response in enumerate(value)]
     if len(responses) < 2:
       raise UserError(f'{where}: "responses" has {len(responses)} entries; a comparison needs at least 2')
-    return {"prompt": prompt, "responses": responses, "ranking": _ranking(obj, len(responses), where)}
+    record = {"prompt": prompt, "responses": responses, "ranking": _ranking(obj, len(responses), where)}
+    return {**record, **_simulated_labels(obj, len(responses), where)}
   if "chosen" in obj or "rejected" in obj:
     responses = [_string(_get(obj, key, where), where, f'"{key}"') for key in ("chosen", "rejected")]
     return {"prompt": prompt, "responses": responses, "ranking": [0, 1]}

@@ -14,10 +14,13 @@ from rlhf_jax.sampling import generate, prompt_batch, response_token_ids
 from rlhf_jax.tokenizer import Tokenizer
 
 
-def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: Sequence[str], sampling,
-                     seed: int = 0) -> tuple[list[str], np.ndarray]:
-  """Answers to single-turn user prompts, decoded up to the end of turn. Returns (texts, ended (N,) bool)."""
-  ids = [prompt_ids(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: Sequence[str | Sequence[dict]],
+                     sampling, seed: int = 0, temperature: float | None = None) -> tuple[list[str], np.ndarray]:
+  """Answers to prompts (a user turn's text, or a conversation so far as messages), decoded up to the end of
+  turn, sampled with `sampling` (temperature overridable). Returns (texts, ended (N,) bool)."""
+  as_messages = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else p
+  ids = [prompt_ids(tokenizer, as_messages(p)) for p in prompts]
+  temperature = sampling.temperature if temperature is None else temperature
   width = max(len(x) for x in ids)
   lm = model.clone(heads=("lm",))
   texts, ended = [], []
@@ -29,7 +32,7 @@ def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: 
     prompt_bp, mask_bp = prompt_batch(chunk, tokenizer.pad_id, length=width)
     # `generate` caches its compiled sampler per model and settings: evaluations after the first reuse it.
     out = generate(lm, params, prompt_bp, mask_bp, jax.random.fold_in(rng, start),
-                   max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+                   max_new_tokens=sampling.max_new_tokens, temperature=temperature, top_k=sampling.top_k,
                    top_p=sampling.top_p, stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id),
                    pad_id=tokenizer.pad_id)
     rows = min(b, len(ids) - start)

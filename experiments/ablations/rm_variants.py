@@ -1,0 +1,41 @@
+"""Ablation: the four reward-model losses on the same comparisons.
+
+  python -m rlhf_jax.sweep experiments/ablations/rm_variants.py --workdir runs/ablations/rm_variants \
+      --config.init_from=runs/toyworld/sft
+
+Runs, in order: `comparisons` (the SFT model's samples ranked by the simulated annotator, toyworld.py), then
+one reward model per loss on exactly those comparisons -- `pairwise` (InstructGPT), `margin` (a margin per
+rank gap), `per_token` (every aligned response token must clear a threshold: the Fudan seed article),
+`reward_token` (the score read at an appended reward token) -- each with experiments/toyworld_reward.py's
+settings. The table (results.md / results.csv) gives held-out accuracy against the annotators' labels and
+against gold (all pairs whose gold differs, and pairs at least 0.2 apart), Spearman's correlation with gold,
+calibration error and training time. `:smoke` runs in seconds from a toyworld_sft.py:smoke workdir.
+"""
+
+import importlib.util
+import os
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("toyworld_reward", os.path.join(_HERE, "..", "toyworld_reward.py"))
+toyworld_reward = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(toyworld_reward)
+
+LOSSES = ("pairwise", "margin", "per_token", "reward_token")
+COLUMNS = ("reward_loss", "eval/label_accuracy", "eval/gold_accuracy/all", "eval/gold_accuracy_clear/all",
+           "eval/spearman/all", "eval/ece", "train/loss")
+
+
+def get_config(arg=None):
+  return toyworld_reward.get_config(arg)
+
+
+def sweep(arg, workdir):
+  data = get_config(arg)
+  data.stage = "comparisons"
+  runs = [("comparisons", data)]
+  for loss in LOSSES:
+    config = get_config(arg)
+    config.reward.loss = loss
+    config.data.path = os.path.join(workdir, "comparisons")
+    runs.append((loss, config))
+  return runs

@@ -1,0 +1,95 @@
+"""Run the variations an ablation file lists, and tabulate them.
+
+  python -m rlhf_jax.sweep experiments/ablations/NAME.py[:ARG] --workdir DIR [--config.a.b=value ...]
+
+An ablation file defines
+  sweep(arg, workdir) -> [(name, config), ...]   the runs, in order, each into DIR/name; a run may read an
+                                                 earlier one's output (shared comparison data, say);
+  COLUMNS = ("key", ...)                         summary keys of the results table; a run is a row when its
+                                                 summary has the first of them.
+The overrides apply to every run (e.g. --config.init_from=runs/sft). Each run resumes like any other and a
+finished one is skipped, so an interrupted sweep is continued by running the same command again. The table
+goes to DIR/results.csv and DIR/results.md (with each run's wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from typing import Optional, Sequence
+
+from rlhf_jax import config as config_lib
+from rlhf_jax.errors import Preempted, UserError
+from rlhf_jax.main import STAGE_MODULES, parse_overrides
+
+
+def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[dict]:
+  """Runs every variation of the ablation `spec` (path[:arg]) into `workdir`; returns the table's rows."""
+  import importlib
+
+  path, _, arg = spec.partition(":")
+  module = config_lib.load_module(path, "ablation")
+  for attr in ("sweep", "COLUMNS"):
+    if not hasattr(module, attr):
+      raise UserError(f"{path}: an ablation file defines sweep(arg, workdir) and COLUMNS; {attr} is missing")
+  try:
+    runs = module.sweep(arg or None, workdir)
+  except (ValueError, KeyError) as e:
+    raise UserError(f"{path}: sweep({arg or None!r}) failed: {e}") from None
+  from rlhf_jax import mesh as mesh_lib
+  rows = []
+  for name, config in runs:
+    config.lock()
+    config_lib.apply_overrides(config, overrides)
+    config_lib.finalize(config)
+    run_dir = os.path.join(workdir, name)
+    mesh_lib.maybe_initialize_distributed(config.mesh)
+    config_lib.write_config(config, run_dir)
+    print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}")
+    summary = importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)
+    if module.COLUMNS[0] in summary:
+      rows.append({"run": name, **{k: summary.get(k, float("nan")) for k in module.COLUMNS},
+                   "wall_time_s": summary.get("wall_time_s", float("nan"))})
+  write_table(workdir, rows)
+  return rows
+
+
+def write_table(workdir: str, rows: list[dict]) -> None:
+  if not rows:
+    return
+  columns = list(rows[0])
+  with open(os.path.join(workdir, "results.csv.tmp"), "w", newline="") as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(os.path.join(workdir, "results.csv.tmp"), os.path.join(workdir, "results.csv"))
+  fmt = lambda v: v if isinstance(v, str) else ("-" if v is None or (isinstance(v, float) and math.isnan(v))
+                                                else f"{v:.4g}")
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rlhf_jax.sweep", description=__doc__.split("\n\n")[0])
+  parser.add_argument("ablation", help="ablation file, path/to/NAME.py[:ARG]")
+  parser.add_argument("--workdir", required=True, help="directory for the sweep's runs and table")
+  try:
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    run_sweep(args.ablation, args.workdir, parse_overrides(rest))
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    return 128 + e.signum
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
