@@ -20,6 +20,9 @@ def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: 
   turn, sampled with `sampling` (temperature overridable). Returns (texts, ended (N,) bool)."""
   as_messages = lambda p: [{"role": "user", "content": p}] if isinstance(p, str) else p
   ids = [prompt_ids(tokenizer, as_messages(p)) for p in prompts]
+  if model.config.position == "learned":  # Prompt + answer must fit the learned positions: keep BOS + the end.
+    room = model.config.max_len - sampling.max_new_tokens + 1
+    ids = [x if len(x) <= room else np.concatenate([x[:1], x[len(x) - room + 1:]]) for x in ids]
   temperature = sampling.temperature if temperature is None else temperature
   width = max(len(x) for x in ids)
   lm = model.clone(heads=("lm",))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
 
 import jax
 import numpy as np
@@ -103,6 +102,9 @@ def run(config, workdir: str) -> dict:
   common.record_model(config, workdir, policy.config)
   tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
   common.check_vocab(tokenizer, policy.config, config.init_from)
+  if policy.config.position == "learned" and train.seq_len > policy.config.max_len:
+    raise UserError(f"config key 'train.seq_len': {train.seq_len} is longer than the model's "
+                    f"{policy.config.max_len} learned positions ({config.init_from})")
   sft = policy.clone(heads=("lm",))
   sft_params = {k: v for k, v in params.items() if k != "reward_head"}
 

@@ -1,0 +1,95 @@
+"""From a rollout to PPO's targets: KL-shaped per-token rewards, GAE, masked whitening. Pure functions.
+
+Shapes: B responses, N response tokens (columns of the sampler's output). `mask_bn` is 1 for the tokens a
+response really has (up to and including its end-of-turn token) and 0 after; every output is 0 where the
+mask is 0.
+
+The per-token reward of InstructGPT / Ziegler et al. 2019 (and the Fudan seed article's derivation):
+
+  r_t = -beta * KL_t                       at every response token t,
+  r_T += score                             at the response's last token T (the reward model's score),
+
+with KL_t an estimate of KL(pi || pi_ref) at token t from the sampled token's log-probabilities
+(Schulman, "Approximating KL divergence", 2020): with log-ratio d = log pi(y_t) - log pi_ref(y_t),
+
+  k1 = d                  unbiased, can be negative per token;
+  k3 = (e^-d - 1) + d     unbiased, never negative, lower variance when the policies are close.
+
+GAE(gamma, lambda) (Schulman et al. 2016) with the episode ending after the last token:
+
+  delta_t = r_t + gamma * V_{t+1} - V_t,   V_{T+1} = 0
+  A_t     = delta_t + gamma * lambda * A_{t+1},   A_{T+1} = 0
+  returns = A + V   (the value targets)
+
+computed by one reverse `lax.scan` over the columns.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def kl_estimate(log_probs_bn: jax.Array, ref_log_probs_bn: jax.Array, mask_bn: jax.Array,
+                kind: str = "k1") -> jax.Array:
+  """Per-token estimate of KL(pi || pi_ref) at the sampled tokens, (B, N), 0 where masked."""
+  d_bn = (log_probs_bn - ref_log_probs_bn).astype(jnp.float32)
+  if kind == "k1":
+    kl_bn = d_bn
+  elif kind == "k3":
+    kl_bn = jnp.expm1(-d_bn) + d_bn
+  else:
+    raise ValueError(f"unknown KL estimator {kind!r}; expected k1 or k3")
+  return kl_bn * mask_bn
+
+
+def last_token_index(mask_bn: jax.Array) -> jax.Array:
+  """(B,) the column of each response's last token (0 for an empty response)."""
+  n = mask_bn.shape[-1]
+  return jnp.maximum(jnp.max(jnp.where(mask_bn > 0, jnp.arange(n), -1), axis=-1), 0)
+
+
+def shaped_rewards(scores_b: jax.Array, kl_bn: jax.Array, mask_bn: jax.Array, beta: float | jax.Array,
+                   clip: float = 0.0) -> jax.Array:
+  """(B, N) per-token rewards: -beta * KL at every token, plus the score (clipped to [-clip, clip] when
+  clip > 0) at each response's last token."""
+  if clip > 0:
+    scores_b = jnp.clip(scores_b, -clip, clip)
+  last_bn = jax.nn.one_hot(last_token_index(mask_bn), mask_bn.shape[-1], dtype=jnp.float32)
+  return (-beta * kl_bn + scores_b[:, None].astype(jnp.float32) * last_bn) * mask_bn
+
+
+def gae(rewards_bn: jax.Array, values_bn: jax.Array, mask_bn: jax.Array, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
+  """(advantages, returns), each (B, N), by a reverse scan; masked tokens are outside the episode."""
+  mask_bn = mask_bn.astype(jnp.float32)
+  rewards_nb, values_nb, mask_nb = (x.astype(jnp.float32).T for x in (rewards_bn, values_bn * mask_bn, mask_bn))
+
+  def step(carry, inputs):
+    next_value_b, next_advantage_b = carry
+    reward_b, value_b, m_b = inputs
+    delta_b = reward_b + gamma * next_value_b - value_b
+    advantage_b = (delta_b + gamma * lam * next_advantage_b) * m_b
+    # A masked column passes nothing back: the episode ended before it.
+    return (value_b * m_b, advantage_b), advantage_b
+
+  zeros_b = jnp.zeros(rewards_nb.shape[1], jnp.float32)
+  _, advantages_nb = jax.lax.scan(step, (zeros_b, zeros_b), (rewards_nb, values_nb, mask_nb), reverse=True)
+  advantages_bn = advantages_nb.T
+  return advantages_bn, (advantages_bn + values_bn) * mask_bn
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True, eps: float = 1e-8) -> jax.Array:
+  """(x - mean) / std over the masked entries (the mean is added back when `shift_mean` is False); 0 where
+  masked. The variance is the population variance of the masked entries."""
+  mask = mask.astype(jnp.float32)
+  mean = masked_mean(x, mask)
+  var = masked_mean(jnp.square(x - mean), mask)
+  out = (x - mean) * jax.lax.rsqrt(var + eps)
+  if not shift_mean:
+    out = out + mean
+  return out * mask

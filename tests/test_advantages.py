@@ -1,0 +1,98 @@
+"""rl/advantages.py against hand computations and plain Python/NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.rl import advantages as adv
+
+
+def _reference_gae(rewards, values, mask, gamma, lam):
+  """The textbook recursion, one response at a time, in float64 Python."""
+  out_a = np.zeros_like(rewards, np.float64)
+  for b in range(rewards.shape[0]):
+    length = int(mask[b].sum())
+    next_value = next_adv = 0.0
+    for t in reversed(range(length)):
+      delta = rewards[b, t] + gamma * next_value - values[b, t]
+      next_adv = delta + gamma * lam * next_adv
+      next_value = values[b, t]
+      out_a[b, t] = next_adv
+  return out_a, (out_a + values) * mask
+
+
+def test_gae_hand_computed_four_steps():
+  # Row 0, gamma 1, lambda 0.95, reward 1 at the end, values .5 .6 .7 .8:
+  #   d3 = 1 - .8 = .2          A3 = .2
+  #   d2 = .8 - .7 = .1         A2 = .1 + .95 * .2    = .29
+  #   d1 = .7 - .6 = .1         A1 = .1 + .95 * .29   = .3755
+  #   d0 = .6 - .5 = .1         A0 = .1 + .95 * .3755 = .456725
+  # Row 1 ends after two tokens: what lies beyond (rewards 9, values 5) must not leak back:
+  #   d1 = 2 - 1 = 1            A1 = 1
+  #   d0 = 0 + 1 - 1 = 0        A0 = .95
+  rewards = jnp.array([[0.0, 0.0, 0.0, 1.0], [0.0, 2.0, 9.0, 9.0]])
+  values = jnp.array([[0.5, 0.6, 0.7, 0.8], [1.0, 1.0, 5.0, 5.0]])
+  mask = jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
+  a, r = adv.gae(rewards, values, mask, gamma=1.0, lam=0.95)
+  np.testing.assert_allclose(a, [[0.456725, 0.3755, 0.29, 0.2], [0.95, 1.0, 0.0, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(r, [[0.956725, 0.9755, 0.99, 1.0], [1.95, 2.0, 0.0, 0.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (0.99, 1.0), (1.0, 0.0)])
+def test_gae_matches_python_loop_on_random_masked_inputs(gamma, lam):
+  rng = np.random.default_rng(0)
+  b, n = 6, 11
+  rewards, values = rng.normal(size=(b, n)), rng.normal(size=(b, n))
+  lengths = np.array([0, 1, 4, 7, 11, 11])
+  mask = (np.arange(n)[None, :] < lengths[:, None]).astype(np.float64)
+  ref_a, ref_r = _reference_gae(rewards, values, mask, gamma, lam)
+  a, r = adv.gae(jnp.asarray(rewards, jnp.float32), jnp.asarray(values, jnp.float32), jnp.asarray(mask),
+                 gamma, lam)
+  np.testing.assert_allclose(a, ref_a, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(r, ref_r, rtol=1e-5, atol=1e-5)
+
+
+def test_kl_estimators_are_unbiased_and_k3_is_nonnegative():
+  # Tokens drawn from p; log p - log q estimates KL(p || q) in expectation (k1 and k3 alike).
+  rng = np.random.default_rng(1)
+  logits_p, logits_q = rng.normal(size=8), rng.normal(size=8)
+  logp = logits_p - np.log(np.exp(logits_p).sum())
+  logq = logits_q - np.log(np.exp(logits_q).sum())
+  exact = float(np.sum(np.exp(logp) * (logp - logq)))
+  draws = rng.choice(8, size=(400, 500), p=np.exp(logp))
+  mask = jnp.ones(draws.shape)
+  k1 = adv.kl_estimate(jnp.asarray(logp[draws]), jnp.asarray(logq[draws]), mask, "k1")
+  k3 = adv.kl_estimate(jnp.asarray(logp[draws]), jnp.asarray(logq[draws]), mask, "k3")
+  assert abs(float(k1.mean()) - exact) < 0.02 * max(exact, 0.1) + 0.01
+  assert abs(float(k3.mean()) - exact) < 0.02 * max(exact, 0.1) + 0.01
+  assert float(k3.min()) >= 0.0
+  np.testing.assert_allclose(adv.kl_estimate(jnp.ones((1, 3)), jnp.zeros((1, 3)), jnp.array([[1.0, 1.0, 0.0]])),
+                             [[1.0, 1.0, 0.0]])
+  with pytest.raises(ValueError, match="k2"):
+    adv.kl_estimate(jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.ones((1, 1)), "k2")
+
+
+def test_shaped_rewards_put_the_score_on_the_last_token():
+  kl = jnp.array([[0.1, 0.2, 0.3, 0.0], [0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+  mask = jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+  scores = jnp.array([2.0, -7.0, 0.5])
+  r = adv.shaped_rewards(scores, kl, mask, beta=0.5)
+  np.testing.assert_allclose(r, [[-0.05, -0.1, -0.15 + 2.0, 0.0], [-0.25 - 7.0, 0, 0, 0], [0, 0, 0, 0.5]],
+                             atol=1e-6)
+  clipped = adv.shaped_rewards(scores, kl, mask, beta=0.0, clip=1.0)
+  np.testing.assert_allclose(clipped[:, :], [[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 0.5]], atol=1e-6)
+
+
+def test_masked_whiten_matches_numpy():
+  rng = np.random.default_rng(2)
+  x = rng.normal(3.0, 2.0, size=(4, 9))
+  mask = (rng.random((4, 9)) < 0.6).astype(np.float64)
+  kept = x[mask > 0]
+  expected = (x - kept.mean()) / kept.std() * mask
+  np.testing.assert_allclose(adv.masked_whiten(jnp.asarray(x, jnp.float32), jnp.asarray(mask)), expected,
+                             rtol=1e-4, atol=1e-5)
+  unshifted = adv.masked_whiten(jnp.asarray(x, jnp.float32), jnp.asarray(mask), shift_mean=False)
+  np.testing.assert_allclose(unshifted, (expected + kept.mean()) * mask, rtol=1e-4, atol=1e-5)
+  assert jax.device_get(adv.last_token_index(jnp.asarray(mask))).tolist() == [
+      int(np.nonzero(row)[0].max()) if row.any() else 0 for row in mask]
