@@ -110,3 +110,48 @@ def per_token_ranking_loss(rewards_bkt: jax.Array, start_bk: jax.Array, end_bk: 
   final_diff_bkk = final_bk[:, :, None] - final_bk[:, None, :]
   correct_bkk = (final_diff_bkk > 0).astype(jnp.float32) + 0.5 * (final_diff_bkk == 0).astype(jnp.float32)
   return _per_prompt_mean(loss_bkk, correct_bkk, pair_weights(ranks_bk))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PPO (Schulman et al. 2017) on response tokens. Shapes: B responses, N tokens, V vocabulary; `mask_bn` is 1
+# on the tokens a response has. Each returns (sum over masked tokens, number of masked tokens, aux sums), so
+# minibatch averages stay exact under accumulation.
+
+
+def ppo_policy_loss(log_probs_bn: jax.Array, old_log_probs_bn: jax.Array, advantages_bn: jax.Array,
+                    mask_bn: jax.Array, clip_eps: float = 0.2):
+  """The clipped surrogate: max(-A r, -A clip(r, 1 - eps, 1 + eps)) with r = pi / pi_old per token.
+
+  aux: `clip_fraction` (tokens where the clipped term is the larger, i.e. the update is cut off) and
+  `approx_kl` ((r - 1) - log r, the k3 estimate of KL(pi_old || pi) per token), both as sums.
+  """
+  mask_bn = mask_bn.astype(jnp.float32)
+  log_ratio_bn = (log_probs_bn - old_log_probs_bn).astype(jnp.float32)
+  ratio_bn = jnp.exp(log_ratio_bn)
+  unclipped_bn = -advantages_bn * ratio_bn
+  clipped_bn = -advantages_bn * jnp.clip(ratio_bn, 1.0 - clip_eps, 1.0 + clip_eps)
+  loss_bn = jnp.maximum(unclipped_bn, clipped_bn)
+  aux = {"clip_fraction": jnp.sum((clipped_bn > unclipped_bn) * mask_bn),
+         "approx_kl": jnp.sum((jnp.expm1(log_ratio_bn) - log_ratio_bn) * mask_bn)}
+  return jnp.sum(loss_bn * mask_bn), jnp.sum(mask_bn), aux
+
+
+def ppo_value_loss(values_bn: jax.Array, old_values_bn: jax.Array, returns_bn: jax.Array, mask_bn: jax.Array,
+                   clip_eps: float = 0.2):
+  """The clipped value loss 0.5 max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2) per token.
+  aux: `value_clip_fraction` (tokens where the clipped error is the larger), as a sum."""
+  mask_bn = mask_bn.astype(jnp.float32)
+  clipped_bn = old_values_bn + jnp.clip(values_bn - old_values_bn, -clip_eps, clip_eps)
+  error_bn = jnp.square(values_bn - returns_bn)
+  clipped_error_bn = jnp.square(clipped_bn - returns_bn)
+  loss_bn = 0.5 * jnp.maximum(error_bn, clipped_error_bn)
+  aux = {"value_clip_fraction": jnp.sum((clipped_error_bn > error_bn) * mask_bn)}
+  return jnp.sum(loss_bn * mask_bn), jnp.sum(mask_bn), aux
+
+
+def entropy(logits_bnv: jax.Array, mask_bn: jax.Array):
+  """Entropy of softmax(logits) per token (pass logits / temperature for the sampling policy): (sum, count)."""
+  log_p_bnv = jax.nn.log_softmax(logits_bnv.astype(jnp.float32), axis=-1)
+  entropy_bn = -jnp.sum(jnp.exp(log_p_bnv) * log_p_bnv, axis=-1)
+  mask_bn = mask_bn.astype(jnp.float32)
+  return jnp.sum(entropy_bn * mask_bn), jnp.sum(mask_bn)
