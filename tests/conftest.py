@@ -26,3 +26,29 @@ def tiny_model(family: str = "gpt2", **overrides) -> TransformerConfig:
 @pytest.fixture(params=["gpt2", "llama"])
 def family(request):
   return request.param
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = "--config.train.batch_size=8"  # Splits over the 8 fake devices.
+
+
+def run_smoke(experiment, workdir, *extra):
+  """Runs `experiments/EXPERIMENT:smoke` in-process as the CLI would; returns its summary."""
+  import json
+
+  from rlhf_jax import main as main_lib
+  argv = ["--config", os.path.join(ROOT, "experiments", experiment) + ":smoke", "--workdir", str(workdir), BATCH,
+          *extra]
+  assert main_lib.main(argv) == 0
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def toyworld_smoke(tmp_path_factory):
+  """The smoke toyworld pretraining and SFT runs, made once per session: {"pretrain": (dir, summary),
+  "sft": (dir, summary)}. Later stages start from them; nobody may write into them."""
+  base = tmp_path_factory.mktemp("toyworld")
+  pretrain, sft = base / "pretrain", base / "sft"
+  return {"pretrain": (pretrain, run_smoke("toyworld_pretrain.py", pretrain)),
+          "sft": (sft, run_smoke("toyworld_sft.py", sft, f"--config.init_from={pretrain}"))}

@@ -65,6 +65,20 @@ MALFORMED = {
     "ranking and order": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1],
                                           "order": [0, 1]}, 'either "ranking" or "order"'),
     "pair missing rejected": ("comparisons", {"prompt": "p", "chosen": "a"}, 'missing key "rejected"'),
+    "gold wrong length": ("comparisons", {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [0, 1, 2],
+                                          "gold": [0.5, 0.2]}, '"gold" must be an array of 3 numbers'),
+    "gold not an array": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "gold": 0.5},
+                          '"gold" must be an array of 2 numbers'),
+    "gold above 1": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "gold": [0.5, 1.5]},
+                     '"gold"[1] must be a number in [0, 1], got 1.5'),
+    "gold negative": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1],
+                                      "gold": [-0.1, 0.0]}, '"gold"[0] must be a number in [0, 1]'),
+    "gold a boolean": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1],
+                                       "gold": [1.0, True]}, '"gold"[1] must be a number in [0, 1]'),
+    "gold a string": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1],
+                                      "gold": ["0.5", 0.1]}, '"gold"[0] must be a number in [0, 1]'),
+    "task not a string": ("comparisons", {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1], "task": 3},
+                          '"task" must be a string, got a number'),
     "HH with no final Assistant turn": ("comparisons", {"chosen": hh(("Human", "hi"), ("Assistant", "a")),
                                                         "rejected": hh(("Human", "hi"), ("Assistant", "b"),
                                                                        ("Human", "more?"))},
@@ -163,6 +177,20 @@ def test_comparison_forms_normalise_to_one_record(tmp_path):
   assert source[1] == {"prompt": [USER], "responses": ["a", "b", "c", "d"], "ranking": [1, 0, 2, 1]}
   # order [2, 0, 1]: response 2 is best, then 0, then 1.
   assert source[2] == {"prompt": prompt, "responses": ["a", "b", "c"], "ranking": [1, 2, 0]}
+
+
+def test_comparison_keeps_simulated_gold_and_task(tmp_path):
+  """A K-wise comparison's optional "gold" (numbers in [0, 1], integers included) and "task" are kept."""
+  path = write_jsonl(tmp_path / "rm.jsonl", [
+      {"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, 0, 2], "gold": [0.5, 1, 0], "task": "list",
+       "instance": {"ignored": True}},
+      {"prompt": "p", "responses": ["a", "b"], "ranking": [0, 1]},
+  ])
+  source = sources.open_jsonl(path, "comparisons")
+  assert source[0] == {"prompt": [{"role": "user", "content": "p"}], "responses": ["a", "b", "c"],
+                       "ranking": [1, 0, 2], "gold": [0.5, 1.0, 0.0], "task": "list"}
+  assert all(isinstance(g, float) for g in source[0]["gold"])
+  assert "gold" not in source[1] and "task" not in source[1]
 
 
 def test_hh_transcripts_split_into_shared_prompt_and_final_responses(tmp_path):

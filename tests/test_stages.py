@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import run_smoke
 
 from rlhf_jax import chat, main as main_lib, sample
 from rlhf_jax.tokenizer import load_tokenizer
@@ -14,20 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = "--config.train.batch_size=8"  # Splits over conftest's 8 fake devices.
 
 
-def _run(experiment, workdir, *extra):
-  code = main_lib.main(["--config", os.path.join(ROOT, "experiments", experiment) + ":smoke",
-                        "--workdir", str(workdir), BATCH, *extra])
-  assert code == 0
-  with open(os.path.join(workdir, "summary.json")) as f:
-    return json.load(f)
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  base = tmp_path_factory.mktemp("toyworld")
-  pretrain, sft = base / "pretrain", base / "sft"
-  return {"pretrain": (pretrain, _run("toyworld_pretrain.py", pretrain)),
-          "sft": (sft, _run("toyworld_sft.py", sft, f"--config.init_from={pretrain}"))}
+def runs(toyworld_smoke):
+  return toyworld_smoke
 
 
 def test_pretrain_writes_the_workdir_contract(runs):
@@ -78,7 +68,7 @@ def test_sft_from_a_hugging_face_checkpoint(runs, tmp_path):
       vocab_size=tokenizer.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4))
   model.save_pretrained(hf_dir)
   workdir = tmp_path / "sft"
-  summary = _run("toyworld_sft.py", workdir, f"--config.init_from={hf_dir}",
+  summary = run_smoke("toyworld_sft.py", workdir, f"--config.init_from={hf_dir}",
                  f"--config.data.tokenizer={pre_dir / 'tokenizer.model'}")
   assert json.load(open(workdir / "config.json"))["model"]["activation"] == "gelu_tanh"
   assert summary["eval/loss"] > 0

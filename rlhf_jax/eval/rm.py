@@ -111,15 +111,16 @@ def comparison_metrics(scores: Sequence[np.ndarray], records: Sequence[dict], cl
     gold: Optional[Sequence[float]] = rec.get("gold")
     if gold is None:
       continue
-    task = rec.get("task", "all")
+    task = rec.get("task")
+    names = ("all",) if task is None else (task, "all")
     for i in range(k):
       flat_scores.append(s[i])
       flat_gold.append(gold[i])
-      flat_task.append(task)
+      flat_task.append("" if task is None else task)
       for j in range(k):
         gap = gold[i] - gold[j]
         if gap > 0:
-          for name in (task, "all"):
+          for name in names:
             gold_all.setdefault(name, []).append(s[i] - s[j])
             if gap >= clear_gap:
               gold_clear.setdefault(name, []).append(s[i] - s[j])
@@ -134,7 +135,7 @@ def comparison_metrics(scores: Sequence[np.ndarray], records: Sequence[dict], cl
   if len(flat_scores) > 2:
     flat_scores, flat_gold, flat_task = np.asarray(flat_scores), np.asarray(flat_gold), np.asarray(flat_task)
     metrics[f"{prefix}/spearman/all"] = _spearman(flat_scores, flat_gold)
-    for task in sorted(set(flat_task.tolist())):
+    for task in sorted(set(flat_task.tolist()) - {""}):
       inside = flat_task == task
       metrics[f"{prefix}/spearman/{task}"] = _spearman(flat_scores[inside], flat_gold[inside])
   return metrics, table

@@ -56,9 +56,20 @@ def write_summary(workdir: str, summary: dict) -> None:
     return
   path = os.path.join(workdir, SUMMARY_FILE)
   with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+    json.dump(_finite(summary), f, indent=2, sort_keys=True, allow_nan=False)
     f.write("\n")
   os.replace(path + ".tmp", path)
+
+
+def _finite(value):
+  """NaN and infinities become null: summary.json stays strict JSON that any parser reads."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _finite(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite(v) for v in value]
+  return value
 
 
 def read_summary(workdir: str) -> Optional[dict]:
