@@ -3,7 +3,11 @@
   python -m rlhf_jax.main --config experiments/toyworld_reward.py --workdir runs/toyworld/reward \
       --config.init_from=runs/toyworld/sft
 
-Hardware: a 2-core CPU. Runtime and result: see the measured figures below (filled in from a full run).
+Hardware: a 2-core CPU. Runtime: about 5 minutes (comparisons 13 s, 250 steps). Measured result, NOT yet the
+target: from the full toyworld_sft run, held-out accuracy against gold on pairs >= 0.2 apart was 0.553 after
+125 steps at lr 1e-4 (labels 0.555); with 8,000 prompts, lr 5e-4 and 600 steps it reached 0.587 at step 300
+(labels 0.555). The reward model learns slowly here (the review task best, arithmetic worst); tuning it to
+the 0.80 target is open work.
 
 Data: 2,000 training and 250 held-out prompts (disjoint instances), K=4 SFT samples each at temperature 1.0,
 ranked by the simulated annotator (Plackett-Luce on gold with temperature 0.1, ties within 0.02, 5% random
