@@ -155,8 +155,51 @@ def base_config() -> ConfigDict:
       max_responses=9,  # K of a comparison may be 2..max_responses; batches are padded to the data's largest K.
       norm_samples=512,  # SFT samples on training prompts used to fit the score's gain and bias.
   ))
-  # How responses are sampled for evaluation (and, later, for PPO rollouts).
+  # How responses are sampled for evaluation (gold scores, win rates, comparisons).
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))
+  # PPO (stages/ppo.py). One iteration = one rollout of train.batch_size prompts, then `epochs` passes over it
+  # in `minibatches` minibatches; train.steps counts iterations. The actor's optimizer is `optim`; the
+  # critic's is the same with `critic_lr`.
+  config.ppo = ConfigDict(dict(
+      reward_from="",  # The reward workdir (its reward_model/): the frozen scorer and the critic's start.
+      temperature=1.0,  # Rollouts are sampled at this temperature; the ratio's log-probs use it too.
+      max_new_tokens=32,
+      prompt_len=48,  # Prompts are left-padded (or cut, keeping BOS and the end) to this many tokens.
+      epochs=4,
+      minibatches=1,
+      clip_eps=0.2,  # Policy ratio clipping.
+      value_clip_eps=0.2,  # Value clipping, around the rollout's values.
+      gamma=1.0,
+      lam=0.95,
+      vf_coef=0.1,  # Weight of the value loss when the critic shares the actor's trunk.
+      ent_coef=0.0,  # Entropy bonus.
+      critic_lr=1e-4,
+      shared_critic=False,  # One trunk with LM and value heads (one optimizer) instead of a separate critic.
+      kl_coef=0.05,  # beta: the per-token reward is -beta * KL(pi || pi_SFT) estimate.
+      kl_estimator="k1",  # k1 | k3
+      adaptive_kl=False,  # Ziegler et al. 2019: adapt beta towards kl_target over kl_horizon samples.
+      kl_target=6.0,  # Nats per response.
+      kl_horizon=10000,
+      reward_clip=0.0,  # Clip the (normalised) score to [-c, c]; 0 = off.
+      unfinished_penalty=1.0,  # Subtracted from the score of a response that hits max_new_tokens unended.
+      whiten_advantages=True,
+      ptx_coef=0.0,  # gamma_ptx of InstructGPT's PPO-ptx: weight of the pretraining LM loss.
+      ptx_batch=8,  # Pretraining rows per minibatch update.
+      ptx_seq_len=64,
+      ptx_path="",  # Pretraining text for PPO-ptx (any pretraining source); toyworld uses its corpus.
+      prompts_path="",  # Prompt JSONL ({"prompt"} or {"messages"}); toyworld samples its training prompts.
+      num_prompts=4000,  # toyworld: training prompts to cycle through.
+      ema_decay=0.0,  # > 0 keeps an EMA of the actor's weights, used for evaluation.
+      eval_batches=0,  # 0: all evaluation prompts (toyworld.num_eval_prompts) at every evaluation.
+      # Iterated rounds (the seeds: repeat stages 3 and 4): every `round_every` iterations label
+      # `round_prompts` prompts answered K times by the current policy, and train the reward model on all
+      # comparisons so far for `round_steps` steps; 0 = off.
+      round_every=0,
+      round_prompts=500,
+      round_steps=100,
+      round_batch=32,  # Comparisons (prompts with their K answers) per reward-model step in a round.
+      round_lr=5e-5,
+  ))
   return config
 
 
@@ -296,6 +339,16 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if config.toyworld.responses_per_prompt < 2:
     raise UserError("config key 'toyworld.responses_per_prompt': a comparison needs at least 2 responses, got "
                     f"{config.toyworld.responses_per_prompt}")
+  ppo = config.ppo
+  if ppo.kl_estimator not in ("k1", "k3"):
+    raise UserError(f"config key 'ppo.kl_estimator': {ppo.kl_estimator!r} is not one of k1, k3")
+  if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:
+    raise UserError(f"config key 'ppo.minibatches': {ppo.minibatches} must be >= 1 and divide "
+                    f"train.batch_size={config.train.batch_size} (ppo.epochs={ppo.epochs} must be >= 1)")
+  if ppo.temperature <= 0:
+    raise UserError(f"config key 'ppo.temperature' must be > 0, got {ppo.temperature}")
+  if not 0.0 <= ppo.ema_decay < 1.0:
+    raise UserError(f"config key 'ppo.ema_decay' must be in [0, 1), got {ppo.ema_decay}")
   optim, train = config.optim, config.train
   if optim.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "

@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "sft": "rlhf_jax.stages.sft",
     "comparisons": "rlhf_jax.stages.comparisons",
     "reward": "rlhf_jax.stages.reward",
+    "ppo": "rlhf_jax.stages.ppo",
 }
 
 

@@ -52,3 +52,11 @@ def toyworld_smoke(tmp_path_factory):
   pretrain, sft = base / "pretrain", base / "sft"
   return {"pretrain": (pretrain, run_smoke("toyworld_pretrain.py", pretrain)),
           "sft": (sft, run_smoke("toyworld_sft.py", sft, f"--config.init_from={pretrain}"))}
+
+
+@pytest.fixture(scope="session")
+def toyworld_reward_smoke(toyworld_smoke, tmp_path_factory):
+  """The smoke reward run on the smoke SFT model, made once per session: (dir, summary, its extra args)."""
+  workdir = tmp_path_factory.mktemp("reward") / "reward"
+  extra = (f"--config.init_from={toyworld_smoke['sft'][0]}",)
+  return workdir, run_smoke("toyworld_reward.py", workdir, *extra), extra

@@ -358,12 +358,9 @@ def _run(experiment, workdir, *extra):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, toyworld_smoke):
-  rm = tmp_path_factory.mktemp("reward") / "reward"
+def runs(toyworld_smoke, toyworld_reward_smoke):
   out = dict(toyworld_smoke)
-  sft = out["sft"][0]
-  rm_extra = (f"--config.init_from={sft}",)
-  out["reward"] = (rm, _run("toyworld_reward.py", rm, *rm_extra), rm_extra)
+  out["reward"] = toyworld_reward_smoke
   return out
 
 

@@ -181,3 +181,50 @@ def to_lm_batch(rows: dict) -> LMBatch:
   if "tokens_segment_ids" in rows:
     return LMBatch.from_sequences(rows["tokens"], rows["mask"], rows["tokens_segment_ids"], rows["tokens_positions"])
   return LMBatch.from_sequences(rows["tokens"], rows.get("mask"))
+
+
+def left_pad_prompts(prompts: Sequence[np.ndarray], width: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Prompt ids (from `prompt_ids`) -> (tokens (N, width) int32, mask (N, width) bool), left-padded; a prompt
+  longer than `width` keeps its first token (BOS) and its last width - 1 (the latest turns)."""
+  tokens = np.full((len(prompts), width), pad_id, np.int32)
+  mask = np.zeros((len(prompts), width), bool)
+  for i, ids in enumerate(prompts):
+    ids = np.asarray(ids, np.int32)
+    if len(ids) > width:
+      ids = np.concatenate([ids[:1], ids[len(ids) - width + 1:]])
+    tokens[i, width - len(ids):] = ids
+    mask[i, width - len(ids):] = True
+  return tokens, mask
+
+
+def ppo_pipeline(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, global_batch_size: int, seed: int,
+                 ptx_tokens: Optional[np.ndarray] = None, ptx_rows: int = 0, ptx_seq_len: int = 0
+                 ) -> grain.IterDataset:
+  """Endless PPO inputs, one element per iteration: {"index" (b,), "prompt" (b, P), "prompt_mask" (b, P)}
+  (this host's share of `global_batch_size` prompts, shuffled by seed, reshuffled every pass) and, when
+  `ptx_rows`, "ptx" (r, T + 1): random windows of the pretraining stream `ptx_tokens` for PPO-ptx.
+
+  Element i is a pure function of i (random access into shuffled, repeated datasets), so the iterator's
+  state is one integer and a resumed run sees exactly the batches an uninterrupted one would."""
+  if len(prompt_tokens) < 1:
+    raise UserError("no prompts to train PPO on")
+  b = host_batch_size(global_batch_size)
+  prompts = _host_slice(grain.MapDataset.range(len(prompt_tokens)).seed(seed).shuffle()).repeat()
+  prompts = prompts.batch(b, drop_remainder=True)
+  windows = None
+  if ptx_rows:
+    ptx_tokens = np.asarray(ptx_tokens, np.int32)
+    num_windows = len(ptx_tokens) - ptx_seq_len
+    if num_windows < 1:
+      raise UserError(f"the PPO-ptx text has {len(ptx_tokens)} tokens, fewer than ppo.ptx_seq_len + 1")
+    windows = _host_slice(grain.MapDataset.range(num_windows).seed(seed + 1).shuffle()).repeat()
+    windows = windows.batch(host_batch_size(ptx_rows), drop_remainder=True)
+
+  def element(i):
+    index = np.asarray(prompts[i], np.int32)
+    out = {"index": index, "prompt": prompt_tokens[index], "prompt_mask": prompt_mask[index]}
+    if windows is not None:
+      out["ptx"] = np.stack([ptx_tokens[start:start + ptx_seq_len + 1] for start in windows[i]])
+    return out
+
+  return grain.MapDataset.range(1 << 40).map(element).to_iter_dataset()

@@ -60,7 +60,7 @@ def toyworld_comparisons(model, params, tokenizer, config, instances: list[toywo
   return records, stats
 
 
-def _write_jsonl(path: str, records: list[dict]) -> None:
+def write_jsonl(path: str, records: list[dict]) -> None:
   with open(path + ".tmp", "w") as f:
     for record in records:
       f.write(json.dumps(record) + "\n")
@@ -90,7 +90,7 @@ def ensure_comparisons(config, directory: str, model, params, tokenizer) -> dict
                       "is init_from a trained SFT model?")
     if jax.process_index() == 0:
       os.makedirs(directory, exist_ok=True)
-      _write_jsonl(paths[split], records)
+      write_jsonl(paths[split], records)
   stats["comparisons/seconds"] = time.time() - started
   if jax.process_index() == 0:
     with open(stats_path + ".tmp", "w") as f:

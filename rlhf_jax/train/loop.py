@@ -121,8 +121,9 @@ def _mean_metrics(window: list[dict]) -> dict:
   """Averages a window of per-step device metrics (fetched here, once); sums token counts."""
   fetched = jax.device_get(window)
   out = {}
-  for key in fetched[0]:
-    values = np.asarray([m[key] for m in fetched], np.float64)
+  keys = dict.fromkeys(key for m in fetched for key in m)  # Some metrics come only on some steps.
+  for key in keys:
+    values = np.asarray([m[key] for m in fetched if key in m], np.float64)
     out[key] = float(values.sum() if key.endswith("/tokens") else values.mean())
   return out
 

@@ -108,3 +108,60 @@ def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
+
+
+@flax.struct.dataclass
+class PPOState:
+  """The state of a PPO run: what changes from iteration to iteration (and what a checkpoint holds).
+
+  step () int32: iterations done. params, opt_state: dicts with "actor" and, for a separate critic,
+  "critic". kl_coef () float32: the current beta. ema: an exponential moving average of the actor's params,
+  or None. reward: the reward model's params (and "opt_state") when iterated rounds retrain it, else None.
+  rng: the run's root key.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  kl_coef: jax.Array
+  ema: Any
+  reward: Any
+  rng: jax.Array
+
+
+def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax.Array, kl_coef: float,
+                     ema: bool = False, reward: Optional[Any] = None, reward_tx=None,
+                     rules=mesh_lib.RULES) -> tuple[PPOState, PPOState]:
+  """A sharded PPOState from pretrained `params` (keyed like `models`: "actor" and maybe "critic"), with
+  fresh optimizer states, and the matching tree of shardings. `reward` (params of the reward model) is
+  carried with its optimizer state `reward_tx` when the run retrains it."""
+  replicated = mesh_lib.replicated(mesh)
+  p_shardings, opt_shardings, abstract = {}, {}, {}
+  for name, model in models.items():
+    abstract[name], p_shardings[name] = param_shardings(model, mesh, rules)
+    opt_abstract = jax.eval_shape(txs[name].init, abstract[name])
+    opt_shardings[name] = optax.tree_map_params(txs[name], lambda _, s: s, opt_abstract, p_shardings[name],
+                                                transform_non_params=lambda _: replicated)
+  reward_shardings = None
+  if reward is not None:
+    r_shardings = jax.tree.map(lambda x: x.sharding, reward)
+    r_opt_abstract = jax.eval_shape(reward_tx.init, reward)
+    reward_shardings = {"params": r_shardings, "opt_state": optax.tree_map_params(
+        reward_tx, lambda _, s: s, r_opt_abstract, r_shardings, transform_non_params=lambda _: replicated)}
+  shardings = PPOState(step=replicated, params=p_shardings, opt_state=opt_shardings, kl_coef=replicated,
+                       ema=p_shardings["actor"] if ema else None, reward=reward_shardings, rng=replicated)
+
+  def build(given, reward_params):
+    # Copies: the state is donated to the update, and must not share buffers with the frozen reference or
+    # reward model that the caller keeps (they may start out as the very same arrays).
+    given = jax.tree.map(jnp.copy, given)
+    reward_params = jax.tree.map(jnp.copy, reward_params)
+    opt = {name: txs[name].init(p) for name, p in given.items()}
+    rw = None if reward_params is None else {"params": reward_params, "opt_state": reward_tx.init(reward_params)}
+    return PPOState(step=jnp.zeros((), jnp.int32), params=given, opt_state=opt,
+                    kl_coef=jnp.asarray(kl_coef, jnp.float32), ema=jax.tree.map(jnp.copy, given["actor"]) if ema else None,
+                    reward=rw, rng=rng)
+
+  with mesh_lib.activate(mesh, rules):
+    params = jax.device_put({k: params[k] for k in models}, p_shardings)
+    state = jax.jit(build, out_shardings=shardings)(params, reward)
+  return state, shardings

@@ -7,8 +7,10 @@ draws exactly the same dropout masks as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,6 +20,9 @@ from rlhf_jax import losses
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.batches import LMBatch, RMBatch
 from rlhf_jax.model.transformer import Transformer
+from rlhf_jax.rl import advantages as advantages_lib
+from rlhf_jax.rl import kl_control
+from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.train.state import TrainState
 
 # A loss maps (model outputs' logits, batch) to (sum, denominator, aux) — see losses.py.
@@ -144,3 +149,167 @@ def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=m
 
   run.jitted = compiled
   return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PPO (Schulman et al. 2017) with InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2).
+
+
+@flax.struct.dataclass
+class PPOBatch:
+  """A rollout with its PPO targets. prompt (B, P), prompt_mask (B, P); tokens, mask, old_log_probs,
+  old_values, advantages, returns (B, N)."""
+  prompt: jax.Array
+  prompt_mask: jax.Array
+  tokens: jax.Array
+  mask: jax.Array
+  old_log_probs: jax.Array
+  old_values: jax.Array
+  advantages: jax.Array
+  returns: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+  """The numbers `make_ppo_update` closes over (from the config's `ppo` section)."""
+  temperature: float = 1.0
+  epochs: int = 4
+  minibatches: int = 1
+  clip_eps: float = 0.2
+  value_clip_eps: float = 0.2
+  gamma: float = 1.0
+  lam: float = 0.95
+  vf_coef: float = 0.1
+  ent_coef: float = 0.0
+  kl_estimator: str = "k1"
+  adaptive_kl: bool = False
+  kl_target: float = 6.0
+  kl_horizon: int = 10000
+  reward_clip: float = 0.0
+  whiten_advantages: bool = True
+  ptx_coef: float = 0.0
+  ema_decay: float = 0.0
+
+  @classmethod
+  def from_config(cls, ppo) -> "PPOSettings":
+    return cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)})
+
+
+def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
+  """Rollout -> (PPOBatch, statistics of the rollout): KL-shaped rewards, GAE, optional whitening."""
+  mask_bn = rollout.mask
+  kl_bn = advantages_lib.kl_estimate(rollout.log_probs, rollout.ref_log_probs, mask_bn, settings.kl_estimator)
+  rewards_bn = advantages_lib.shaped_rewards(rollout.scores, kl_bn, mask_bn, kl_coef, settings.reward_clip)
+  adv_bn, returns_bn = advantages_lib.gae(rewards_bn, rollout.values, mask_bn, settings.gamma, settings.lam)
+  if settings.whiten_advantages:
+    adv_bn = advantages_lib.masked_whiten(adv_bn, mask_bn)
+  mean = lambda x_bn: advantages_lib.masked_mean(x_bn, mask_bn)
+  residual_var = mean(jnp.square((returns_bn - rollout.values) - mean(returns_bn - rollout.values)))
+  returns_var = mean(jnp.square(returns_bn - mean(returns_bn)))
+  kl_b = kl_bn.sum(-1)
+  stats = {
+      "ppo/score": jnp.mean(rollout.rm_scores),
+      "ppo/score_total": jnp.mean(rollout.scores),
+      "ppo/kl": jnp.mean(kl_b),
+      "ppo/non_score_reward": -kl_coef * jnp.mean(kl_b),
+      "ppo/return": jnp.mean(rewards_bn.sum(-1)),
+      "ppo/kl_coef": kl_coef,
+      "ppo/response_length": jnp.mean(mask_bn.sum(-1)),
+      "ppo/end_of_turn_rate": jnp.mean(rollout.ended.astype(jnp.float32)),
+      "ppo/value_mean": mean(rollout.values),
+      # 1 - Var[R - V] / Var[R] over response tokens: how much of the returns the critic predicted.
+      "ppo/value_explained_variance": 1.0 - residual_var / jnp.maximum(returns_var, 1e-8),
+  }
+  batch = PPOBatch(prompt=rollout.prompt, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens, mask=mask_bn,
+                   old_log_probs=rollout.log_probs, old_values=rollout.values, advantages=adv_bn,
+                   returns=returns_bn)
+  return batch, stats
+
+
+def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict, settings: PPOSettings):
+  """`update(state, rollout, ptx, rng) -> (state, metrics)`: PPO on one rollout, as one compiled program.
+
+    targets: per-token reward -beta*KL (+ score at the last token), GAE, whitened advantages
+    for each of `epochs` epochs (lax.scan), rows shuffled, for each of `minibatches` minibatches (lax.scan):
+      actor:  clipped surrogate - ent_coef * entropy (+ vf_coef * clipped value loss with a shared critic)
+              + ptx_coef * the pretraining LM loss on that minibatch's ptx rows; its own optimizer
+      critic: clipped value loss; its own optimizer
+    beta <- the KL controller (fixed or adaptive); EMA of the actor's weights when asked.
+
+  `critic` None means the actor has a value head (shared trunk). `ptx` is an LMBatch whose rows split into
+  epochs x minibatches equal parts, or None when ptx_coef is 0. `txs` maps "actor" (and "critic") to
+  optimizers. Metrics are means over all minibatch updates (ppo/...) and the rollout's statistics.
+  """
+  s = settings
+  shared = critic is None
+  if shared and "value" not in actor.heads:
+    raise ValueError("a shared critic needs the actor to have a value head")
+
+  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch]):
+    log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
+        actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
+    pg_sum, count, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
+    ent_sum, _ = losses.entropy(scaled_bnv, mb.mask)
+    denom = jnp.maximum(count, 1.0)
+    loss = (pg_sum - s.ent_coef * ent_sum) / denom
+    metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/entropy": ent_sum / denom,
+               "ppo/clip_fraction": aux["clip_fraction"] / denom, "ppo/approx_kl": aux["approx_kl"] / denom}
+    if shared:
+      v_sum, _, v_aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
+      loss = loss + s.vf_coef * v_sum / denom
+      metrics.update({"ppo/value_loss": v_sum / denom, "ppo/value_clip_fraction": v_aux["value_clip_fraction"] / denom})
+    if ptx is not None:
+      out = actor.apply({"params": params}, ptx.tokens, ptx.positions, ptx.segment_ids)
+      lm_sum, lm_count, _ = losses.lm_loss(out.logits, ptx.targets, ptx.loss_mask)
+      ptx_loss = lm_sum / jnp.maximum(lm_count, 1.0)
+      loss = loss + s.ptx_coef * ptx_loss
+      metrics["ppo/ptx_loss"] = ptx_loss
+    return loss, metrics
+
+  def critic_loss(params, mb: PPOBatch):
+    values_bn = rollout_lib.critic_values(critic, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask)
+    v_sum, count, aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
+    denom = jnp.maximum(count, 1.0)
+    return v_sum / denom, {"ppo/value_loss": v_sum / denom,
+                           "ppo/value_clip_fraction": aux["value_clip_fraction"] / denom}
+
+  def apply(name, grads, state):
+    updates, opt_state = txs[name].update(grads, state.opt_state[name], state.params[name])
+    params = optax.apply_updates(state.params[name], updates)
+    return state.replace(params={**state.params, name: params}, opt_state={**state.opt_state, name: opt_state})
+
+  def minibatch_step(state, inputs):
+    mb, ptx = inputs
+    (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx)
+    metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
+    state = apply("actor", grads, state)
+    if not shared:
+      (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.params["critic"], mb)
+      metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
+      state = apply("critic", c_grads, state)
+    return state, metrics
+
+  def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array):
+    batch, stats = ppo_targets(rollout, state.kl_coef, s)
+    rows = batch.tokens.shape[0]
+    split = lambda x: x.reshape(s.epochs, s.minibatches, x.shape[0] // (s.epochs * s.minibatches), *x.shape[1:])
+    ptx_em = None if ptx is None else jax.tree.map(split, ptx)
+
+    def epoch(state, inputs):
+      e, ptx_m = inputs
+      order = jax.random.permutation(jax.random.fold_in(rng, e), rows)
+      shuffled = jax.tree.map(lambda x: x[order].reshape(s.minibatches, rows // s.minibatches, *x.shape[1:]),
+                              batch)
+      return jax.lax.scan(minibatch_step, state, (shuffled, ptx_m))
+
+    state, metrics = jax.lax.scan(epoch, state, (jnp.arange(s.epochs), ptx_em))
+    metrics = jax.tree.map(jnp.mean, metrics)
+    kl_coef = kl_control.update_kl_coef(state.kl_coef, stats["ppo/kl"], rows, adaptive=s.adaptive_kl,
+                                        target=s.kl_target, horizon=s.kl_horizon)
+    ema = state.ema
+    if ema is not None:
+      ema = jax.tree.map(lambda e, p: s.ema_decay * e + (1.0 - s.ema_decay) * p, ema, state.params["actor"])
+    state = state.replace(step=state.step + 1, kl_coef=kl_coef, ema=ema)
+    return state, {**metrics, **stats}
+
+  return update

@@ -1,0 +1,311 @@
+"""Stage 4, RLHF with PPO (InstructGPT section 3.5, "PPO-ptx"; Ziegler et al. 2019; the Fudan seed article).
+
+  actor, reference <- init_from (the SFT model);   reward model, critic <- ppo.reward_from (the RM)
+  prompts <- ppo.prompts_path (JSONL {"prompt"} / {"messages"}) or toyworld training prompts
+  ptx     <- ppo.ptx_path, or the toyworld pretraining corpus (only when ppo.ptx_coef > 0)
+  each iteration (one step of the one training loop, so it resumes, checkpoints and stops like the others):
+    rollout:  sample train.batch_size prompts at ppo.temperature (KV cache, early exit)
+              -> policy and reference log-probs, values and the RM score in one jitted pass
+    update:   KL-shaped rewards, GAE, whitening; epochs x minibatches of clipped PPO (+ ptx);
+              adaptive or fixed beta; one jitted program (train/steps.py make_ppo_update)
+    rounds:   every ppo.round_every iterations (if set), label the policy's samples with the simulated
+              annotator and train the reward model further on all comparisons so far
+  evaluate: held-out prompts, sampled like SFT was evaluated: RM score, KL to SFT, gold per task (toyworld),
+            win rate against the SFT model's answers by gold and by the RM (eval/policy.py)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.data import pipelines, sources, toyworld
+from rlhf_jax.errors import UserError
+from rlhf_jax.eval.policy import PolicyEvaluator, to_host
+from rlhf_jax.rl.rollout import make_collect
+from rlhf_jax.sampling import make_generate, response_token_ids
+from rlhf_jax.stages import common, reward
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import steps
+from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
+
+
+@dataclasses.dataclass
+class Prompts:
+  """Prompts as the policy sees them: left-padded ids, and the toyworld instances behind them (or None)."""
+  tokens: np.ndarray
+  mask: np.ndarray
+  instances: list | None = None
+
+
+def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
+  """(training prompts, evaluation prompts). toyworld: training instances, and the same held-out instances
+  the SFT stage is evaluated on (so the figures compare); JSONL: the last data.val_fraction is held out."""
+  ppo, tw = config.ppo, config.toyworld
+  encode = lambda conversations: pipelines.left_pad_prompts(
+      [pipelines.prompt_ids(tokenizer, c) for c in conversations], ppo.prompt_len, tokenizer.pad_id)
+  as_messages = lambda text: [{"role": "user", "content": text}]
+  if ppo.prompts_path:
+    source = sources.open_source(ppo.prompts_path, "prompts")
+    conversations = [source[i]["messages"] for i in range(len(source))]
+    cut = max(1, int(round(len(conversations) * (1.0 - config.data.val_fraction))))
+    train, heldout = conversations[:cut], conversations[cut:] or conversations[-1:]
+    return Prompts(*encode(train)), Prompts(*encode(heldout))
+  if config.data.source != "toyworld":
+    raise UserError("config key 'ppo.prompts_path': PPO needs prompts (JSONL with {\"prompt\"} or "
+                    "{\"messages\"} per line), or set data.source='toyworld'")
+  train = toyworld.sample_instances(world, ppo.num_prompts, tw.seed + 6, split="train")
+  heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
+  return (Prompts(*encode([as_messages(i.prompt) for i in train]), train),
+          Prompts(*encode([as_messages(i.prompt) for i in heldout]), heldout))
+
+
+def ptx_stream(config, tokenizer) -> np.ndarray:
+  """The pretraining token stream of PPO-ptx: documents as BOS + text + EOS, concatenated."""
+  tw = config.toyworld
+  if config.ppo.ptx_path:
+    source = sources.open_source(config.ppo.ptx_path, "pretrain")
+    texts = (source[i]["text"] for i in range(len(source)))
+  elif config.data.source == "toyworld":
+    texts = toyworld.corpus(toyworld.make_world(tw.seed), tw.num_docs, seed=tw.seed)
+  else:
+    raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
+  return np.concatenate([pipelines.document_ids(tokenizer, text) for text in texts])
+
+
+def critic_params_from_reward(rm_params: dict) -> dict:
+  """The critic starts as the reward model: its trunk, and a value head that reads the (normalised) reward
+  head, so the first values are the RM's score of each prefix (InstructGPT: "the value function is
+  initialized from the RM")."""
+  head = rm_params["reward_head"]
+  value_head = {"kernel": head["gain"] * head["kernel"], "bias": head["bias"]}
+  return {**{k: v for k, v in rm_params.items() if k != "reward_head"}, "value_head": value_head}
+
+
+class RewardRounds:
+  """Iterated rounds (the seeds: "repeat stages 3 and 4"): every `ppo.round_every` iterations the current
+  policy answers `ppo.round_prompts` fresh toyworld training prompts K times, the simulated annotator ranks
+  the answers (WORKDIR/rounds/round_R.jsonl, ordinary comparison JSONL), and the reward model is trained for
+  `ppo.round_steps` steps on every comparison so far (the reward stage's, then each round's), then its gain
+  and bias are refitted so that this round's policy samples score mean 0, std 1 -- the scale PPO's KL
+  coefficient was chosen for. The reward model's params and optimizer state live in the PPO state, so
+  checkpoints and resumption cover them; a resumed round re-reads its comparisons file and repeats the same
+  deterministic training."""
+
+  def __init__(self, config, workdir, rm_model, tokenizer, spec, lm, mesh):
+    from rlhf_jax.data.pipelines import comparison_example
+    from rlhf_jax.eval import rm as rm_eval
+    from rlhf_jax.stages import comparisons
+    from rlhf_jax.train.state import TrainState
+    self.config, self.workdir, self.tokenizer, self.lm, self.mesh = config, workdir, tokenizer, lm, mesh
+    self._comparisons, self._rm_eval, self._example, self._TrainState = (comparisons, rm_eval, comparison_example,
+                                                                          TrainState)
+    ppo = config.ppo
+    if config.data.source != "toyworld":
+      raise UserError("config key 'ppo.round_every': iterated rounds label samples with toyworld's simulated "
+                      "annotator; they need data.source='toyworld'")
+    self.seq_len, self.reward_token = spec["seq_len"], bool(spec.get("reward_token"))
+    self.k_max = config.reward.max_responses
+    initial = os.path.join(ppo.reward_from, "comparisons")
+    self.initial = (comparisons.read_comparisons(initial, config.data.val_fraction)[0]
+                    if os.path.exists(os.path.join(initial, comparisons.FILES["train"])) else [])
+    optim = config.optim.copy_and_resolve_references()
+    optim.lr, optim.schedule, optim.warmup_steps, optim.weight_decay = ppo.round_lr, "constant", 0, 0.0
+    self.tx, schedule = state_lib.make_optimizer(optim, 1)
+    self.model = rm_model
+    self.step = jax.jit(steps.make_rm_step(rm_model, self.tx, schedule, 1, config.reward.loss, config.reward.margin,
+                                           config.reward.threshold), donate_argnums=(0,))
+    self.scorer = rm_eval.make_scorer(rm_model, mesh, chunk=ppo.round_batch * self.k_max)
+
+  def due(self, iteration: int) -> bool:
+    every = self.config.ppo.round_every
+    return every > 0 and iteration > 0 and iteration % every == 0
+
+  def run(self, iteration: int, actor_params, reward_state: dict) -> tuple[dict, dict]:
+    """One round before iteration `iteration`. Returns (new reward state, metrics)."""
+    config, ppo = self.config, self.config.ppo
+    r = iteration // ppo.round_every
+    world = toyworld.make_world(config.toyworld.seed)
+    path = os.path.join(self.workdir, "rounds", f"round_{r}.jsonl")
+    if not os.path.exists(path):
+      instances = toyworld.sample_instances(world, ppo.round_prompts, config.toyworld.seed + 100 + r, split="train")
+      records, _ = self._comparisons.toyworld_comparisons(self.lm, actor_params, self.tokenizer, config, instances,
+                                                          config.seed + 100 + r)
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._comparisons.write_jsonl(path, records)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"round {r} comparisons written")
+    # Every comparison so far, in a fixed order, read back from the files in their validated, normal form.
+    every_round = []
+    for i in range(1, r + 1):
+      source = sources.open_source(os.path.join(self.workdir, "rounds", f"round_{i}.jsonl"), "comparisons")
+      every_round.append([source[j] for j in range(len(source))])
+    records, everything = every_round[-1], self.initial + [rec for rnd in every_round for rec in rnd]
+    examples = [self._example(self.tokenizer, rec, self.seq_len, self.k_max, self.reward_token)
+                for rec in everything]
+    state = self._TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
+                             opt_state=reward_state["opt_state"], rng=jax.random.PRNGKey(config.seed + r))
+    order = np.random.default_rng(config.seed + 1000 + r)
+    losses = []
+    with mesh_lib.activate(self.mesh):
+      for i in range(ppo.round_steps):
+        rows = [examples[j] for j in order.integers(0, len(examples), ppo.round_batch)]
+        local = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+        batch = mesh_lib.shard_batch(pipelines.to_rm_batch(local), self.mesh)
+        state, metrics = self.step(state, batch, state.rng)
+        losses.append(metrics["train/loss"])
+    # Refit the gain and bias on this round's policy samples (one per prompt).
+    pairs = [(rec["prompt"], rec["responses"][0]) for rec in records]
+    from rlhf_jax.stages.reward import encode_responses, normalize_params
+    tokens, end = encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
+    head = jax.device_get(state.params["reward_head"])
+    fit = self._rm_eval.fit_normalization(self.scorer(state.params, tokens, end), float(head["gain"]),
+                                          float(head["bias"]))
+    params = normalize_params(state.params, fit)
+    params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, reward_state["params"]))
+    gold = [g for rec in records for g in rec["gold"]]
+    metrics = {"round/index": float(r), "round/comparisons": float(len(everything)),
+               "round/rm_loss": float(np.mean(jax.device_get(losses))), "round/sample_gold": float(np.mean(gold)),
+               "round/raw_mean": fit["raw_mean"], "round/raw_std": fit["raw_std"]}
+    return {"params": params, "opt_state": state.opt_state}, metrics
+
+
+def run(config, workdir: str) -> dict:
+  summary = read_summary(workdir)
+  if summary is not None and summary.get("complete"):
+    print(f"ppo: already finished in {workdir}; nothing to do")
+    return summary
+  ppo, train = config.ppo, config.train
+  if not config.init_from:
+    raise UserError("config key 'init_from': PPO starts from an SFT model; name its workdir")
+  if not ppo.reward_from:
+    raise UserError("config key 'ppo.reward_from': PPO needs a trained reward model; name the reward workdir")
+  mesh = common.make_mesh(config)
+  actor_heads = ("lm", "value") if ppo.shared_critic else ("lm",)
+  actor, sft_params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model, heads=actor_heads)
+  common.record_model(config, workdir, actor.config)
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  common.check_vocab(tokenizer, actor.config, config.init_from)
+  rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(ppo.reward_from, mesh, config.model)
+  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
+    raise UserError(f"{ppo.reward_from}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
+                    f"policy's ({config.init_from}) {tokenizer.vocab_size}: they must share one tokenizer")
+  width = ppo.prompt_len + ppo.max_new_tokens + 2
+  for name, model in (("init_from", actor), ("ppo.reward_from", rm_model)):
+    if model.config.position == "learned" and width > model.config.max_len:
+      raise UserError(f"config keys 'ppo.prompt_len' + 'ppo.max_new_tokens': prompt, response and closing "
+                      f"tokens need {width} positions, more than the {model.config.max_len} learned positions "
+                      f"of the {name} model")
+
+  reference = actor.clone(heads=("lm",))
+  ref_params = {k: v for k, v in sft_params.items() if k != "value_head"}
+  models, params = {"actor": actor}, {"actor": sft_params}
+  critic = None
+  if not ppo.shared_critic:
+    critic = rm_model.clone(heads=("value",))
+    models["critic"] = critic
+    params["critic"] = critic_params_from_reward(rm_params)
+  updates_total = train.steps * ppo.epochs * ppo.minibatches
+  txs, schedules = {}, {}
+  txs["actor"], schedules["actor"] = state_lib.make_optimizer(config.optim, updates_total)
+  if critic is not None:
+    critic_optim = config.optim.copy_and_resolve_references()
+    critic_optim.lr = ppo.critic_lr
+    txs["critic"], _ = state_lib.make_optimizer(critic_optim, updates_total)
+  lm = actor.clone(heads=("lm",))
+  rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
+  state, shardings = state_lib.create_ppo_state(models, txs, params, mesh, jax.random.PRNGKey(config.seed),
+                                                ppo.kl_coef, ema=ppo.ema_decay > 0,
+                                                reward=rm_params if rounds else None,
+                                                reward_tx=rounds.tx if rounds else None)
+  del params, sft_params
+
+  world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
+  train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
+  ptx_rows = ppo.ptx_batch * ppo.epochs * ppo.minibatches if ppo.ptx_coef > 0 else 0
+  data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
+                                ptx_stream(config, tokenizer) if ptx_rows else None, ptx_rows, ppo.ptx_seq_len)
+
+  reward_id = tokenizer.reward_id if spec.get("reward_token") else None
+  generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+  collect = make_collect(actor, reference, critic, rm_model, temperature=ppo.temperature,
+                         end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
+                         unfinished_penalty=ppo.unfinished_penalty)
+  settings = steps.PPOSettings.from_config(ppo)
+  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings), donate_argnums=(0,))
+  strip_value = lambda p: {k: v for k, v in p.items() if k != "value_head"}
+
+  def ppo_step(state, batch, rng):
+    """One PPO iteration (Python: generation's early exit and the phase timings need the host)."""
+    rng = jax.random.fold_in(rng, state.step)
+    round_metrics = {}
+    if rounds is not None and rounds.due(int(state.step)):
+      reward_state, round_metrics = rounds.run(int(state.step), strip_value(state.params["actor"]), state.reward)
+      state = state.replace(reward=reward_state)
+    started = time.time()
+    actor_params = state.params["actor"]
+    sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
+    scorer_params = state.reward["params"] if rounds is not None else rm_params
+    rollout = collect(actor_params, state.params.get("critic"), ref_params, scorer_params, batch["prompt"],
+                      batch["prompt_mask"], sample)
+    rollout = jax.block_until_ready(rollout)
+    rollout_s = time.time() - started
+    new_tokens = float(to_host(sample.lengths).sum())
+    ptx = batch.get("ptx")
+    started = time.time()
+    state, metrics = update(state, rollout, ptx, jax.random.fold_in(rng, 1))
+    metrics = jax.block_until_ready(metrics)
+    update_s = time.time() - started
+    metrics = {**metrics, **round_metrics, "perf/rollout_s": rollout_s, "perf/update_s": update_s,
+               "perf/rollout_tokens_per_s": new_tokens / rollout_s,
+               "perf/update_tokens_per_s": ppo.epochs * new_tokens / update_s}
+    if train_prompts.instances is not None:
+      index = to_host(batch["index"])
+      texts = [tokenizer.decode(t) for t in response_token_ids(jax.tree.map(to_host, sample))]
+      metrics["ppo/gold"] = float(np.mean([toyworld.gold_score(world, train_prompts.instances[i], text)
+                                           for i, text in zip(index, texts)]))
+    return state, metrics
+
+  def make_batch(rows):
+    batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
+    if "ptx" in rows:
+      batch["ptx"] = mesh_lib.shard_batch(pipelines.to_lm_batch({"tokens": rows["ptx"]}), mesh)
+    return batch
+
+  evaluator = PolicyEvaluator(actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params,
+                              rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens,
+                              prompt_mask=eval_prompts.mask, sampling=config.sampling,
+                              max_new_tokens=ppo.max_new_tokens, batch_size=train.batch_size,
+                              seed=config.seed + 11, reward_token=reward_id is not None, world=world,
+                              instances=eval_prompts.instances)
+  baseline = {}
+
+  def evaluate(state) -> dict:
+    if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
+      baseline["sft"] = evaluator.sample(ref_params)
+    params = state.ema if state.ema is not None else state.params["actor"]
+    return evaluator.metrics(evaluator.sample(params), baseline["sft"])
+
+  loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
+                    checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * ppo.max_new_tokens,
+                    keep_checkpoints=train.keep_checkpoints, desc="ppo")
+  state, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=ppo_step,
+                              rng=jax.random.PRNGKey(config.seed + 1), data=iter(data), make_batch=make_batch,
+                              evaluate=evaluate, extra_summary={"num_params/actor": state_lib.count_params(
+                                  state.params["actor"])})
+  if "sft" in baseline:
+    summary.update(evaluator.metrics(baseline["sft"], prefix="sft"))
+  summary["complete"] = True
+  write_summary(workdir, summary)
+  print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
+                                            "eval/win_rate_gold", "eval/win_rate_rm"]))
+  return summary

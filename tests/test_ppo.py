@@ -1,0 +1,349 @@
+"""PPO: the KL controller by hand, the rollout pass against independent forwards (the sampler's log-probs, the
+critic on unpadded rows, the reward model on the reward stage's own encoding), the update's diagnostics
+against NumPy, and the stage on toyworld smoke runs, including an exact resume after preemption."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import run_smoke, tiny_model
+from rlhf_jax import main as main_lib
+from rlhf_jax.data import pipelines
+from rlhf_jax.model.transformer import Transformer, unbox
+from rlhf_jax.rl import kl_control
+from rlhf_jax.rl.rollout import make_collect
+from rlhf_jax.sampling import SampleOutput, make_generate
+from rlhf_jax.stages.ppo import critic_params_from_reward
+from rlhf_jax.train import steps
+from rlhf_jax.train.checkpoint import Checkpointer
+from rlhf_jax.train.state import PPOState
+from rlhf_jax.train.metrics import MetricsWriter, read_metrics
+
+EOT, REWARD, PAD = 3, 9, 0
+
+
+def _params(model, seed):
+  return unbox(model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
+def _randomise(params, seed, scale=0.3):
+  """Every leaf re-drawn (zero-initialised heads included), so that no term of a test is trivially 0."""
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# KL control.
+
+
+def test_adaptive_kl_controller_by_hand():
+  """beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon), and unchanged when fixed."""
+  update = lambda kl, adaptive=True: float(kl_control.update_kl_coef(
+      jnp.float32(0.1), jnp.float32(kl), 64, adaptive=adaptive, target=6.0, horizon=1000))
+  assert update(6.6) == pytest.approx(0.1 * (1 + 0.1 * 0.064), rel=1e-6)  # Within the clip.
+  assert update(12.0) == pytest.approx(0.1 * (1 + 0.2 * 0.064), rel=1e-6)  # Clipped at +0.2.
+  assert update(0.0) == pytest.approx(0.1 * (1 - 0.2 * 0.064), rel=1e-6)  # Clipped at -0.2.
+  assert update(12.0, adaptive=False) == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rollout pass.
+
+
+@pytest.fixture(scope="module")
+def models():
+  cfg = tiny_model("gpt2", vocab_size=31, max_len=32)
+  actor = Transformer(cfg, heads=("lm",))
+  critic = Transformer(cfg, heads=("value",))
+  rm = Transformer(cfg, heads=("reward",))
+  return {"cfg": cfg, "actor": actor, "critic": critic, "rm": rm,
+          "actor_params": _params(actor, 0), "ref_params": _params(actor, 1),
+          "critic_params": _randomise(_params(critic, 2), 3), "rm_params": _randomise(_params(rm, 4), 5)}
+
+
+def _forward(model, params, *inputs):
+  """model.apply under jit: one compilation instead of one per operation."""
+  return jax.jit(lambda p, *x: model.apply({"params": p}, *x))(params, *inputs)
+
+
+def _prompts():
+  ids = [[1, 12, 7, 5], [1, 4], [1, 20, 21, 22, 23, 6]]
+  return pipelines.left_pad_prompts([np.asarray(x) for x in ids], 6, PAD), ids
+
+
+def test_collect_log_probs_match_the_sampler(models):
+  """The rollout's recomputed log-probs (full forward, temperature T) equal the KV-cache sampler's; with
+  the reference equal to the policy, the KL terms are exactly 0."""
+  (prompt, mask), _ = _prompts()
+  temperature = 0.7
+  generate = make_generate(models["actor"], max_new_tokens=5, temperature=temperature, stop_ids=(EOT,), pad_id=PAD)
+  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(0))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=temperature,
+                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  rollout = collect(models["actor_params"], models["critic_params"], models["actor_params"], models["rm_params"],
+                    prompt, mask, sample)
+  np.testing.assert_allclose(rollout.log_probs, sample.log_probs * sample.mask, atol=2e-5)
+  assert float(jnp.abs(rollout.log_probs).sum()) > 0
+  np.testing.assert_array_equal(rollout.log_probs, rollout.ref_log_probs)
+
+
+@pytest.mark.parametrize("reward_token", [False, True])
+def test_collect_values_and_scores_match_independent_forwards(models, reward_token):
+  """Values equal the critic on each unpadded prompt + response row; scores equal the reward model read
+  where the reward stage's own encoding (pipelines.scored_sequence) puts the score, for a response that
+  ended, one that ended at once, and one that ran out of tokens (which also pays the unfinished penalty)."""
+  (prompt, mask), ids = _prompts()
+  n = 5
+  responses = [[11, 12, EOT], [EOT], [13, 14, 15, 16, 17]]  # Ended, ended at once, unfinished.
+  tokens = np.full((3, n), PAD, np.int32)
+  for r, resp in enumerate(responses):
+    tokens[r, :len(resp)] = resp
+  resp_mask = tokens != PAD
+  sample = SampleOutput(tokens=jnp.asarray(tokens), log_probs=jnp.zeros((3, n)), mask=jnp.asarray(resp_mask),
+                        lengths=jnp.asarray(resp_mask.sum(1), jnp.int32), ended=jnp.asarray([True, True, False]),
+                        num_steps=jnp.int32(n))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=1.0,
+                         end_of_turn_id=EOT, reward_id=REWARD if reward_token else None, pad_id=PAD,
+                         unfinished_penalty=0.5)
+  rollout = collect(models["actor_params"], models["critic_params"], models["ref_params"], models["rm_params"],
+                    prompt, mask, sample)
+
+  class Tok:  # What scored_sequence reads from a tokenizer.
+    end_of_turn_id, reward_id = EOT, REWARD
+
+  for r, resp in enumerate(responses):
+    row = np.asarray(ids[r] + resp, np.int32)[None]
+    values = _forward(models["critic"], models["critic_params"], row).values[0]
+    expected = np.zeros(n)
+    expected[:len(resp)] = values[len(ids[r]) - 1:len(ids[r]) - 1 + len(resp)]
+    np.testing.assert_allclose(rollout.values[r], expected, atol=1e-5)
+
+    content = resp[:-1] if resp[-1] == EOT else resp
+    seq, _, end = pipelines.scored_sequence(Tok, np.asarray(ids[r]), content, 32, reward_token)
+    score = _forward(models["rm"], models["rm_params"], seq[None]).rewards[0, end]
+    assert float(rollout.rm_scores[r]) == pytest.approx(float(score), abs=1e-5)
+    penalty = 0.0 if r < 2 else 0.5
+    assert float(rollout.scores[r]) == pytest.approx(float(score) - penalty, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The update.
+
+
+def _numpy_targets(rollout, beta, gamma, lam):
+  """KL-shaped rewards, GAE by a Python loop in float64, and masked whitening: the update's targets."""
+  logp, ref, values, mask = (np.asarray(x, np.float64) for x in (rollout.log_probs, rollout.ref_log_probs,
+                                                                 rollout.values, rollout.mask))
+  b, n = mask.shape
+  rewards = -beta * (logp - ref) * mask
+  for r in range(b):
+    rewards[r, int(np.nonzero(mask[r])[0].max())] += float(rollout.scores[r])
+  adv = np.zeros((b, n))
+  for r in range(b):
+    last_adv, next_value = 0.0, 0.0
+    for t in reversed(range(n)):
+      if not mask[r, t]:
+        continue
+      delta = rewards[r, t] + gamma * next_value - values[r, t]
+      last_adv = delta + gamma * lam * last_adv
+      adv[r, t], next_value = last_adv, values[r, t]
+  returns = (adv + values) * mask
+  kept = adv[mask > 0]
+  whitened = (adv - kept.mean()) / np.sqrt(kept.var() + 1e-8) * mask
+  return whitened, returns
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("ptx_coef", [0.0, 0.5])
+def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
+  """One epoch of one minibatch: the reported policy loss, entropy, clip fraction, approx KL and value loss
+  are those of the parameters before the step, computed here in NumPy (float64) from the models' logits
+  and values; the ptx loss is the LM loss of the ptx rows. The step then changes actor and critic."""
+  (prompt, mask), _ = _prompts()
+  temperature, eps, veps, beta = 0.8, 0.1, 0.05, 0.3
+  generate = make_generate(models["actor"], max_new_tokens=5, temperature=temperature, stop_ids=(EOT,), pad_id=PAD)
+  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(1))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=temperature,
+                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  rollout = collect(models["actor_params"], models["critic_params"], models["ref_params"], models["rm_params"],
+                    prompt, mask, sample)
+  # Old log-probs and values as if an earlier policy and critic had made the rollout: ratios away from 1,
+  # so clipping happens.
+  noise = np.random.default_rng(0).normal(0, 0.3, rollout.mask.shape) * np.asarray(rollout.mask)
+  rollout = rollout.replace(log_probs=rollout.log_probs + noise, values=rollout.values - noise)
+
+  settings = steps.PPOSettings(temperature=temperature, epochs=1, minibatches=1, clip_eps=eps, value_clip_eps=veps,
+                               gamma=0.9, lam=0.8, ptx_coef=ptx_coef)
+  txs = {"actor": optax.sgd(1e-2), "critic": optax.sgd(1e-2)}
+  params = {"actor": models["actor_params"], "critic": models["critic_params"]}
+  state = PPOState(step=jnp.int32(0), params=params, opt_state={k: txs[k].init(v) for k, v in params.items()},
+                   kl_coef=jnp.float32(beta), ema=None, reward=None, rng=jax.random.PRNGKey(0))
+  ptx = None
+  if ptx_coef:
+    rows = np.random.default_rng(1).integers(4, 31, (4, 9)).astype(np.int32)
+    ptx = pipelines.to_lm_batch({"tokens": rows})
+  update = steps.make_ppo_update(models["actor"], models["critic"], txs, settings)
+  new_state, metrics = jax.jit(update)(state, rollout, ptx, jax.random.PRNGKey(2))
+
+  adv, returns = _numpy_targets(rollout, beta, 0.9, 0.8)
+  m = np.asarray(rollout.mask, np.float64)
+  seq = np.concatenate([np.asarray(prompt), np.asarray(rollout.tokens)], 1)
+  real = np.concatenate([np.asarray(mask), m > 0], 1).astype(np.int32)
+  positions = np.maximum(np.cumsum(real, 1) - 1, 0)
+  logits = np.asarray(_forward(models["actor"], models["actor_params"], seq, positions, real).logits, np.float64)[:, 5:10] / temperature
+  log_p = _log_softmax(logits)
+  tokens = np.asarray(rollout.tokens)
+  logp = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
+  ratio = np.exp(logp - np.asarray(rollout.log_probs, np.float64))
+  unclipped, clipped = -adv * ratio, -adv * np.clip(ratio, 1 - eps, 1 + eps)
+  mean = lambda x: (x * m).sum() / m.sum()
+  expected = {
+      "ppo/policy_loss": mean(np.maximum(unclipped, clipped)),
+      "ppo/clip_fraction": mean(clipped > unclipped),
+      "ppo/approx_kl": mean(ratio - 1 - np.log(ratio)),
+      "ppo/entropy": mean(-(np.exp(log_p) * log_p).sum(-1)),
+  }
+  values = np.asarray(_forward(models["critic"], models["critic_params"], seq, positions, real).values, np.float64)[:, 5:10]
+  old_values = np.asarray(rollout.values, np.float64)
+  v_clip = old_values + np.clip(values - old_values, -veps, veps)
+  expected["ppo/value_loss"] = mean(0.5 * np.maximum((values - returns) ** 2, (v_clip - returns) ** 2))
+  expected["ppo/value_clip_fraction"] = mean((v_clip - returns) ** 2 > (values - returns) ** 2)
+  if ptx_coef:
+    lm_logits = np.asarray(_forward(models["actor"], models["actor_params"], ptx.tokens).logits, np.float64)
+    nll = -np.take_along_axis(_log_softmax(lm_logits), np.asarray(ptx.targets)[..., None], -1)[..., 0]
+    expected["ppo/ptx_loss"] = nll.mean()
+    expected["train/loss"] = expected["ppo/policy_loss"] + ptx_coef * nll.mean()
+  assert 0.0 < expected["ppo/clip_fraction"] < 1.0 and 0.0 < expected["ppo/value_clip_fraction"] < 1.0
+  for key, value in expected.items():
+    assert float(metrics[key]) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+  assert float(metrics["ppo/kl"]) == pytest.approx(
+      ((np.asarray(rollout.log_probs) - np.asarray(rollout.ref_log_probs)) * m).sum(1).mean(), rel=1e-5)
+  for name in ("actor", "critic"):
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.params[name], params[name])
+    assert max(jax.tree.leaves(moved)) > 0, name
+  assert int(new_state.step) == 1 and float(new_state.kl_coef) == pytest.approx(beta)
+
+
+def test_critic_starts_as_the_reward_model(models):
+  """The critic's value head reads the normalised reward head: its values are the RM's scores."""
+  rm_params = models["rm_params"]
+  critic_params = critic_params_from_reward(rm_params)
+  tokens = jnp.asarray([[1, 5, 6, 7, 8]])
+  np.testing.assert_allclose(_forward(models["critic"], critic_params, tokens).values,
+                             _forward(models["rm"], rm_params, tokens).rewards, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage.
+
+
+@pytest.fixture(scope="module")
+def ppo_args(toyworld_smoke, toyworld_reward_smoke):
+  return (f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={toyworld_reward_smoke[0]}")
+
+
+@pytest.fixture(scope="module")
+def ppo_run(tmp_path_factory, ppo_args):
+  workdir = tmp_path_factory.mktemp("ppo") / "ppo"
+  return workdir, run_smoke("toyworld_ppo.py", workdir, *ppo_args)
+
+
+def _state_arrays(workdir):
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  meta = checkpoints._manager.item_metadata(step)["state"]
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored = checkpoints._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract))))
+  checkpoints.close()
+  return step, jax.device_get(restored["state"])
+
+
+def test_ppo_stage_smoke(ppo_run):
+  """The smoke run finishes with every per-iteration metric the issue lists, and evaluations against SFT."""
+  workdir, summary = ppo_run
+  assert summary["complete"] is True and summary["step"] == 4
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4]
+  for key in ("ppo/score", "ppo/gold", "ppo/kl", "ppo/entropy", "ppo/clip_fraction", "ppo/approx_kl",
+              "ppo/value_explained_variance", "ppo/response_length", "ppo/end_of_turn_rate", "ppo/kl_coef",
+              "ppo/ptx_loss", "perf/rollout_s", "perf/update_s", "perf/rollout_tokens_per_s"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  betas = [r["ppo/kl_coef"] for r in rows]
+  assert betas[0] == pytest.approx(0.05) and len(set(betas)) > 1  # The smoke config adapts beta.
+  for key in ("eval/gold/all", "sft/gold/all", "eval/win_rate_gold", "eval/win_rate_rm", "eval/kl", "eval/rm_score"):
+    assert key in summary, key
+  assert 0.0 <= summary["eval/win_rate_gold"] <= 1.0
+
+
+def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_run, ppo_args, monkeypatch):
+  """SIGTERM during iteration 3 (checkpoints fall every 2) saves a checkpoint once it is done and exits 143;
+  re-running the command resumes there and ends with exactly the parameters, optimizer state, beta and EMA
+  of the uninterrupted run."""
+  workdir = tmp_path / "ppo"
+  original = MetricsWriter.write
+
+  def write_then_preempt(self, step, metrics):
+    original(self, step, metrics)
+    if step == 2 and "ppo/kl" in metrics:  # Checked after the next iteration: the loop stops at 3.
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "toyworld_ppo.py") + ":smoke",
+          "--workdir", str(workdir), "--config.train.batch_size=8", *ppo_args]
+  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
+  assert main_lib.main(argv) == 128 + signal.SIGTERM
+  monkeypatch.setattr(MetricsWriter, "write", original)
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+  assert checkpoints.latest_step() == 3
+  checkpoints.close()
+  assert main_lib.main(argv) == 0
+  step_a, a = _state_arrays(ppo_run[0])
+  step_b, b = _state_arrays(workdir)
+  assert step_a == step_b == 4
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert [r["step"] for r in read_metrics(str(workdir)) if "ppo/kl" in r] == [1, 2, 3, 4]
+
+
+def test_ppo_stage_needs_a_reward_model(toyworld_smoke, tmp_path, capsys):
+  argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "toyworld_ppo.py") + ":smoke",
+          "--workdir", str(tmp_path / "ppo"), "--config.train.batch_size=8",
+          f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={tmp_path}"]
+  assert main_lib.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no trained reward model" in err[0] and str(tmp_path) in err[0]
+
+
+def test_ppo_iterated_rounds_retrain_the_reward_model(tmp_path, ppo_args, toyworld_reward_smoke):
+  """With rounds every 2 iterations, the policy's samples before iteration 3 are ranked into
+  rounds/round_1.jsonl, the reward model (carried in the state) is trained on them with the reward stage's
+  comparisons, and the round's metrics are logged."""
+  workdir = tmp_path / "ppo"
+  summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.train.steps=3", "--config.ppo.round_every=2",
+                      "--config.ppo.round_prompts=4", "--config.ppo.round_steps=2", "--config.ppo.round_batch=8")
+  assert summary["complete"] is True
+  lines = (workdir / "rounds" / "round_1.jsonl").read_text().splitlines()
+  assert 1 <= len(lines) <= 4
+  initial = len((toyworld_reward_smoke[0] / "comparisons" / "train.jsonl").read_text().splitlines())
+  rows = [r for r in read_metrics(str(workdir)) if "round/index" in r]
+  assert [r["step"] for r in rows] == [3] and rows[0]["round/comparisons"] == initial + len(lines)
+  _, state = _state_arrays(workdir)
+  saved = Checkpointer(os.path.join(toyworld_reward_smoke[0], "checkpoints"))
+  step = saved.latest_step()
+  saved.close()
+  _, reward_run = _state_arrays(toyworld_reward_smoke[0]) if step else (None, None)
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), state["reward"]["params"]["blocks_0"]
+                       if "blocks_0" in state["reward"]["params"] else state["reward"]["params"],
+                       {k: v for k, v in reward_run["params"].items() if k in state["reward"]["params"]})
+  assert max(jax.tree.leaves(moved)) > 0
