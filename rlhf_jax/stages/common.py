@@ -88,7 +88,8 @@ def record_model(config, workdir: str, model_config: TransformerConfig) -> None:
 def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   """(Transformer, sharded params, tokenizer or None) from an earlier run or a converted checkpoint.
 
-  `path` may be a workdir of ours (config.json + checkpoints/), a directory written by
+  `path` may be a workdir of ours (config.json + checkpoints/; of a PPO run, the policy it evaluated: see
+  `Checkpointer.policy_path`), a directory written by
   `python -m rlhf_jax.convert from-hf` (model.json + params/), or a Hugging Face GPT-2/Llama directory.
   The architecture comes from the checkpoint; `runtime` (the current config's model section) supplies the
   RUNTIME_KEYS, converting the layer layout if scan_layers differs. Parameters of heads the new model needs
@@ -118,7 +119,7 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
     if step is None:
       raise UserError(f"{path}/checkpoints: no checkpoint to start from")
     abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads)), mesh)
-    params = checkpoints.restore_params(step, abstract, shardings)
+    params = checkpoints.restore_params(step, abstract, shardings, checkpoints.policy_path(step))
     checkpoints.close()
   elif os.path.exists(os.path.join(path, "config.json")):
     model_config, params = hf.load_hf(path)

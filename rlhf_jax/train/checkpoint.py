@@ -9,6 +9,7 @@ directory and renames it when complete, so a crash mid-save never damages the pr
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Optional
 
@@ -69,19 +70,32 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return flax.serialization.from_state_dict(state_template, restored["state"]), dict(restored["meta"] or {})
 
-  def restore_params(self, step: int, abstract_params: Any, shardings: Any) -> Any:
+  def policy_path(self, step: int) -> tuple[str, ...]:
+    """Where the checkpoint keeps the language model a later stage, a sampler or a report should use:
+    "params" for pretraining, SFT and the reward model; for PPO (params keyed "actor", "critic") the actor's
+    moving average when the run kept one -- the policy it evaluated -- and otherwise params/actor."""
+    state = self._manager.item_metadata(step)["state"]
+    if "actor" not in state["params"]:
+      return ("params",)
+    return ("ema",) if isinstance(state.get("ema"), dict) and state["ema"] else ("params", "actor")
+
+  def restore_params(self, step: int, abstract_params: Any, shardings: Any,
+                     path: tuple[str, ...] = ("params",)) -> Any:
     """Only the parameters of a checkpoint (no optimizer state): to start a later stage, sample or chat.
 
-    Top-level entries the checkpoint lacks (a head the earlier stage did not have) are left out of the result.
+    `path` names the subtree of the saved state that holds them (see `policy_path`). Top-level entries the
+    checkpoint lacks (a head the earlier stage did not have) are left out of the result.
     """
-    saved = set(self._manager.item_metadata(step)["state"]["params"].keys())
+    saved = self._manager.item_metadata(step)["state"]
+    for key in path:
+      saved = saved[key]
     abstract_params = {k: v for k, v in abstract_params.items() if k in saved}
     shardings = {k: v for k, v in shardings.items() if k in saved}
-    target = {"params": abstract_params}
-    self._check_shapes(step, target)
-    abstract = {"params": abstract_like(abstract_params, shardings)}
+    nest = lambda tree: functools.reduce(lambda inner, key: {key: inner}, reversed(path), tree)
+    self._check_shapes(step, nest(abstract_params))
+    abstract = nest(abstract_like(abstract_params, shardings))
     restored = self._manager.restore(step, args=ocp.args.Composite(state=_restore_args(abstract, partial=True)))
-    return restored["state"]["params"]
+    return functools.reduce(lambda tree, key: tree[key], path, restored["state"])
 
   def _check_shapes(self, step: int, target: Any) -> None:
     saved = self._manager.item_metadata(step)["state"]
