@@ -6,7 +6,7 @@
              and checkpoint conversion
   notebooks  jupyter, nbclient and matplotlib, to run the notebooks
   tfds       tensorflow-datasets data sources (array_record files; no TensorFlow needed)
-`constraints.txt` pins the exact versions CI uses: `pip install -c constraints.txt -e .[test,hf]`.
+`constraints.txt` pins the exact versions CI uses: `pip install -c constraints.txt -e .[test,hf,tfds,notebooks]`.
 """
 
 from setuptools import find_packages, setup
@@ -33,6 +33,7 @@ setup(
         "absl-py>=2.1",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "matplotlib>=3.8",  # The pipeline's report.md and a sweep's results.png.
     ],
     extras_require={
         "test": ["pytest>=8.0"],
