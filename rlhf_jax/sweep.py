@@ -9,7 +9,8 @@ An ablation file defines
                                                  summary has the first of them.
 The overrides apply to every run (e.g. --config.init_from=runs/sft). Each run resumes like any other and a
 finished one is skipped, so an interrupted sweep is continued by running the same command again. The table
-goes to DIR/results.csv and DIR/results.md (with each run's wall time).
+goes to DIR/results.csv and DIR/results.md (with each run's wall time), and DIR/results.png draws it: one
+panel per numeric column, a bar per run.
 """
 
 from __future__ import annotations
@@ -72,7 +73,36 @@ def write_table(workdir: str, rows: list[dict]) -> None:
   lines += ["| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in rows]
   with open(os.path.join(workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
+  plot_table(os.path.join(workdir, "results.png"), rows, columns[1:-1])
   print("\n".join(lines))
+
+
+def plot_table(path: str, rows: list[dict], columns: Sequence[str]) -> None:
+  """Small multiples of the table: a panel per numeric column (its own scale), a bar per run; a missing or
+  NaN value leaves its bar out and says "n/a"."""
+  from rlhf_jax.eval.report import new_figure, save_figure
+  numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  columns = [c for c in columns if any(numeric(row.get(c)) for row in rows)]
+  if not columns:
+    return
+  names = [str(row["run"]) for row in rows]
+  cols = min(3, len(columns))
+  nrows = -(-len(columns) // cols)
+  fig, axes = new_figure(nrows, cols, (4.2 * cols, 0.9 + (2.0 + 0.25 * len(rows)) * nrows))
+  for ax, column in zip(axes.flat, columns):
+    values = [float(row[column]) if numeric(row.get(column)) else math.nan for row in rows]
+    finite = [v if math.isfinite(v) else 0.0 for v in values]
+    bars = ax.barh(range(len(rows)), finite, color=[f"C{i % 10}" for i in range(len(rows))])
+    for bar, v in zip(bars, values):
+      ax.annotate(f"{v:.4g}" if math.isfinite(v) else "n/a", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                  xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.invert_yaxis()  # Runs top to bottom in table order.
+    ax.set_title(column, fontsize=9)
+    ax.margins(x=0.25)
+  for ax in list(axes.flat)[len(columns):]:
+    ax.set_visible(False)
+  save_figure(fig, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
