@@ -60,3 +60,11 @@ def toyworld_reward_smoke(toyworld_smoke, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("reward") / "reward"
   extra = (f"--config.init_from={toyworld_smoke['sft'][0]}",)
   return workdir, run_smoke("toyworld_reward.py", workdir, *extra), extra
+
+
+@pytest.fixture(scope="session")
+def toyworld_ppo_smoke(toyworld_smoke, toyworld_reward_smoke, tmp_path_factory):
+  """The smoke PPO run from the smoke SFT and reward runs, made once per session: (dir, summary)."""
+  workdir = tmp_path_factory.mktemp("ppo_session") / "ppo"
+  return workdir, run_smoke("toyworld_ppo.py", workdir, f"--config.init_from={toyworld_smoke['sft'][0]}",
+                            f"--config.ppo.reward_from={toyworld_reward_smoke[0]}")

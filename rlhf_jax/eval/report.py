@@ -27,6 +27,7 @@ inline backend alone.
 
 from __future__ import annotations
 
+import html
 import math
 import os
 import types
@@ -276,8 +277,9 @@ def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sa
 
 
 def _cell(text: str) -> str:
-  text = text.replace("|", "\\|").replace("\n", " ").strip()
-  return f"`{text}`" if text else "*(empty)*"
+  """Text as a markdown table cell: HTML-escaped code, pipes and unprintable characters replaced."""
+  text = "".join(c if c.isprintable() else "\ufffd" for c in text.replace("\n", " ")).strip()
+  return "<code>" + html.escape(text).replace("|", "&#124;") + "</code>" if text else "*(empty)*"
 
 
 def sample_section(samples: dict, prompts: Sequence[str]) -> list[str]:

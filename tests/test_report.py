@@ -1,0 +1,74 @@
+"""The pipeline report (eval/report.py) on the smoke runs, and a sweep's results.png."""
+
+import json
+import math
+import os
+import re
+
+import pytest
+
+from rlhf_jax import sweep
+from rlhf_jax.eval import report
+
+
+@pytest.fixture(scope="module")
+def stage_dirs(toyworld_smoke, toyworld_reward_smoke, toyworld_ppo_smoke):
+  return {"pretrain": str(toyworld_smoke["pretrain"][0]), "sft": str(toyworld_smoke["sft"][0]),
+          "reward": str(toyworld_reward_smoke[0]), "ppo": str(toyworld_ppo_smoke[0])}
+
+
+def _png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(path) > 1000
+
+
+def test_report_on_smoke_runs(tmp_path, stage_dirs, toyworld_ppo_smoke):
+  """report.md names every plot, each is a real PNG, the win rates in the table and in the returned numbers
+  are the PPO summary's, the numbers are strict JSON, and every LM stage answered the fixed prompts."""
+  numbers = report.write_report(str(tmp_path), stage_dirs)
+  text = (tmp_path / "report.md").read_text()
+  expected = {f"plots/{s}_loss.png" for s in report.STAGES} | {"plots/ppo_scores.png", "plots/gold_vs_kl.png",
+                                                                "plots/rm_calibration.png"}
+  assert set(numbers["plots"]) == expected
+  linked = set(re.findall(r"!\[[^]]*\]\((plots/[^)]+)\)", text))
+  assert linked == expected
+  for name in expected:
+    assert _png(tmp_path / name), name
+  json.dumps(numbers, allow_nan=False)  # Strict JSON: raises on NaN or infinity.
+
+  summary = toyworld_ppo_smoke[1]
+  for key in ("eval/win_rate_gold", "eval/win_rate_rm"):
+    value, ci = summary[key], summary[key + "_ci"]
+    assert numbers[f"ppo/{key}"] == value and numbers[f"ppo/{key}_ci"] == ci
+    by = "gold" if key.endswith("gold") else "the RM"
+    row = next(line for line in text.splitlines() if line.startswith(f"| win rate vs SFT, by {by}"))
+    assert row.split("|")[2].strip() == f"{value:.4g} ± {ci:.2g}"
+  assert numbers["ppo/sft/pretrain/loss"] == summary["sft/pretrain/loss"]
+  assert numbers["reward/eval/label_accuracy"] is not None
+
+  samples = text.split("## Sample answers")[1].strip().splitlines()
+  table = [line for line in samples if line.startswith("| <code>")]
+  assert len(table) == report.NUM_SAMPLE_PROMPTS
+  assert all(line.count("|") == 5 for line in table)  # prompt + pretrain, SFT, PPO answers.
+  for stage in ("pretrain", "sft", "ppo"):
+    assert 0.0 <= numbers[f"samples/{stage}/gold"] <= 1.0
+
+
+def test_report_skips_missing_stages_and_takes_given_prompts(tmp_path, stage_dirs):
+  given = {"reward": stage_dirs["reward"], "sft": stage_dirs["sft"], "ppo": str(tmp_path / "not_there")}
+  numbers = report.write_report(str(tmp_path), given, sample_prompts=["compute 2 plus 3 ."])
+  assert set(numbers["plots"]) == {"plots/sft_loss.png", "plots/reward_loss.png", "plots/rm_calibration.png"}
+  text = (tmp_path / "report.md").read_text()
+  assert "## PPO" not in text and "| <code>compute 2 plus 3 .</code> |" in text
+  assert "samples/sft/gold" not in numbers  # No gold score for a free-form prompt.
+
+
+def test_sweep_table_plot_with_nan(tmp_path):
+  """results.png is written next to the table, whatever NaN, None, infinite or text values the runs hold."""
+  rows = [{"run": "a", "reward_loss": "pairwise", "eval/ece": math.nan, "eval/kl": 0.5, "wall_time_s": 3.0},
+          {"run": "b", "reward_loss": "margin", "eval/ece": 0.1, "eval/kl": None, "wall_time_s": math.nan},
+          {"run": "c", "reward_loss": "per_token", "eval/ece": math.inf, "eval/kl": -0.25, "wall_time_s": 1.0}]
+  sweep.write_table(str(tmp_path), rows)
+  assert (tmp_path / "results.md").exists() and _png(tmp_path / "results.png")
+  sweep.write_table(str(tmp_path / "x"), [])  # No rows: nothing is written, nothing fails.
+  assert not (tmp_path / "x").exists()
