@@ -12,13 +12,11 @@ against gold (all pairs whose gold differs, and pairs at least 0.2 apart), Spear
 calibration error and training time. `:smoke` runs in seconds from a toyworld_sft.py:smoke workdir.
 """
 
-import importlib.util
 import os
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("toyworld_reward", os.path.join(_HERE, "..", "toyworld_reward.py"))
-toyworld_reward = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(toyworld_reward)
+from rlhf_jax.config import load_module
+
+toyworld_reward = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toyworld_reward.py"))
 
 LOSSES = ("pairwise", "margin", "per_token", "reward_token")
 COLUMNS = ("reward_loss", "eval/label_accuracy", "eval/gold_accuracy/all", "eval/gold_accuracy_clear/all",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ import numpy as np
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
+from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate, response_token_ids
@@ -34,6 +36,7 @@ from rlhf_jax.stages import common, reward
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
+from rlhf_jax.train.metrics import read_metrics
 
 
 @dataclasses.dataclass
@@ -66,17 +69,23 @@ def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
           Prompts(*encode([as_messages(i.prompt) for i in heldout]), heldout))
 
 
-def ptx_stream(config, tokenizer) -> np.ndarray:
-  """The pretraining token stream of PPO-ptx: documents as BOS + text + EOS, concatenated."""
-  tw = config.toyworld
+def ptx_streams(config, tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+  """(training, validation) pretraining token streams -- documents as BOS + text + EOS, concatenated -- for
+  PPO-ptx and for measuring how much PPO regresses the pretraining loss: `ppo.ptx_path` (its last
+  data.val_fraction of documents held out), or the toyworld corpus and its validation documents (those of
+  the pretraining stage). None when there is no pretraining text."""
+  from rlhf_jax.stages.pretrain import load_documents
   if config.ppo.ptx_path:
     source = sources.open_source(config.ppo.ptx_path, "pretrain")
-    texts = (source[i]["text"] for i in range(len(source)))
+    texts = [source[i]["text"] for i in range(len(source))]
+    cut = max(1, int(round(len(texts) * (1.0 - config.data.val_fraction))))
+    train, val = texts[:cut], texts[cut:] or texts[-1:]
   elif config.data.source == "toyworld":
-    texts = toyworld.corpus(toyworld.make_world(tw.seed), tw.num_docs, seed=tw.seed)
+    train, val = load_documents(config)
   else:
-    raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
-  return np.concatenate([pipelines.document_ids(tokenizer, text) for text in texts])
+    return None
+  encode = lambda texts: np.concatenate([pipelines.document_ids(tokenizer, text) for text in texts])
+  return encode(train), encode(val)
 
 
 def critic_params_from_reward(rm_params: dict) -> dict:
@@ -146,9 +155,12 @@ class RewardRounds:
     # Every comparison so far, in a fixed order, read back from the files in their validated, normal form.
     every_round = []
     for i in range(1, r + 1):
-      source = sources.open_source(os.path.join(self.workdir, "rounds", f"round_{i}.jsonl"), "comparisons")
+      round_path = os.path.join(self.workdir, "rounds", f"round_{i}.jsonl")
+      source = sources.open_source(round_path, "comparisons") if os.path.getsize(round_path) else []
       every_round.append([source[j] for j in range(len(source))])
     records, everything = every_round[-1], self.initial + [rec for rnd in every_round for rec in rnd]
+    if not records:  # Every prompt's answers tied: nothing new to learn from this round.
+      return reward_state, {"round/index": float(r), "round/comparisons": float(len(everything))}
     examples = [self._example(self.tokenizer, rec, self.seq_len, self.k_max, self.reward_token)
                 for rec in everything]
     state = self._TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
@@ -176,6 +188,18 @@ class RewardRounds:
                "round/rm_loss": float(np.mean(jax.device_get(losses))), "round/sample_gold": float(np.mean(gold)),
                "round/raw_mean": fit["raw_mean"], "round/raw_std": fit["raw_std"]}
     return {"params": params, "opt_state": state.opt_state}, metrics
+
+
+def eval_history(rows: list[dict]) -> dict:
+  """The best evaluation of the RM score and of gold, and the step it came at: over-optimisation shows as a
+  gold peak before the end while the RM score keeps rising."""
+  out = {}
+  for key in ("eval/rm_score", "eval/gold/all"):
+    evals = [(r[key], r["step"]) for r in rows if key in r]
+    if evals:
+      best, step = max(evals)
+      out.update({f"{key}/max": best, f"{key}/max_step": step, f"{key}/first": evals[0][0]})
+  return out
 
 
 def run(config, workdir: str) -> dict:
@@ -230,9 +254,18 @@ def run(config, workdir: str) -> dict:
 
   world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
+  streams = ptx_streams(config, tokenizer)
   ptx_rows = ppo.ptx_batch * ppo.epochs * ppo.minibatches if ppo.ptx_coef > 0 else 0
+  if ptx_rows and streams is None:
+    raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
   data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
-                                ptx_stream(config, tokenizer) if ptx_rows else None, ptx_rows, ppo.ptx_seq_len)
+                                streams[0] if ptx_rows else None, ptx_rows, ppo.ptx_seq_len)
+  pretrain_eval = None
+  if streams is not None:  # The pretraining loss on held-out text: how far PPO moved from the LM.
+    pretrain_eval = make_lm_evaluator(
+        actor.clone(heads=("lm",)), mesh, lambda: pipelines.window_eval_batches(streams[1], ppo.ptx_seq_len,
+                                                                                train.batch_size),
+        train.batch_size, prefix="eval/pretrain")
 
   reward_id = tokenizer.reward_id if spec.get("reward_token") else None
   generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
@@ -292,8 +325,13 @@ def run(config, workdir: str) -> dict:
   def evaluate(state) -> dict:
     if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
       baseline["sft"] = evaluator.sample(ref_params)
+      if pretrain_eval is not None:
+        baseline["sft/pretrain"] = pretrain_eval(types.SimpleNamespace(params=ref_params))
     params = state.ema if state.ema is not None else state.params["actor"]
-    return evaluator.metrics(evaluator.sample(params), baseline["sft"])
+    metrics = evaluator.metrics(evaluator.sample(params), baseline["sft"])
+    if pretrain_eval is not None:
+      metrics.update(pretrain_eval(types.SimpleNamespace(params=strip_value(params))))
+    return metrics
 
   loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
                     checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * ppo.max_new_tokens,
@@ -304,6 +342,8 @@ def run(config, workdir: str) -> dict:
                                   state.params["actor"])})
   if "sft" in baseline:
     summary.update(evaluator.metrics(baseline["sft"], prefix="sft"))
+    summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
+  summary.update(eval_history(read_metrics(workdir)))
   summary["complete"] = True
   write_summary(workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
