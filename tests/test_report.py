@@ -5,10 +5,16 @@ import math
 import os
 import re
 
+import jax
+import numpy as np
 import pytest
 
+from rlhf_jax import mesh as mesh_lib
 from rlhf_jax import sweep
 from rlhf_jax.eval import report
+from rlhf_jax.stages.common import load_pretrained
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +58,25 @@ def test_report_on_smoke_runs(tmp_path, stage_dirs, toyworld_ppo_smoke):
   assert all(line.count("|") == 5 for line in table)  # prompt + pretrain, SFT, PPO answers.
   for stage in ("pretrain", "sft", "ppo"):
     assert 0.0 <= numbers[f"samples/{stage}/gold"] <= 1.0
+
+
+def test_load_pretrained_reads_the_policy_ppo_evaluated(stage_dirs):
+  """A PPO workdir opens as its actor's moving average (the smoke run keeps one), not the raw actor; an SFT
+  workdir as its params."""
+  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  model, loaded, _ = load_pretrained(stage_dirs["ppo"], mesh)
+  checkpoints = Checkpointer(os.path.join(stage_dirs["ppo"], "checkpoints"))
+  step = checkpoints.latest_step()
+  assert checkpoints.policy_path(step) == ("ema",)
+  abstract, shardings = state_lib.param_shardings(model, mesh)
+  ema, actor = (checkpoints.restore_params(step, abstract, shardings, path) for path in (("ema",), ("params", "actor")))
+  checkpoints.close()
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(loaded), leaves(ema)))
+  assert not all(np.array_equal(a, b) for a, b in zip(leaves(ema), leaves(actor)))
+  sft = Checkpointer(os.path.join(stage_dirs["sft"], "checkpoints"))
+  assert sft.policy_path(sft.latest_step()) == ("params",)
+  sft.close()
 
 
 def test_report_skips_missing_stages_and_takes_given_prompts(tmp_path, stage_dirs):
