@@ -65,9 +65,12 @@ def resolve_config(spec: str, overrides: Sequence[str]) -> config_lib.ConfigDict
 def run(argv: Sequence[str]) -> dict:
   args, overrides = parse_args(argv)
   config = resolve_config(args.config, overrides)
+  if config.stage == "pipeline":  # Several stages, each configured by the pipeline file (stages/pipeline.py).
+    from rlhf_jax.stages.pipeline import run_pipeline
+    return run_pipeline(args.config, args.workdir, overrides)
   if config.stage not in STAGE_MODULES:
     raise UserError(f"config key 'stage': stage {config.stage!r} cannot run yet in this version "
-                    f"(available: {', '.join(STAGE_MODULES)})")
+                    f"(available: {', '.join(STAGE_MODULES)}, pipeline)")
   from rlhf_jax import mesh as mesh_lib  # Imports jax: after the cheap checks, before any device use.
   mesh_lib.maybe_initialize_distributed(config.mesh)
   import jax

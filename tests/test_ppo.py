@@ -78,17 +78,21 @@ def _prompts():
   return pipelines.left_pad_prompts([np.asarray(x) for x in ids], 6, PAD), ids
 
 
+def _rollout(models, temperature, seed, ref_params):
+  """The policy's sample of the test prompts and the rollout pass over it (critic and RM included)."""
+  (prompt, mask), _ = _prompts()
+  generate = make_generate(models["actor"], max_new_tokens=5, temperature=temperature, stop_ids=(EOT,), pad_id=PAD)
+  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(seed))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=temperature,
+                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  return sample, collect(models["actor_params"], models["critic_params"], ref_params, models["rm_params"], prompt,
+                         mask, sample)
+
+
 def test_collect_log_probs_match_the_sampler(models):
   """The rollout's recomputed log-probs (full forward, temperature T) equal the KV-cache sampler's; with
   the reference equal to the policy, the KL terms are exactly 0."""
-  (prompt, mask), _ = _prompts()
-  temperature = 0.7
-  generate = make_generate(models["actor"], max_new_tokens=5, temperature=temperature, stop_ids=(EOT,), pad_id=PAD)
-  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(0))
-  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=temperature,
-                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
-  rollout = collect(models["actor_params"], models["critic_params"], models["actor_params"], models["rm_params"],
-                    prompt, mask, sample)
+  sample, rollout = _rollout(models, 0.7, 0, ref_params=models["actor_params"])
   np.testing.assert_allclose(rollout.log_probs, sample.log_probs * sample.mask, atol=2e-5)
   assert float(jnp.abs(rollout.log_probs).sum()) > 0
   np.testing.assert_array_equal(rollout.log_probs, rollout.ref_log_probs)
@@ -172,12 +176,7 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   and values; the ptx loss is the LM loss of the ptx rows. The step then changes actor and critic."""
   (prompt, mask), _ = _prompts()
   temperature, eps, veps, beta = 0.8, 0.1, 0.05, 0.3
-  generate = make_generate(models["actor"], max_new_tokens=5, temperature=temperature, stop_ids=(EOT,), pad_id=PAD)
-  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(1))
-  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=temperature,
-                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
-  rollout = collect(models["actor_params"], models["critic_params"], models["ref_params"], models["rm_params"],
-                    prompt, mask, sample)
+  _, rollout = _rollout(models, temperature, 1, ref_params=models["ref_params"])
   # Old log-probs and values as if an earlier policy and critic had made the rollout: ratios away from 1,
   # so clipping happens.
   noise = np.random.default_rng(0).normal(0, 0.3, rollout.mask.shape) * np.asarray(rollout.mask)

@@ -1,0 +1,49 @@
+"""The whole InstructGPT recipe on the built-in toyworld, in one command, with no downloads.
+
+  python -m rlhf_jax.main --config experiments/quickstart.py --workdir runs/quickstart
+
+Stages, each in its own directory of the workdir (re-running the command skips finished stages and resumes
+an interrupted one): `pretrain` (trains the tokenizer, then the 4-layer model on the generated corpus),
+`sft` (instruction tuning on imperfect demonstrations), `comparisons` (4 SFT answers per prompt ranked by
+the simulated annotator), `reward` (the reward model on those comparisons, normalised on SFT samples),
+`ppo` (PPO against the reward model with a KL penalty to SFT), then `report.md` with plots and the final
+table, and `summary.json`.
+
+Hardware: a 2-core CPU. The budgets are those of experiments/toyworld_*.py, except that pretraining and SFT
+run half and two thirds of their steps (see `stages`). Runtime and result: see README.md. `:smoke` runs
+every stage in seconds (what the tests exercise).
+"""
+
+import os
+
+from rlhf_jax.config import base_config, load_module
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_load = lambda name: load_module(os.path.join(_HERE, f"{name}.py"))
+
+
+def get_config(arg=None):
+  if arg not in (None, "smoke"):
+    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
+  config = base_config()
+  config.stage = "pipeline"
+  return config
+
+
+def stages(arg=None):
+  pretrain = _load("toyworld_pretrain").get_config(arg)
+  sft = _load("toyworld_sft").get_config(arg)
+  if arg is None:  # Half of toyworld_pretrain's 1,200 steps and two thirds of SFT's 600: the time budget.
+    pretrain.train.steps, pretrain.train.eval_every, pretrain.train.checkpoint_every = 600, 300, 300
+    sft.train.steps, sft.train.eval_every, sft.train.checkpoint_every = 400, 200, 200
+  sft.init_from = "{pretrain}"
+  reward = _load("toyworld_reward").get_config(arg)
+  comparisons = _load("toyworld_reward").get_config(arg)
+  comparisons.stage = "comparisons"
+  comparisons.init_from = "{sft}"
+  reward.init_from = "{sft}"
+  reward.data.path = "{comparisons}"
+  ppo = _load("toyworld_ppo").get_config(arg)
+  ppo.init_from = "{sft}"
+  ppo.ppo.reward_from = "{reward}"
+  return [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]
