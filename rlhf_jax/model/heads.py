@@ -25,8 +25,11 @@ class LMHead(nn.Module):
   def __call__(self, hidden_btd):
     kernel = self.param("kernel", nn.with_logical_partitioning(
         nn.initializers.normal(self.init_std), ("embed", "vocab")), (hidden_btd.shape[-1], self.vocab_size))
-    return jnp.einsum("btd,dv->btv", hidden_btd.astype(self.dtype), kernel.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    # One 2-D matmul over flattened rows: XLA's CPU backend runs the 3-D contraction at about half the speed.
+    lead, d = hidden_btd.shape[:-1], hidden_btd.shape[-1]
+    logits = jnp.dot(hidden_btd.reshape(-1, d).astype(self.dtype), kernel.astype(self.dtype),
+                     preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, self.vocab_size)
 
 
 class ValueHead(nn.Module):

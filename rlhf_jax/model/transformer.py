@@ -250,8 +250,12 @@ class Embed(nn.Module):
     return jnp.take(table, ids, axis=0).astype(self.dtype)
 
   def attend(self, hidden_btd):
-    return jnp.einsum("btd,vd->btv", hidden_btd.astype(self.dtype), self.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    # One 2-D matmul over flattened rows, as in Linear: XLA's CPU backend ran the 3-D contraction
+    # "btd,vd->btv" (forward and gradients) at about half the speed (benchmarks/ppo_iteration.py).
+    lead, d = hidden_btd.shape[:-1], hidden_btd.shape[-1]
+    logits = jnp.dot(hidden_btd.reshape(-1, d).astype(self.dtype), self.embedding.astype(self.dtype).T,
+                     preferred_element_type=jnp.float32)
+    return logits.reshape(*lead, self.num_embeddings)
 
 
 def _cached_attention(q_bthk, k_bgsk, v_bgsk, mask_b1ts):
