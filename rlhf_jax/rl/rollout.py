@@ -72,16 +72,28 @@ def response_slice(x_bs: jax.Array, prompt_width: int, num_new: int) -> jax.Arra
   return jax.lax.slice_in_dim(x_bs, prompt_width - 1, prompt_width - 1 + num_new, axis=1)
 
 
+def _response_heads(module: Transformer, seq_bs, positions_bs, segments_bs, prompt_width: int, num_new: int):
+  """The trunk over prompt + response, and the LM and value heads (those the model has) at the N response
+  columns only: (logits (B, N, V) or None, values (B, N) or None). The heads' outputs at the other columns
+  are dead code that XLA removes; applying the LM head to all S columns and slicing afterwards cost a third
+  more of its matmuls, and in the backward pass a zero-padded (B, S, V) copy of the logits' gradient."""
+  hidden_bnd = response_slice(module(seq_bs, positions_bs, segments_bs).hidden, prompt_width, num_new)
+  logits_bnv = module.lm_logits(hidden_bnd) if "lm" in module.heads else None
+  values_bn = module.value_head(hidden_bnd) if "value" in module.heads else None
+  return logits_bnv, values_bn
+
+
 def policy_outputs(model: Transformer, params, prompt_bp, prompt_mask_bp, tokens_bn, mask_bn, temperature: float):
   """(log pi_T of each response token (B, N), logits / T at the response columns (B, N, V), values (B, N)
   or None) from one full forward of `model` (values when it has a value head)."""
   p, n = prompt_bp.shape[1], tokens_bn.shape[1]
   seq_bs, positions_bs, segments_bs = sequence_inputs(prompt_bp, prompt_mask_bp, tokens_bn, mask_bn)
-  out = model.apply({"params": params}, seq_bs, positions_bs, segments_bs)
-  scaled_bnv = response_slice(out.logits, p, n).astype(jnp.float32) / temperature
+  logits_bnv, values_bn = model.apply({"params": params}, seq_bs, positions_bs, segments_bs, p, n,
+                                      method=_response_heads)
+  scaled_bnv = logits_bnv.astype(jnp.float32) / temperature
   mask_bn = mask_bn.astype(jnp.float32)
   log_probs_bn = losses.token_log_probs(scaled_bnv, tokens_bn) * mask_bn
-  values_bn = None if out.values is None else response_slice(out.values, p, n) * mask_bn
+  values_bn = None if values_bn is None else values_bn * mask_bn
   return log_probs_bn, scaled_bnv, values_bn
 
 
@@ -89,8 +101,8 @@ def critic_values(model: Transformer, params, prompt_bp, prompt_mask_bp, tokens_
   """V(state before each response token), (B, N), 0 where masked."""
   p, n = prompt_bp.shape[1], tokens_bn.shape[1]
   seq_bs, positions_bs, segments_bs = sequence_inputs(prompt_bp, prompt_mask_bp, tokens_bn, mask_bn)
-  out = model.apply({"params": params}, seq_bs, positions_bs, segments_bs)
-  return response_slice(out.values, p, n) * mask_bn.astype(jnp.float32)
+  _, values_bn = model.apply({"params": params}, seq_bs, positions_bs, segments_bs, p, n, method=_response_heads)
+  return values_bn * mask_bn.astype(jnp.float32)
 
 
 def reward_inputs(prompt_bp, prompt_mask_bp, tokens_bn, mask_bn, ended_b, *, end_of_turn_id: int,

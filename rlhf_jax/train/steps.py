@@ -249,7 +249,9 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
         actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
     pg_sum, count, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
-    ent_sum, _ = losses.entropy(scaled_bnv, mb.mask)
+    # Without a bonus the entropy is only a diagnostic: its gradient (through a softmax over the vocabulary at
+    # every response token, then times 0) is kept out of the backward pass.
+    ent_sum, _ = losses.entropy(scaled_bnv if s.ent_coef else jax.lax.stop_gradient(scaled_bnv), mb.mask)
     denom = jnp.maximum(count, 1.0)
     loss = (pg_sum - s.ent_coef * ent_sum) / denom
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/entropy": ent_sum / denom,
