@@ -1,0 +1,413 @@
+"""Seconds per PPO iteration: ours (generate -> collect -> update) against TRL's PPOTrainer, same setting.
+
+Command:  python benchmarks/ppo_iteration.py [--quick] [--iterations N] [--breakdown]
+Needs TRL: pip install -c constraints.txt -r benchmarks/requirements-ppo.txt   (torch stays 2.13.0, CPU)
+
+Setting (both sides): a GPT-2 style policy with random weights, L=4 D=128 H=4 F=512 V=1024 (max_len 64), and
+a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 random
+tokens, no padding; 32 new tokens sampled at temperature 0.7 from the full vocabulary; KL penalty 0.05 (k1),
+GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value clip 0.2; 4 PPO epochs of 1 minibatch (all 64
+rows). Everything float32 (TRL's PPOConfig defaults to bf16: turned off). One iteration is:
+  ours  `make_generate` (KV-cache sampler) -> `make_collect` (actor, reference, critic and reward-model
+        forwards in one program) -> `make_ppo_update` (targets, then 4 epochs x 1 minibatch of actor and
+        critic AdamW steps in one program, state donated), each jitted once and compiled ahead of time; the
+        phases are timed to `block_until_ready` of their outputs, as `stages/ppo.py` runs them.
+  TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0, `trl.experimental.ppo`, the newest release with a
+        PPO trainer): `generate` at temperature 0.7 with top_k 0 / top_p 1, reference, value and reward
+        forwards, rewards, GAE, whitening, then 4 epochs of one policy+value backward and AdamW step over the
+        64 rows, its metrics and logging. torch 2.13.0, `torch.set_num_threads(2)`, OMP_WAIT_POLICY=PASSIVE
+        (see benchmarks/generate.py: with spin-waiting, torch's OpenMP threads stall whenever anything else
+        wants a core). Gradient checkpointing, on by default in PPOConfig, is turned off: ours does not
+        recompute activations either (model.remat="none"), so both sides do the same arithmetic.
+  Exactly 32 new tokens a row on both sides, as random weights never end a response on purpose: ours stops on
+  token id 1024, outside the vocabulary (so never sampled, but the early-exit test still runs every step as in
+  a real run); the reward model's view gets the end-of-turn token (id 1) appended, as for any response that
+  ran out of tokens. TRL gets no stop token (`stop_token=None`), so nothing is truncated, and a tokenizer whose
+  pad and EOS ids (1024, 1025) lie outside the model's vocabulary, so no sampled token is taken for padding.
+  The policy's old log-probs: ours recomputes them with a full forward (`rl/rollout.py`: the first ratio is
+  then exactly 1), TRL takes them from the sampler's scores; ours therefore runs one forward more.
+
+How: each side runs in its own process, in lockstep. TRL's `train()` runs in a child process
+(benchmarks/ppo_iteration_trl.py) whose step-end callback reports the iteration and waits; this process then
+runs one of our iterations and lets it go on. So the two alternate (TRL, ours, TRL, ours, ...), load from other
+processes falls on both alike, and each process holds only its own libraries and objects: TRL calls
+`gc.collect()` twice an iteration, and with our compiled programs in the same process each call took 1.4-2.0 s
+instead of 0.5-0.9 s. The first iteration of each side is a warm-up; ours is compiled before it (the compile
+seconds reported). Phases of a TRL iteration: generate = its `batch_generation` call; rollout = from the end of
+the previous iteration to the first policy+value forward of the update (data, generation, the three forwards,
+rewards, GAE); update = from there to the step-end callback (4 epochs, statistics, logging); TRL's
+end-of-iteration clean-up (`gc.collect`, freeing tensors) falls into the next iteration's rollout. Each figure
+is the median over the timed iterations; ratio = TRL's seconds per iteration / ours (= our iterations/s over
+TRL's).
+
+Checks, outside the timings (a failure stops the run): every iteration of ours sampled 32 steps with every
+token in the mask; every TRL generation returned 16 + 32 columns with no token outside the vocabulary (so its
+padding masks are empty and all 32 tokens are scored); all parameters on both sides are float32; our update's
+loss is finite.
+
+`--breakdown` then times our pieces on their own, each jitted alone on the same shapes (what runs inside one
+iteration's programs): generation; the four forwards of the rollout; one minibatch step of the actor
+(forward, backward, AdamW) and of the critic, as `make_ppo_update` computes them.
+
+Hardware: 2-core AMD EPYC (AVX-512) CPU shared with other jobs, jax 0.10.2, torch 2.13.0, transformers
+5.23.0, trl 1.12.0. Runtime 1.5-5 min, depending on how busy other jobs keep the cores (7 timed iterations a
+side; `--breakdown` adds ~20 s); `--quick` (2 timed iterations) ~1-3 min, a smoke test.
+
+Measured (2026-11, other processes using 1.0-1.6 of the 2 cores throughout; s per iteration, median of 7):
+  ours 2.34 s (generate 0.10, collect 0.23, update 2.01)  TRL 3.20 s (rollout 0.96, of which generate 0.31;
+  update 2.24): 1.37x, with other processes on ~1.0 cores; 1.31x (3.73 s against 4.90 s) on ~1.35 cores.
+  Before 4fffff2 and 72e4495 (below), on ~1.6 cores: ours 7.79 s (generate 0.24, collect 0.77, update 6.88)
+  against TRL 9.50 s (rollout 3.05, update 6.48): 1.22x. The target (>= 1.5x TRL's iterations/s) is not met.
+Where our time goes (`--breakdown`, the 1.37x run): the update is 85% of an iteration, and it is 4 epochs x
+(actor step 0.30 s + critic step 0.29 s): eight forward+backward passes of a 4-layer trunk over 64 x 48 tokens
+plus AdamW. Generation (0.10 s, 3x faster than TRL's `generate`) and the four rollout forwards (~0.055 s each)
+are the rest. Per pass we are at TRL's speed, not better: an actor forward+backward took 410-430 ms of CPU time
+against torch's 460-470 ms (before the fixes below), and our whole update takes 0.90x TRL's time. In an XLA profile of the update, matmuls are
+~60% of the op time and elementwise work ~37% (GELU's tanh, layer norms, residual adds, the attention
+softmax and its backward, ~20% for attention's ~5% of the FLOPs); no single op dominates, and replacing
+`jax.nn.dot_product_attention` by plain einsums changed a critic step by under 2%. What was slow and is fixed:
+the LM head was a 3-D einsum, which XLA's CPU backend (with its gradients) ran at half the speed of the same
+2-D matmul (4fffff2: 41 -> 22 ms CPU at 64 x 32 x 1024); the PPO forwards applied the LM head to all 48
+columns and sliced afterwards (a third more of its matmuls, and a zero-padded (B, S, V) gradient), and the
+entropy diagnostic was differentiated (times ent_coef = 0) through a softmax over the vocabulary (72e4495).
+Together: the actor step 432 -> 391 ms CPU (621 -> 551 ms wall), our update from 1.06x to 0.90x TRL's time.
+
+The last line printed is one machine-readable line, `BENCH ppo_iteration key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from machine import ForeignLoad
+from rlhf_jax import config as config_lib
+from rlhf_jax import losses
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.model.transformer import Transformer, TransformerConfig
+from rlhf_jax.rl import rollout as rollout_lib
+from rlhf_jax.rl.rollout import make_collect
+from rlhf_jax.sampling import make_generate
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import steps
+
+BATCH = 64
+PROMPT_LEN = 16
+NEW_TOKENS = 32
+TEMPERATURE = 0.7
+EPOCHS = 4
+MINIBATCHES = 1
+KL_COEF = 0.05
+MODEL = dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, d_ff=512, vocab_size=1024, max_len=64)
+VOCAB = MODEL["vocab_size"]
+STOP_ID = VOCAB  # Outside the vocabulary: never sampled, so every row runs the full 32 steps.
+END_OF_TURN_ID = 1  # Appended to each (unended) response in the reward model's view.
+PAD_ID = 0  # Ours: fills ended rows (none here); prompts are full width, so their mask is all True.
+TARGET, GOAL = 1.5, 3.0  # Our iterations/s over TRL's.
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ours.
+
+
+class Ours:
+  """Our PPO iteration as `stages/ppo.py` wires it, on random models; `compile()` first, then `iteration()`."""
+
+  def __init__(self, prompt_bp: np.ndarray, total_iterations: int):
+    config = config_lib.base_config()
+    config.ppo.temperature = TEMPERATURE
+    config.ppo.epochs, config.ppo.minibatches, config.ppo.kl_coef = EPOCHS, MINIBATCHES, KL_COEF
+    config.ppo.kl_estimator, config.ppo.unfinished_penalty = "k1", 0.0  # TRL: missing_eos_penalty=None.
+    cfg = TransformerConfig.from_config(config_lib.model_config("gpt2", **MODEL))
+    self.actor = Transformer(cfg, heads=("lm",))
+    self.critic = Transformer(cfg, heads=("value",))
+    self.rm = Transformer(cfg, heads=("reward",))
+    mesh = mesh_lib.make_mesh(config_lib.mesh_config(), devices=jax.devices()[:1])
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    actor_params, _ = state_lib.init_params(self.actor, keys[0], mesh)
+    critic_params, _ = state_lib.init_params(self.critic, keys[1], mesh)
+    self.rm_params, _ = state_lib.init_params(self.rm, keys[2], mesh)
+    self.ref_params = actor_params  # The state holds copies; the reference starts as the policy, as in PPO.
+    updates_total = total_iterations * EPOCHS * MINIBATCHES
+    self.txs = {name: state_lib.make_optimizer(config.optim, updates_total)[0] for name in ("actor", "critic")}
+    self.state, _ = state_lib.create_ppo_state({"actor": self.actor, "critic": self.critic}, self.txs,
+                                               {"actor": actor_params, "critic": critic_params}, mesh,
+                                               jax.random.PRNGKey(1), KL_COEF)
+    self.settings = steps.PPOSettings.from_config(config.ppo)
+    self.generate = make_generate(self.actor, max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE,
+                                  stop_ids=(STOP_ID,), pad_id=PAD_ID)
+    self.collect = make_collect(self.actor, self.actor, self.critic, self.rm, temperature=TEMPERATURE,
+                                end_of_turn_id=END_OF_TURN_ID, reward_id=None, pad_id=PAD_ID,
+                                unfinished_penalty=config.ppo.unfinished_penalty)
+    self.update = jax.jit(steps.make_ppo_update(self.actor, self.critic, self.txs, self.settings),
+                          donate_argnums=(0,))
+    self.prompt_bp = jnp.asarray(prompt_bp, jnp.int32)
+    self.mask_bp = jnp.ones(prompt_bp.shape, bool)
+    self.compiled = None
+    for tree in (self.state.params, self.ref_params, self.rm_params):
+      dtypes = {str(x.dtype) for x in jax.tree.leaves(tree)}
+      assert dtypes == {"float32"}, f"ours: parameters in {dtypes}, not float32"
+
+  def compile(self) -> dict:
+    """Ahead-of-time compiles the three programs; returns the seconds each took."""
+    key = jax.random.PRNGKey(0)
+    params = self.state.params
+    seconds = {}
+    start = time.perf_counter()
+    generate = self.generate.lower(params["actor"], self.prompt_bp, self.mask_bp, key).compile()
+    seconds["generate"] = time.perf_counter() - start
+    sample = jax.eval_shape(self.generate, params["actor"], self.prompt_bp, self.mask_bp, key)
+    start = time.perf_counter()
+    collect_args = (params["actor"], params["critic"], self.ref_params, self.rm_params, self.prompt_bp,
+                    self.mask_bp)
+    collect = self.collect.lower(*collect_args, sample).compile()
+    seconds["collect"] = time.perf_counter() - start
+    rollout = jax.eval_shape(self.collect, *collect_args, sample)
+    start = time.perf_counter()
+    update = self.update.lower(self.state, rollout, None, key).compile()
+    seconds["update"] = time.perf_counter() - start
+    self.compiled = dict(generate=generate, collect=collect, update=update)
+    return seconds
+
+  def iteration(self, i: int) -> dict:
+    """One PPO iteration; returns the seconds of each phase (outputs ready) and of the whole."""
+    c, params = self.compiled, self.state.params
+    rng = jax.random.PRNGKey(1000 + i)
+    start = time.perf_counter()
+    sample = jax.block_until_ready(c["generate"](params["actor"], self.prompt_bp, self.mask_bp,
+                                                 jax.random.fold_in(rng, 0)))
+    generated = time.perf_counter()
+    rollout = jax.block_until_ready(c["collect"](params["actor"], params["critic"], self.ref_params,
+                                                 self.rm_params, self.prompt_bp, self.mask_bp, sample))
+    collected = time.perf_counter()
+    self.state, metrics = jax.block_until_ready(c["update"](self.state, rollout, None, jax.random.fold_in(rng, 1)))
+    end = time.perf_counter()
+    steps_taken, in_mask = int(sample.num_steps), int(np.asarray(sample.mask).sum())
+    assert steps_taken == NEW_TOKENS and in_mask == BATCH * NEW_TOKENS, \
+        f"ours sampled {steps_taken} steps, {in_mask} tokens in the mask: some row stopped early"
+    loss = float(metrics["train/loss"])
+    assert np.isfinite(loss), f"ours: update loss {loss}"
+    return dict(generate=generated - start, collect=collected - generated, update=end - collected,
+                total=end - start)
+
+  def breakdown(self, repeats: int) -> dict:
+    """Median seconds of each piece of an iteration, each jitted alone (see the module docstring)."""
+    actor, critic, rm, s = self.actor, self.critic, self.rm, self.settings
+    params, opt = self.state.params, self.state.opt_state
+    p, m, key = self.prompt_bp, self.mask_bp, jax.random.PRNGKey(7)
+    sample = self.compiled["generate"](params["actor"], p, m, key)
+    rollout = self.compiled["collect"](params["actor"], params["critic"], self.ref_params, self.rm_params, p, m,
+                                       sample)
+    batch, _ = steps.ppo_targets(rollout, jnp.float32(KL_COEF), s)
+    tokens, mask = rollout.tokens, rollout.mask
+
+    def rm_forward(rm_params):
+      inputs = rollout_lib.reward_inputs(p, m, tokens, mask, rollout.ended, end_of_turn_id=END_OF_TURN_ID,
+                                         reward_id=None, pad_id=PAD_ID)
+      return rm.apply({"params": rm_params}, *inputs[:3]).rewards
+
+    def actor_step(actor_params, opt_state):
+      def loss_fn(q):  # As make_ppo_update's actor loss (separate critic, no ptx).
+        log_probs, scaled, _ = rollout_lib.policy_outputs(actor, q, p, m, tokens, mask, s.temperature)
+        pg_sum, count, aux = losses.ppo_policy_loss(log_probs, batch.old_log_probs, batch.advantages, mask,
+                                                    s.clip_eps)
+        ent_sum, _ = losses.entropy(scaled if s.ent_coef else jax.lax.stop_gradient(scaled), mask)
+        return (pg_sum - s.ent_coef * ent_sum) / count, (ent_sum, aux)
+      (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(actor_params)
+      updates, opt_state = self.txs["actor"].update(grads, opt_state, actor_params)
+      return optax.apply_updates(actor_params, updates), opt_state, aux
+
+    def critic_step(critic_params, opt_state):
+      def loss_fn(q):
+        values = rollout_lib.critic_values(critic, q, p, m, tokens, mask)
+        v_sum, count, aux = losses.ppo_value_loss(values, batch.old_values, batch.returns, mask, s.value_clip_eps)
+        return v_sum / count, aux
+      (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic_params)
+      updates, opt_state = self.txs["critic"].update(grads, opt_state, critic_params)
+      return optax.apply_updates(critic_params, updates), opt_state, aux
+
+    pieces = {
+        "generate": (self.compiled["generate"], (params["actor"], p, m, key)),
+        "collect: actor forward": (jax.jit(lambda q: rollout_lib.policy_outputs(
+            actor, q, p, m, tokens, mask, s.temperature)[0]), (params["actor"],)),
+        "collect: reference forward": (jax.jit(lambda q: rollout_lib.policy_outputs(
+            actor, q, p, m, tokens, mask, s.temperature)[0]), (self.ref_params,)),
+        "collect: critic forward": (jax.jit(lambda q: rollout_lib.critic_values(critic, q, p, m, tokens, mask)),
+                                    (params["critic"],)),
+        "collect: reward forward": (jax.jit(rm_forward), (self.rm_params,)),
+        "update: actor fwd+bwd+AdamW (1 minibatch)": (jax.jit(actor_step), (params["actor"], opt["actor"])),
+        "update: critic fwd+bwd+AdamW (1 minibatch)": (jax.jit(critic_step), (params["critic"], opt["critic"])),
+    }
+    for fn, args in pieces.values():
+      jax.block_until_ready(fn(*args))
+    times = {name: [] for name in pieces}
+    for _ in range(repeats):  # Round-robin, so that load changes fall on every piece alike.
+      for name, (fn, args) in pieces.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def median(rows, key):
+  return statistics.median(r[key] for r in rows)
+
+
+class TRLWorker:
+  """TRL's side in its own process (benchmarks/ppo_iteration_trl.py), in lockstep with this one: `wait()`
+  returns the phases of the iteration it just finished (or None when it has finished training) and leaves
+  it blocked until `go()`."""
+
+  def __init__(self, prompt_bp: np.ndarray, iterations: int, threads: int = 2):
+    setting = dict(model=MODEL, batch=BATCH, prompt_len=PROMPT_LEN, new_tokens=NEW_TOKENS, temperature=TEMPERATURE,
+                   epochs=EPOCHS, minibatches=MINIBATCHES, kl_coef=KL_COEF, iterations=iterations, threads=threads,
+                   prompts=prompt_bp.tolist())
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ppo_iteration_trl.py")
+    self.proc = subprocess.Popen([sys.executable, script, json.dumps(setting)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, bufsize=1)
+    self.info = self._receive()["ready"]
+
+  def _receive(self) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith(MARK):
+        return json.loads(line[len(MARK):])
+    raise RuntimeError(f"ppo_iteration_trl.py exited with status {self.proc.wait()} (its error is above)")
+
+  def go(self):
+    self.proc.stdin.write("next\n")
+    self.proc.stdin.flush()
+
+  def wait(self):
+    message = self._receive()
+    return message.get("phases")
+
+  def close(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+    self.proc.wait()
+
+
+MARK = "@@ppo_iteration "
+
+
+def median(rows, key):
+  return statistics.median(r[key] for r in rows)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="2 timed iterations a side (smoke test)")
+  parser.add_argument("--iterations", type=int, default=None, help="timed iterations a side (default 7)")
+  parser.add_argument("--breakdown", action="store_true", help="then time our pieces alone (see the docstring)")
+  args = parser.parse_args()
+  timed = args.iterations or (2 if args.quick else 7)
+  if timed < 1:
+    parser.error("--iterations must be >= 1")
+
+  wall = time.perf_counter()
+  load_start = os.getloadavg()[0]
+  platform = jax.devices()[0].platform
+  prompt_bp = np.random.default_rng(0).integers(0, VOCAB, (BATCH, PROMPT_LEN)).astype(np.int32)
+  total = 1 + timed  # One warm-up iteration a side.
+  ours = Ours(prompt_bp, total)
+  print(f"ppo_iteration benchmark{' --quick (smoke numbers)' if args.quick else ''}: jax {jax.__version__}, "
+        f"{platform}, {os.cpu_count()} CPUs, load average {load_start:.2f}", flush=True)
+  print(f"policy, reference, value and reward models L={MODEL['n_layers']} D={MODEL['d_model']} "
+        f"H={MODEL['n_heads']} F={MODEL['d_ff']} V={VOCAB}; {BATCH} prompts x {PROMPT_LEN} tokens, {NEW_TOKENS} "
+        f"new tokens at T={TEMPERATURE}; {EPOCHS} epochs x {MINIBATCHES} minibatch; float32", flush=True)
+  print("ours: compiling...", end="", flush=True)
+  compile_s = ours.compile()
+  print(" " + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()), flush=True)
+  print("TRL: starting its process...", end="", flush=True)
+  worker = TRLWorker(prompt_bp, total)
+  info = worker.info
+  print(f" torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}, torch threads "
+        f"{info['threads']} (OMP_WAIT_POLICY={info['omp_wait_policy']})", flush=True)
+  print("alternating iterations (TRL, then ours), the first of each a warm-up:", flush=True)
+
+  results = {"ours": [], "trl": []}
+  try:
+    worker.go()
+    while (phases := worker.wait()) is not None:
+      i = len(results["trl"])
+      results["trl"].append(phases)
+      load = ForeignLoad()
+      mine = ours.iteration(i)
+      mine["foreign"] = load.cores()
+      results["ours"].append(mine)
+      label = "warm-up" if i == 0 else f"{i}/{timed}"
+      print(f"  iteration {label}: TRL {phases['total']:.2f} s (generate {phases['generate']:.2f}, rollout "
+            f"{phases['rollout']:.2f}, update {phases['update']:.2f}); ours {mine['total']:.2f} s (generate "
+            f"{mine['generate']:.2f}, collect {mine['collect']:.2f}, update {mine['update']:.2f})", flush=True)
+      worker.go()
+  finally:
+    worker.close()
+  if len(results["trl"]) != total:
+    raise AssertionError(f"TRL ran {len(results['trl'])} iterations, expected {total}")
+  warm = {side: rows[0]["total"] for side, rows in results.items()}
+  rows = {side: rows[1:] for side, rows in results.items()}
+
+  breakdown = ours.breakdown(repeats=3 if args.quick else 7) if args.breakdown else None
+  load_end = os.getloadavg()[0]
+
+  ours_s, trl_s = median(rows["ours"], "total"), median(rows["trl"], "total")
+  ratio = trl_s / ours_s
+  foreign = {side: [r["foreign"] for r in rs if r["foreign"] is not None] for side, rs in rows.items()}
+  foreign = {side: statistics.mean(f) if f else None for side, f in foreign.items()}
+  spread = lambda rs: f"{min(r['total'] for r in rs):.2f}-{max(r['total'] for r in rs):.2f}"
+  fmt_foreign = lambda f: "?" if f is None else f"{f:.2f}"
+  ph = {k: median(rows["ours"], k) for k in ("generate", "collect", "update")}
+  tp = {k: median(rows["trl"], k) for k in ("generate", "rollout", "update")}
+  print()
+  header = f"{'side':<5} {'s/iter':>7} {'min-max':>11} {'iter/s':>7} {'others':>6}  phases (median s)"
+  print(header)
+  print("-" * 100)
+  print(f"{'ours':<5} {ours_s:7.2f} {spread(rows['ours']):>11} {1 / ours_s:7.2f} {fmt_foreign(foreign['ours']):>6}  "
+        f"generate {ph['generate']:.3f}, collect {ph['collect']:.3f}, update {ph['update']:.3f}")
+  print(f"{'TRL':<5} {trl_s:7.2f} {spread(rows['trl']):>11} {1 / trl_s:7.2f} {fmt_foreign(foreign['trl']):>6}  "
+        f"rollout {tp['rollout']:.3f} (of which generate {tp['generate']:.3f}), update {tp['update']:.3f}")
+  print(f"(median over {timed} timed iterations a side, alternating; others: cores other processes used "
+        f"meanwhile; warm-up iteration ours {warm['ours']:.2f} s, TRL {warm['trl']:.2f} s; our compile "
+        f"{sum(compile_s.values()):.1f} s, in no iteration)")
+  verdict = "goal met" if ratio >= GOAL else "target met, goal not" if ratio >= TARGET else "target NOT met"
+  print(f"ratio: ours {ratio:.2f}x TRL's iterations/s (target {TARGET}x, goal {GOAL}x: {verdict})")
+  if breakdown:
+    print("\nour pieces, each jitted alone (median s):")
+    for name, seconds in breakdown.items():
+      print(f"  {name:<44} {seconds:.3f}")
+    per_epoch = (breakdown["update: actor fwd+bwd+AdamW (1 minibatch)"]
+                 + breakdown["update: critic fwd+bwd+AdamW (1 minibatch)"])
+    collect = sum(v for k, v in breakdown.items() if k.startswith("collect"))
+    print(f"  sums: collect {collect:.3f} (in the iteration {ph['collect']:.3f}), update {EPOCHS} x {per_epoch:.3f}"
+          f" = {EPOCHS * per_epoch:.3f} (in the iteration {ph['update']:.3f})")
+  elapsed = time.perf_counter() - wall
+  busy = max(load_start, load_end) > 0.5
+  print(f"total {elapsed:.0f} s; load average {load_start:.2f} at start, {load_end:.2f} at end"
+        + ("  (the machine was busy: absolute seconds are not comparable across runs; the ratio holds up better)"
+           if busy else ""))
+
+  fields = [f"ours_s_per_iter={ours_s:.3f}", f"trl_s_per_iter={trl_s:.3f}", f"ratio={ratio:.2f}",
+            f"ours_generate_s={ph['generate']:.3f}", f"ours_collect_s={ph['collect']:.3f}",
+            f"ours_update_s={ph['update']:.3f}", f"trl_generate_s={tp['generate']:.3f}",
+            f"trl_rollout_s={tp['rollout']:.3f}", f"trl_update_s={tp['update']:.3f}",
+            f"ours_compile_s={sum(compile_s.values()):.1f}", f"iterations={timed}",
+            f"others_cores_ours={fmt_foreign(foreign['ours'])}", f"others_cores_trl={fmt_foreign(foreign['trl'])}",
+            f"quick={int(args.quick)}", f"load={load_start:.2f}", f"device={platform}"]
+  print("BENCH ppo_iteration " + " ".join(fields))
+
+
+if __name__ == "__main__":
+  main()
