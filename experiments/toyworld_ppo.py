@@ -3,7 +3,15 @@
   python -m rlhf_jax.main --config experiments/toyworld_ppo.py --workdir runs/toyworld/ppo \
       --config.init_from=runs/toyworld/sft --config.ppo.reward_from=runs/toyworld/reward
 
-Hardware: a 2-core CPU. Runtime and result: see the figures below (measured from the full toyworld runs).
+Hardware: a 2-core CPU. Measured (700 s on a 2-core machine shared with two other jobs; reward model of
+toyworld_reward.py at 0.62 gold-pair accuracy): over 100
+iterations the held-out RM score rose from 0.09 (SFT) to 0.46 and the policy beat SFT by the RM's judgement
+in 70.8% +- 5.2% of prompts, at a KL of 5.3 nats per response -- but gold fell from 0.635 to 0.562 (win
+rate by gold 40.6% +- 4.2%): review 0.83 -> 0.96, where the RM is right, while list, repeat, reverse and
+arithmetic, where it is near chance, fell (0.83 -> 0.81, 0.76 -> 0.62, 0.51 -> 0.38, 0.24 -> 0.04). That is
+reward over-optimisation of a weak proxy, not the gain the recipe gives with a good reward model; the
+reward model is the bottleneck (see toyworld_reward.py). Per iteration: rollout 0.59 s, update 3.2 s;
+value explained variance 0.95, clip fraction 0.03.
 
 Rollouts: 64 training prompts per iteration, answered at temperature 1.0 with up to 32 new tokens; the
 actor starts from SFT, the critic from the reward model. Batch arithmetic: 64 responses x 4 epochs x 1
@@ -28,7 +36,7 @@ def get_config(arg=None):
   config.train.log_every = 1
   config.train.eval_every = 25
   config.train.checkpoint_every = 25
-  config.optim.lr = 2e-5
+  config.optim.lr = 5e-5
   config.optim.warmup_steps = 10
   config.optim.schedule = "constant"
   config.optim.weight_decay = 0.0
