@@ -1,6 +1,6 @@
-"""Batched generation: one prefill call over the prompts, then a KV-cache decode loop inside jit.
+"""Batched generation: one prefill call over the prompts, then KV-cache decode loops inside jit.
 
-Shapes: B batch, P prompt width (left-padded), N new tokens, S cache slots (P + N - 1), V vocabulary,
+Shapes: B batch, P prompt width (left-padded), N new tokens, S cache slots (<= P + N - 1), V vocabulary,
 C sampling candidates (the top k, or all V).
 
 Sampling at temperature T draws token y at step n from
@@ -15,12 +15,13 @@ pi_theta / pi_old must compare the same temperature-scaled policy that training 
 lm-human-preferences and the InstructGPT setup (Ziegler et al. 2019; Ouyang et al. 2022).
 
 A row ends at its first stop token (kept, and counted in the mask); after it the row holds `pad_id` and
-log-probability 0. The loop runs at most N steps and exits as soon as every row has ended.
+log-probability 0. The decode loops run at most N steps in all and stop as soon as every row has ended.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import flax
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.model.transformer import KVCache, Transformer, init_cache
+from rlhf_jax.model.transformer import KVCache, Transformer, grow_cache, init_cache
 from rlhf_jax.tokenizer import END_OF_TURN_ID, EOS_ID, PAD_ID
 
 
@@ -63,19 +64,42 @@ class _DecodeState:
   ended_b: jax.Array
 
 
-def _draw_full(scaled_bv: jax.Array, rng: jax.Array, block: int = 256) -> jax.Array:
-  """One draw per row from softmax(scaled) over the whole vocabulary, in two stages: a block of `block`
-  consecutive tokens with probability proportional to its mass, then a token of that block from the softmax
-  within it. P(block) P(token | block) = P(token), so the draw is exact; it needs V/block + block random
-  numbers per row instead of V. `jax.random.categorical` on (B, V) generates V Gumbel variables per row and
-  an arg-max over them, ~80 ms of a ~420 ms decode step at V=50304 (2 CPU cores); this takes ~11 ms.
+def _block_size(vocab: int) -> int:
+  """The block width c of the two-stage draw: the largest divisor of V up to sqrt(V), so that the (B, V)
+  logits reshape to (B, V/c, c) without a copy (V=50304: c=192). When V has no divisor near sqrt(V) (a prime
+  V), ceil(sqrt(V)), and the logits are padded with -inf."""
+  root = math.isqrt(vocab)
+  c = max(d for d in range(1, root + 1) if vocab % d == 0)
+  return c if c + vocab // c <= 4 * root else root + 1
+
+
+def _sample_full(logits_bv: jax.Array, rng: jax.Array, temperature: float):
+  """A draw from softmax(z / T) over the whole vocabulary and its log-probability, both (B,).
+
+  Two stages, both exact: a block of c consecutive tokens with probability proportional to its mass, then a
+  token of that block from the softmax within it; P(block) P(token | block) = P(token). That takes V/c + c
+  Gumbel variables per row instead of the V of `jax.random.categorical` on (B, V). The block masses also
+  give the normaliser, so the logits are read twice (max, then exp-sum per block) and exponentiated once,
+  and with c dividing V the blocks are a reshape, not a padded copy. At B=64, V=50304 this draw and its
+  log-prob take 7.9 ms against 27.8 ms for the previous version (a padded copy, a block logsumexp and a
+  separate full logsumexp for the log-prob), timed side by side on the 2-core CPU.
   """
-  b, v = scaled_bv.shape
-  padded_bnc = jnp.pad(scaled_bv, ((0, 0), (0, -v % block)), constant_values=-jnp.inf).reshape(b, -1, block)
+  b, v = logits_bv.shape
+  c = _block_size(v)
+  z_bv = logits_bv.astype(jnp.float32)
+  if v % c:
+    z_bv = jnp.pad(z_bv, ((0, 0), (0, -v % c)), constant_values=-jnp.inf)
+  z_bnc = z_bv.reshape(b, -1, c)
+  max_b11 = jnp.max(z_bnc, axis=(1, 2), keepdims=True)
+  # s = (z - max z) / T <= 0: softmax(s) = softmax(z / T), and exp(s) cannot overflow.
+  mass_bn = jnp.sum(jnp.exp((z_bnc - max_b11) / temperature), axis=-1)
+  log_norm_b = jnp.log(jnp.sum(mass_bn, axis=-1))
   block_key, token_key = jax.random.split(rng)
-  block_b = jax.random.categorical(block_key, jax.nn.logsumexp(padded_bnc, axis=-1), axis=-1)
-  within_bc = jnp.take_along_axis(padded_bnc, block_b[:, None, None], axis=1)[:, 0]
-  return block_b * block + jax.random.categorical(token_key, within_bc, axis=-1)
+  block_b = jax.random.categorical(block_key, jnp.log(mass_bn), axis=-1)
+  within_bc = (jnp.take_along_axis(z_bnc, block_b[:, None, None], axis=1)[:, 0] - max_b11[:, 0]) / temperature
+  offset_b = jax.random.categorical(token_key, within_bc, axis=-1)
+  log_prob_b = jnp.take_along_axis(within_bc, offset_b[:, None], axis=-1)[:, 0] - log_norm_b
+  return (block_b * c + offset_b).astype(jnp.int32), log_prob_b
 
 
 def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -88,8 +112,6 @@ def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax
   """
   vocab = scaled_bv.shape[-1]
   k = top_k if 0 < top_k < vocab else 0
-  if not k and top_p >= 1.0:
-    return _draw_full(scaled_bv, rng)
   if k:
     sorted_bc, ids_bc = jax.lax.top_k(scaled_bv, k)
   else:
@@ -106,11 +128,31 @@ def _draw(scaled_bv: jax.Array, rng: jax.Array, top_k: int, top_p: float) -> jax
 def _sample(logits_bv: jax.Array, rng: jax.Array, *, temperature: float, top_k: int, top_p: float,
             greedy: bool):
   """One token per row and its log-probability log softmax(logits / T)_token, both (B,)."""
+  if not greedy and not 0 < top_k < logits_bv.shape[-1] and top_p >= 1.0:  # No truncation.
+    return _sample_full(logits_bv, rng, temperature)
   scaled_bv = logits_bv.astype(jnp.float32) / temperature
   token_b = jnp.argmax(scaled_bv, axis=-1) if greedy else _draw(scaled_bv, rng, top_k, top_p)
   token_b = token_b.astype(jnp.int32)
   picked_b = jnp.take_along_axis(scaled_bv, token_b[:, None], axis=-1)[:, 0]
   return token_b, picked_b - jax.nn.logsumexp(scaled_bv, axis=-1)
+
+
+def _phase_ends(max_new_tokens: int, phase_steps: int = 16, max_phases: int = 8) -> list[int]:
+  """Where the decode loops end (exclusive step numbers; steps run 1 .. N-1, step 0 samples from the prefill):
+  ceil((N - 1) / phase_steps) loops of equal length, at most `max_phases`.
+
+  Attention reads every slot of the cache at every step, and on a CPU those reads are bound by memory
+  bandwidth (GPT-2 small at B=64: 4.7 MB a slot over the 12 layers). One loop over a cache of P + N - 1
+  slots reads mostly empty slots early on; a loop per phase, each over a cache just long enough for it
+  (`grow_cache` between them, one copy each), reads only the filled slots plus half a phase on average.
+  GPT-2 small, B=64, P=16, timed side by side on the busy 2-core CPU: N=128 ran 1.10x faster with 4 loops
+  than with one and 1.16x faster again with 8; N=32 1.11x faster with 2 loops than with one. Each loop is
+  one more copy of the decode step to compile (N=128: ~1.3-1.6x the compile time with 8 loops).
+  """
+  steps = max_new_tokens - 1
+  phases = max(1, min(max_phases, -(-steps // phase_steps)))
+  size = -(-steps // phases) if steps else 0
+  return [min(max_new_tokens, 1 + size * (i + 1)) for i in range(phases)]
 
 
 def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
@@ -163,8 +205,9 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
                           log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
                           ended_b=state.ended_b | stopped_b)
 
-    # The last sampled token is never fed back, so P + N - 1 slots hold everything the model reads.
-    cache = init_cache(model.config, b, p + max_new_tokens - 1)
+    # The prefill fills a cache of exactly P slots (so XLA writes it once, without zeroing it first). Step n
+    # (1 <= n < N) writes slot P + n - 1, so a loop that ends before step `end` needs P + end - 1 slots.
+    cache = init_cache(model.config, b, p)
     positions_bp = jnp.maximum(jnp.cumsum(prompt_mask_bp, axis=-1, dtype=jnp.int32) - 1, 0)
     logits_bv, cache = model.apply(variables, prompt_bp, positions_bp, prompt_mask_bp.astype(jnp.int32), cache,
                                    method=prefill)
@@ -181,7 +224,9 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       out = model.apply(variables, token_b1, positions_b1, segments_b1, cache=state.cache)
       return emit(state.replace(cache=out.cache), out.logits[:, 0])
 
-    state = jax.lax.while_loop(lambda s: (s.step < max_new_tokens) & ~jnp.all(s.ended_b), decode, state)
+    for end in _phase_ends(max_new_tokens):
+      state = state.replace(cache=grow_cache(state.cache, p + end - 1))
+      state = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.ended_b), decode, state)
     return SampleOutput(tokens=state.tokens_bn, log_probs=state.log_probs_bn, mask=state.mask_bn,
                         lengths=jnp.sum(state.mask_bn, axis=-1, dtype=jnp.int32), ended=state.ended_b,
                         num_steps=state.step)

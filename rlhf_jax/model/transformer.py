@@ -161,6 +161,18 @@ def init_cache(config: TransformerConfig, batch: int, length: int, dtype: Any = 
                  index=jnp.zeros((), jnp.int32))
 
 
+def grow_cache(cache: KVCache, length: int) -> KVCache:
+  """The same cache with `length` slots (at least its current number); the new slots are empty. It copies
+  the cache once: a decode loop that reads every slot at every step can instead run over a short cache and
+  grow it between loops (`sampling.make_generate`)."""
+  extra = length - cache.segment_ids.shape[1]
+  if extra < 0:
+    raise ValueError(f"cannot shrink a cache of {cache.segment_ids.shape[1]} slots to {length}")
+  pad = lambda x: jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, extra), (0, 0)])  # S is axis -2 of k and v.
+  return KVCache(layers=jax.tree.map(pad, cache.layers),
+                 segment_ids=jnp.pad(cache.segment_ids, ((0, 0), (0, extra))), index=cache.index)
+
+
 def unbox(tree):
   """Strips flax's LogicallyPartitioned boxes, leaving plain arrays (or shape structs)."""
   return jax.tree.map(lambda x: x.value if isinstance(x, nn.LogicallyPartitioned) else x, tree,
