@@ -253,9 +253,8 @@ def ppo_args(toyworld_smoke, toyworld_reward_smoke):
 
 
 @pytest.fixture(scope="module")
-def ppo_run(tmp_path_factory, ppo_args):
-  workdir = tmp_path_factory.mktemp("ppo") / "ppo"
-  return workdir, run_smoke("toyworld_ppo.py", workdir, *ppo_args)
+def ppo_run(toyworld_ppo_smoke):
+  return toyworld_ppo_smoke
 
 
 def _state_arrays(workdir):
@@ -287,7 +286,7 @@ def test_ppo_stage_smoke(ppo_run):
   assert 0.0 <= summary["eval/win_rate_gold"] <= 1.0
 
 
-def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_run, ppo_args, monkeypatch):
+def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch):
   """SIGTERM during iteration 3 (checkpoints fall every 2) saves a checkpoint once it is done and exits 143;
   re-running the command resumes there and ends with exactly the parameters, optimizer state, beta and EMA
   of the uninterrupted run."""
@@ -308,7 +307,9 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_run, ppo_args, monke
   assert checkpoints.latest_step() == 3
   checkpoints.close()
   assert main_lib.main(argv) == 0
-  step_a, a = _state_arrays(ppo_run[0])
+  reference = tmp_path / "uninterrupted"  # Beside the preempted run, in the same process state.
+  run_smoke("toyworld_ppo.py", reference, *ppo_args)
+  step_a, a = _state_arrays(reference)
   step_b, b = _state_arrays(workdir)
   assert step_a == step_b == 4
   jax.tree.map(np.testing.assert_array_equal, a, b)
