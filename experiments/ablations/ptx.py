@@ -9,6 +9,12 @@ section 4) mixes pretraining gradients to reduce the "alignment tax": RLHF alone
 pretraining-like text. The table compares the held-out pretraining loss after PPO (eval/pretrain/loss;
 sft/pretrain/loss is the SFT model's) with the gold score and win rate. `:smoke` runs in seconds from smoke
 workdirs.
+
+Measured with --config.train.steps=40 --config.train.eval_every=20 (the toyworld SFT and reward runs; 220 s
+and 278 s on a shared 2-core machine). Held-out pretraining loss: SFT 5.03 (600 steps of chat SFT had
+erased plain-text modelling; the pretrained model scores 1.76 on the same windows), gamma_ptx = 0 5.22,
+gamma_ptx = 1 2.09 -- mixing pretraining gradients undoes the regression instead of adding to it. The price
+here: gold 0.545 vs 0.480, KL to SFT 4.7 vs 8.0 nats (the LM loss pulls away from SFT's chat behaviour).
 """
 
 import os
