@@ -11,6 +11,21 @@ the proxy is wrong, so its RM score keeps rising while its gold score peaks and 
 "Scaling laws for reward model overoptimization"); the penalty keeps it near the SFT model, where the RM was
 trained. The table gives each run's final and best gold and RM scores and the evaluation step of the best
 (`.../max_step`); metrics.jsonl in each run has the curves. `:smoke` runs in seconds from smoke workdirs.
+
+Measured with --config.train.steps=30 --config.train.eval_every=10 from the toyworld SFT model (gold 0.635)
+and reward model (0.62 on clear gold pairs), about 4 minutes a run on a shared 2-core machine. Final
+evaluation at iteration 30 (the gold curve at iterations 10/20/30 in parentheses):
+
+  run        gold                       RM score  KL (nats)  win rate by gold
+  beta 0     0.525 (0.586 0.557 0.525)  0.427      8.08      0.370
+  beta 0.01  0.528 (0.595 0.562 0.528)  0.415      6.16      0.364
+  beta 0.05  0.576 (0.619 0.614 0.576)  0.397      3.75      0.428
+  beta 0.2   0.595 (0.631 0.598 0.595)  0.326      1.95      0.458
+  adaptive   0.573 (0.624 0.601 0.573)  0.373      3.84      0.420   (beta 0.05 -> 0.048)
+
+Over-optimisation shows in every run: the RM score rises at every evaluation while gold falls from SFT's
+0.635, the faster the smaller beta. With this reward model (right mostly on the review task) even the
+default beta does not hold gold level; it only slows the fall.
 """
 
 import os
