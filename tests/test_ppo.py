@@ -200,7 +200,8 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   seq = np.concatenate([np.asarray(prompt), np.asarray(rollout.tokens)], 1)
   real = np.concatenate([np.asarray(mask), m > 0], 1).astype(np.int32)
   positions = np.maximum(np.cumsum(real, 1) - 1, 0)
-  logits = np.asarray(_forward(models["actor"], models["actor_params"], seq, positions, real).logits, np.float64)[:, 5:10] / temperature
+  logits = _forward(models["actor"], models["actor_params"], seq, positions, real).logits
+  logits = np.asarray(logits, np.float64)[:, 5:10] / temperature
   log_p = _log_softmax(logits)
   tokens = np.asarray(rollout.tokens)
   logp = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
@@ -213,7 +214,8 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
       "ppo/approx_kl": mean(ratio - 1 - np.log(ratio)),
       "ppo/entropy": mean(-(np.exp(log_p) * log_p).sum(-1)),
   }
-  values = np.asarray(_forward(models["critic"], models["critic_params"], seq, positions, real).values, np.float64)[:, 5:10]
+  values = _forward(models["critic"], models["critic_params"], seq, positions, real).values
+  values = np.asarray(values, np.float64)[:, 5:10]
   old_values = np.asarray(rollout.values, np.float64)
   v_clip = old_values + np.clip(values - old_values, -veps, veps)
   expected["ppo/value_loss"] = mean(0.5 * np.maximum((values - returns) ** 2, (v_clip - returns) ** 2))

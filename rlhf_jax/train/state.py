@@ -157,9 +157,9 @@ def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax
     reward_params = jax.tree.map(jnp.copy, reward_params)
     opt = {name: txs[name].init(p) for name, p in given.items()}
     rw = None if reward_params is None else {"params": reward_params, "opt_state": reward_tx.init(reward_params)}
+    ema_params = jax.tree.map(jnp.copy, given["actor"]) if ema else None
     return PPOState(step=jnp.zeros((), jnp.int32), params=given, opt_state=opt,
-                    kl_coef=jnp.asarray(kl_coef, jnp.float32), ema=jax.tree.map(jnp.copy, given["actor"]) if ema else None,
-                    reward=rw, rng=rng)
+                    kl_coef=jnp.asarray(kl_coef, jnp.float32), ema=ema_params, reward=rw, rng=rng)
 
   with mesh_lib.activate(mesh, rules):
     params = jax.device_put({k: params[k] for k in models}, p_shardings)
