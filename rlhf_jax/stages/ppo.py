@@ -128,7 +128,8 @@ class RewardRounds:
     optim.lr, optim.schedule, optim.warmup_steps, optim.weight_decay = ppo.round_lr, "constant", 0, 0.0
     self.tx, schedule = state_lib.make_optimizer(optim, 1)
     self.model = rm_model
-    self.step = jax.jit(steps.make_rm_step(rm_model, self.tx, schedule, 1, config.reward.loss, config.reward.margin,
+    loss = spec.get("loss", config.reward.loss)  # The variant the reward model was trained with.
+    self.step = jax.jit(steps.make_rm_step(rm_model, self.tx, schedule, 1, loss, config.reward.margin,
                                            config.reward.threshold), donate_argnums=(0,))
     self.scorer = rm_eval.make_scorer(rm_model, mesh, chunk=ppo.round_batch * self.k_max)
 
