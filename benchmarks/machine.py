@@ -1,4 +1,5 @@
-"""What the benchmarks need to know about the machine they share: how busy the other processes keep it."""
+"""What the benchmarks need to know about the machine they share: which CPU it is and how busy the other
+processes keep it."""
 
 import os
 import resource
@@ -32,3 +33,12 @@ class ForeignLoad:
       return None
     (busy0, ours0, t0), (busy1, ours1, t1) = self._start, end
     return max((busy1 - busy0) - (ours1 - ours0), 0.0) / max(t1 - t0, 1e-9)
+
+
+def cpu_model() -> str:
+  """The CPU's model name from /proc/cpuinfo ("unknown CPU" elsewhere): results differ between machines."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
+  except OSError:
+    return "unknown CPU"
