@@ -28,11 +28,12 @@ import numpy as np
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
+from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate, response_token_ids
-from rlhf_jax.stages import common, reward
+from rlhf_jax.stages import common, comparisons, reward
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
@@ -108,13 +109,7 @@ class RewardRounds:
   deterministic training."""
 
   def __init__(self, config, workdir, rm_model, tokenizer, spec, lm, mesh):
-    from rlhf_jax.data.pipelines import comparison_example
-    from rlhf_jax.eval import rm as rm_eval
-    from rlhf_jax.stages import comparisons
-    from rlhf_jax.train.state import TrainState
     self.config, self.workdir, self.tokenizer, self.lm, self.mesh = config, workdir, tokenizer, lm, mesh
-    self._comparisons, self._rm_eval, self._example, self._TrainState = (comparisons, rm_eval, comparison_example,
-                                                                          TrainState)
     ppo = config.ppo
     if config.data.source != "toyworld":
       raise UserError("config key 'ppo.round_every': iterated rounds label samples with toyworld's simulated "
@@ -127,7 +122,6 @@ class RewardRounds:
     optim = config.optim.copy_and_resolve_references()
     optim.lr, optim.schedule, optim.warmup_steps, optim.weight_decay = ppo.round_lr, "constant", 0, 0.0
     self.tx, schedule = state_lib.make_optimizer(optim, 1)
-    self.model = rm_model
     loss = spec.get("loss", config.reward.loss)  # The variant the reward model was trained with.
     self.step = jax.jit(steps.make_rm_step(rm_model, self.tx, schedule, 1, loss, config.reward.margin,
                                            config.reward.threshold), donate_argnums=(0,))
@@ -145,11 +139,11 @@ class RewardRounds:
     path = os.path.join(self.workdir, "rounds", f"round_{r}.jsonl")
     if not os.path.exists(path):
       instances = toyworld.sample_instances(world, ppo.round_prompts, config.toyworld.seed + 100 + r, split="train")
-      records, _ = self._comparisons.toyworld_comparisons(self.lm, actor_params, self.tokenizer, config, instances,
+      records, _ = comparisons.toyworld_comparisons(self.lm, actor_params, self.tokenizer, config, instances,
                                                           config.seed + 100 + r)
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._comparisons.write_jsonl(path, records)
+        comparisons.write_jsonl(path, records)
       if jax.process_count() > 1:
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"round {r} comparisons written")
@@ -162,9 +156,9 @@ class RewardRounds:
     records, everything = every_round[-1], self.initial + [rec for rnd in every_round for rec in rnd]
     if not records:  # Every prompt's answers tied: nothing new to learn from this round.
       return reward_state, {"round/index": float(r), "round/comparisons": float(len(everything))}
-    examples = [self._example(self.tokenizer, rec, self.seq_len, self.k_max, self.reward_token)
+    examples = [pipelines.comparison_example(self.tokenizer, rec, self.seq_len, self.k_max, self.reward_token)
                 for rec in everything]
-    state = self._TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
                              opt_state=reward_state["opt_state"], rng=jax.random.PRNGKey(config.seed + r))
     order = np.random.default_rng(config.seed + 1000 + r)
     losses = []
@@ -177,12 +171,11 @@ class RewardRounds:
         losses.append(metrics["train/loss"])
     # Refit the gain and bias on this round's policy samples (one per prompt).
     pairs = [(rec["prompt"], rec["responses"][0]) for rec in records]
-    from rlhf_jax.stages.reward import encode_responses, normalize_params
-    tokens, end = encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
+    tokens, end = reward.encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
     head = jax.device_get(state.params["reward_head"])
-    fit = self._rm_eval.fit_normalization(self.scorer(state.params, tokens, end), float(head["gain"]),
+    fit = rm_eval.fit_normalization(self.scorer(state.params, tokens, end), float(head["gain"]),
                                           float(head["bias"]))
-    params = normalize_params(state.params, fit)
+    params = reward.normalize_params(state.params, fit)
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, reward_state["params"]))
     gold = [g for rec in records for g in rec["gold"]]
     metrics = {"round/index": float(r), "round/comparisons": float(len(everything)),
