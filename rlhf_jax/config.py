@@ -154,6 +154,9 @@ def base_config() -> ConfigDict:
       threshold=1.0,  # per_token: the score difference each aligned response position must clear.
       max_responses=9,  # K of a comparison may be 2..max_responses; batches are padded to the data's largest K.
       norm_samples=512,  # SFT samples on training prompts used to fit the score's gain and bias.
+      # w > 0: the score adds w x the response's mean log-likelihood under the RM's own LM head, and the head
+      # starts at zero, so the untrained RM ranks by the SFT model's likelihood (model/transformer.py).
+      likelihood_weight=0.0,
   ))
   # How responses are sampled for evaluation (gold scores, win rates, comparisons).
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))
@@ -334,6 +337,12 @@ def finalize(config: ConfigDict) -> ConfigDict:
   reward_losses = ("pairwise", "margin", "per_token", "reward_token")
   if config.reward.loss not in reward_losses:
     raise UserError(f"config key 'reward.loss': {config.reward.loss!r} is not one of {', '.join(reward_losses)}")
+  if not config.reward.likelihood_weight >= 0:
+    raise UserError(f"config key 'reward.likelihood_weight' must be >= 0, got {config.reward.likelihood_weight}")
+  if config.reward.likelihood_weight > 0 and config.reward.loss == "reward_token":
+    raise UserError("config key 'reward.likelihood_weight': the likelihood term averages the log-probabilities "
+                    "up to the scored token, which with reward.loss='reward_token' would include the appended "
+                    "reward token itself; use 0 with that loss")
   if not 2 <= config.reward.max_responses <= 16:
     raise UserError(f"config key 'reward.max_responses' must be in 2..16, got {config.reward.max_responses}")
   if config.toyworld.responses_per_prompt < 2:

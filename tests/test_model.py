@@ -178,3 +178,30 @@ def test_key_value_heads_default_to_the_query_heads():
   assert TransformerConfig.from_config(model_config("llama", n_heads=8, n_kv_heads=2)).n_kv_heads == 2
   with pytest.raises(UserError, match="model.n_kv_heads"):
     TransformerConfig.from_config(model_config("llama", n_heads=8, n_kv_heads=-2))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_reward_likelihood_term(family):
+  """reward_likelihood=w adds gain * w * L inside the head, L[t] the mean log-probability of the tokens from
+  the response start to t under the model's own LM head (NumPy from the full forward's logits); the head
+  alone is unchanged; a reward-only model (no "lm" head) still has the LM weights it needs."""
+  cfg = tiny_model(family)
+  params = _init(cfg, heads=("lm", "reward"))
+  params["reward_head"] = dict(params["reward_head"], gain=jnp.float32(1.5), bias=jnp.float32(-0.25))
+  tokens = _tokens((3, 10), cfg.vocab_size)
+  start = np.array([4, 1, 9], np.int32)
+  plain = Transformer(cfg, heads=("lm", "reward")).apply({"params": params}, tokens)
+  weighted = Transformer(cfg, heads=("reward",), reward_likelihood=0.7)
+  rewards = weighted.apply({"params": params}, tokens, response_start_b=start).rewards
+  log_probs = np.asarray(jax.nn.log_softmax(np.asarray(plain.logits, np.float64), axis=-1))
+  tok = np.asarray(tokens)
+  expected = np.array(plain.rewards, np.float64)
+  for b in range(3):
+    for t in range(start[b], 10):
+      mean = np.mean([log_probs[b, s - 1, tok[b, s]] for s in range(start[b], t + 1)])
+      expected[b, t] += 1.5 * 0.7 * mean
+  np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="response_start_b"):
+    weighted.apply({"params": params}, tokens)
+  assert ("lm_head" in weighted.init(jax.random.PRNGKey(0), tokens, response_start_b=start)["params"]) == (
+      family == "llama")

@@ -2,6 +2,7 @@
 critic on unpadded rows, the reward model on the reward stage's own encoding), the update's diagnostics
 against NumPy, and the stage on toyworld smoke runs, including an exact resume after preemption."""
 
+import json
 import os
 import signal
 
@@ -98,10 +99,11 @@ def test_collect_log_probs_match_the_sampler(models):
   np.testing.assert_array_equal(rollout.log_probs, rollout.ref_log_probs)
 
 
-@pytest.mark.parametrize("reward_token", [False, True])
-def test_collect_values_and_scores_match_independent_forwards(models, reward_token):
+@pytest.mark.parametrize("reward_token,likelihood", [(False, 0.0), (True, 0.0), (False, 0.8)])
+def test_collect_values_and_scores_match_independent_forwards(models, reward_token, likelihood):
   """Values equal the critic on each unpadded prompt + response row; scores equal the reward model read
-  where the reward stage's own encoding (pipelines.scored_sequence) puts the score, for a response that
+  where the reward stage's own encoding (pipelines.scored_sequence) puts the score -- with a likelihood
+  term, over the response that encoding delimits, not the rollout's left padding -- for a response that
   ended, one that ended at once, and one that ran out of tokens (which also pays the unfinished penalty)."""
   (prompt, mask), ids = _prompts()
   n = 5
@@ -113,7 +115,8 @@ def test_collect_values_and_scores_match_independent_forwards(models, reward_tok
   sample = SampleOutput(tokens=jnp.asarray(tokens), log_probs=jnp.zeros((3, n)), mask=jnp.asarray(resp_mask),
                         lengths=jnp.asarray(resp_mask.sum(1), jnp.int32), ended=jnp.asarray([True, True, False]),
                         num_steps=jnp.int32(n))
-  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=1.0,
+  rm = models["rm"].clone(reward_likelihood=likelihood)
+  collect = make_collect(models["actor"], models["actor"], models["critic"], rm, temperature=1.0,
                          end_of_turn_id=EOT, reward_id=REWARD if reward_token else None, pad_id=PAD,
                          unfinished_penalty=0.5)
   rollout = collect(models["actor_params"], models["critic_params"], models["ref_params"], models["rm_params"],
@@ -130,8 +133,11 @@ def test_collect_values_and_scores_match_independent_forwards(models, reward_tok
     np.testing.assert_allclose(rollout.values[r], expected, atol=1e-5)
 
     content = resp[:-1] if resp[-1] == EOT else resp
-    seq, _, end = pipelines.scored_sequence(Tok, np.asarray(ids[r]), content, 32, reward_token)
-    score = _forward(models["rm"], models["rm_params"], seq[None]).rewards[0, end]
+    seq, start, end = pipelines.scored_sequence(Tok, np.asarray(ids[r]), content, 32, reward_token)
+    score = jax.jit(lambda p, x, s: rm.apply({"params": p}, x, response_start_b=s))(
+        models["rm_params"], seq[None], np.array([start], np.int32)).rewards[0, end]
+    if likelihood:  # The term is there: the plain head scores differently.
+      assert abs(float(score) - float(_forward(models["rm"], models["rm_params"], seq[None]).rewards[0, end])) > 1e-3
     assert float(rollout.rm_scores[r]) == pytest.approx(float(score), abs=1e-5)
     penalty = 0.0 if r < 2 else 0.5
     assert float(rollout.scores[r]) == pytest.approx(float(score) - penalty, abs=1e-5)
@@ -348,3 +354,23 @@ def test_ppo_iterated_rounds_retrain_the_reward_model(tmp_path, ppo_args, toywor
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), trained,
                        {k: start[k] for k in trained})
   assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_initial_comparisons_follow_the_reward_runs_data_path(tmp_path):
+  """Rounds start from what the reward model was trained on: the reward run's data.path when it had one
+  (the pipeline's separate comparisons stage), else the comparisons it sampled into its own workdir."""
+  from rlhf_jax.stages import ppo as ppo_stage
+  record = lambda prompt: {"prompt": prompt, "responses": ["a .", "b ."], "ranking": [0, 1]}
+
+  def write(directory, prompts):
+    directory.mkdir(parents=True)
+    for name in ("train.jsonl", "heldout.jsonl"):
+      (directory / name).write_text("".join(json.dumps(record(p)) + "\n" for p in prompts))
+
+  reward_dir = tmp_path / "reward"
+  assert ppo_stage.initial_comparisons(str(reward_dir), 0.1) == []
+  write(reward_dir / "comparisons", ["own"])
+  assert [r["prompt"][-1]["content"] for r in ppo_stage.initial_comparisons(str(reward_dir), 0.1)] == ["own"]
+  write(tmp_path / "comparisons", ["given", "given too"])
+  (reward_dir / "config.json").write_text(json.dumps({"data": {"path": str(tmp_path / "comparisons")}}))
+  assert len(ppo_stage.initial_comparisons(str(reward_dir), 0.1)) == 2

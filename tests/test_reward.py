@@ -405,8 +405,8 @@ def test_saved_reward_model_is_normalised_on_sft_samples(runs):
   source = sources.open_source(str(workdir / "comparisons" / "train.jsonl"), "comparisons")
   records = [source[i] for i in range(len(source))]
   pairs = reward.normalization_samples(config, sft, sft_params, tokenizer, records)
-  tokens, end = reward.encode_responses(tokenizer, pairs, config.train.seq_len, spec["reward_token"])
-  scores = rm_eval.make_scorer(model, mesh, chunk=16)(params, tokens, end)
+  tokens, start, end = reward.encode_responses(tokenizer, pairs, config.train.seq_len, spec["reward_token"])
+  scores = rm_eval.make_scorer(model, mesh, chunk=16)(params, tokens, start, end)
   assert len(scores) == config.reward.norm_samples
   assert abs(scores.mean()) < 0.05 and abs(scores.std() - 1.0) < 0.05
 

@@ -7,9 +7,11 @@ Runs, in order: `comparisons` (the SFT model's samples ranked by the simulated a
 one reward model per loss on exactly those comparisons -- `pairwise` (InstructGPT), `margin` (a margin per
 rank gap), `per_token` (every aligned response token must clear a threshold: the Fudan seed article),
 `reward_token` (the score read at an appended reward token) -- each with experiments/toyworld_reward.py's
-settings. The table (results.md / results.csv) gives held-out accuracy against the annotators' labels and
-against gold (all pairs whose gold differs, and pairs at least 0.2 apart), Spearman's correlation with gold,
-calibration error and training time. `:smoke` runs in seconds from a toyworld_sft.py:smoke workdir.
+settings but the plain head (reward.likelihood_weight 0), then `pairwise_likelihood`, toyworld_reward.py
+itself: the pairwise loss on a head that adds the response's mean log-likelihood (model/transformer.py).
+The table (results.md / results.csv) gives held-out accuracy against the annotators' labels and against gold
+(all pairs whose gold differs, and pairs at least 0.2 apart), Spearman's correlation with gold, calibration
+error and training time. `:smoke` runs in seconds from a toyworld_sft.py:smoke workdir.
 """
 
 import os
@@ -19,8 +21,8 @@ from rlhf_jax.config import load_module
 toyworld_reward = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toyworld_reward.py"))
 
 LOSSES = ("pairwise", "margin", "per_token", "reward_token")
-COLUMNS = ("reward_loss", "eval/label_accuracy", "eval/gold_accuracy/all", "eval/gold_accuracy_clear/all",
-           "eval/spearman/all", "eval/ece", "train/loss")
+COLUMNS = ("reward_loss", "reward/likelihood_weight", "eval/label_accuracy", "eval/gold_accuracy/all",
+           "eval/gold_accuracy_clear/all", "eval/spearman/all", "eval/ece", "train/loss")
 
 
 def get_config(arg=None):
@@ -31,9 +33,10 @@ def sweep(arg, workdir):
   data = get_config(arg)
   data.stage = "comparisons"
   runs = [("comparisons", data)]
-  for loss in LOSSES:
+  for loss in LOSSES + ("pairwise_likelihood",):
     config = get_config(arg)
-    config.reward.loss = loss
     config.data.path = os.path.join(workdir, "comparisons")
+    if loss in LOSSES:
+      config.reward.loss, config.reward.likelihood_weight = loss, 0.0
     runs.append((loss, config))
   return runs

@@ -30,28 +30,30 @@ CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def make_scorer(model: Transformer, mesh: Mesh, chunk: int):
-  """Returns `score(params, tokens (N, T), end (N,)) -> (N,) numpy`: the reward head read at `end` of each
-  row. Rows are scored `chunk` at a time (the last chunk padded), so one compilation serves any N."""
+  """Returns `score(params, tokens (N, T), start (N,), end (N,)) -> (N,) numpy`: the reward head read at `end`
+  of each row whose response begins at `start`. Rows are scored `chunk` at a time (the last chunk padded), so
+  one compilation serves any N."""
   eval_model = model.clone(deterministic=True)
   replicated = mesh_lib.replicated(mesh)
 
   @jax.jit
-  def score_chunk(params, tokens_nt, end_n):
-    rewards_nt = eval_model.apply({"params": params}, tokens_nt).rewards
+  def score_chunk(params, tokens_nt, start_n, end_n):
+    rewards_nt = eval_model.apply({"params": params}, tokens_nt, response_start_b=start_n).rewards
     scores_n = jnp.take_along_axis(rewards_nt, end_n[:, None], axis=-1)[:, 0]
     return jax.lax.with_sharding_constraint(scores_n, replicated)
 
-  def score(params, tokens_nt: np.ndarray, end_n: np.ndarray) -> np.ndarray:
+  def score(params, tokens_nt: np.ndarray, start_n: np.ndarray, end_n: np.ndarray) -> np.ndarray:
     n = len(tokens_nt)
     out = []
     with mesh_lib.activate(mesh):
       for i in range(0, n, chunk):
-        rows = {"tokens": tokens_nt[i:i + chunk], "end": end_n[i:i + chunk]}
+        rows = {"tokens": tokens_nt[i:i + chunk], "start": start_n[i:i + chunk], "end": end_n[i:i + chunk]}
         size = len(rows["tokens"])
         rows = {k: np.concatenate([v, np.zeros((chunk - size, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
         local = jax.tree.map(lambda x: x[mesh_lib.process_batch_slice(chunk)], rows)
         sharded = mesh_lib.shard_batch(local, mesh)
-        out.append(np.asarray(jax.device_get(score_chunk(params, sharded["tokens"], sharded["end"])))[:size])
+        out.append(np.asarray(jax.device_get(score_chunk(params, sharded["tokens"], sharded["start"],
+                                                                  sharded["end"])))[:size])
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
   return score
@@ -62,8 +64,9 @@ def score_examples(score, params, examples: Sequence[dict]) -> list[np.ndarray]:
   if not examples:
     return []
   tokens = np.concatenate([ex["tokens"] for ex in examples])
+  start = np.concatenate([ex["start"] for ex in examples])
   end = np.concatenate([ex["end"] for ex in examples])
-  flat = score(params, tokens, end)
+  flat = score(params, tokens, start, end)
   k = examples[0]["tokens"].shape[0]
   return [flat[i * k:(i + 1) * k][ex["ranks"] >= 0] for i, ex in enumerate(examples)]
 

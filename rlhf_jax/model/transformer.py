@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.errors import UserError
-from rlhf_jax.model.heads import LMHead, RewardHead, ValueHead
+from rlhf_jax.model.heads import LMHead, RewardHead, ValueHead, response_log_likelihood
 
 HEADS = ("lm", "value", "reward")
 
@@ -396,10 +396,18 @@ class Transformer(nn.Module):
 
   Call with tokens (B, T) int32 and optionally positions (B, T), segment_ids (B, T) and a KVCache.
   `deterministic=False` turns dropout on (needs a "dropout" RNG).
+
+  `reward_likelihood` w > 0 makes the reward head score a response by `gain * (h . v + w * L) + bias`, L the
+  running mean log-likelihood of the response under the model's own LM head (`response_log_likelihood`);
+  the call then needs `response_start_b`, each row's first response position. A small reward model
+  initialised from the SFT model starts, with v = 0, as that model's likelihood, which already ranks
+  answers by quality (the toyworld figures are in experiments/toyworld_reward.py); training then moves both
+  the likelihood (through the trunk and LM head, as DPO does) and the head.
   """
   config: TransformerConfig
   heads: tuple = ("lm",)
   deterministic: bool = True
+  reward_likelihood: float = 0.0
 
   def setup(self):
     cfg = self.config
@@ -422,15 +430,18 @@ class Transformer(nn.Module):
       self.layers = [block(cfg, self.deterministic) for _ in range(cfg.n_layers)]
     self.dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
     self.final_norm = Norm(cfg)
-    if "lm" in self.heads and not cfg.tie_embeddings:
+    if self._needs_lm() and not cfg.tie_embeddings:
       self.lm_head = LMHead(cfg.vocab_size, cfg.init_std, cfg.dtype)
     if "value" in self.heads:
       self.value_head = ValueHead()
     if "reward" in self.heads:
       self.reward_head = RewardHead()
 
-  def __call__(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: Optional[KVCache] = None
-               ) -> ModelOutput:
+  def _needs_lm(self) -> bool:
+    return "lm" in self.heads or ("reward" in self.heads and self.reward_likelihood > 0)
+
+  def __call__(self, tokens_bt, positions_bt=None, segment_ids_bt=None, cache: Optional[KVCache] = None,
+               response_start_b=None) -> ModelOutput:
     cfg = self.config
     b, t = tokens_bt.shape
     index = cache.index if cache is not None else 0
@@ -466,10 +477,23 @@ class Transformer(nn.Module):
     new_cache = None
     if cache is not None:
       new_cache = KVCache(layers=new_layers, segment_ids=segments_bs, index=cache.index + t)
-    return ModelOutput(hidden=hidden_btd, logits=self.lm_logits(hidden_btd) if "lm" in self.heads else None,
+    logits_btv = self.lm_logits(hidden_btd) if "lm" in self.heads else None
+    rewards_bt = None
+    if "reward" in self.heads:
+      extra_bt = None
+      if self.reward_likelihood > 0:
+        if response_start_b is None and self.is_initializing():
+          response_start_b = jnp.zeros((b,), jnp.int32)
+        if response_start_b is None:
+          raise ValueError("this reward model adds the response's log-likelihood (reward_likelihood="
+                           f"{self.reward_likelihood}): pass response_start_b, each row's first response position")
+        logits_for_reward = logits_btv if logits_btv is not None else self.lm_logits(hidden_btd)
+        extra_bt = self.reward_likelihood * response_log_likelihood(logits_for_reward, tokens_bt,
+                                                                    jnp.asarray(response_start_b, jnp.int32))
+      rewards_bt = self.reward_head(hidden_btd, extra_bt)
+    return ModelOutput(hidden=hidden_btd, logits=logits_btv,
                        values=self.value_head(hidden_btd) if "value" in self.heads else None,
-                       rewards=self.reward_head(hidden_btd) if "reward" in self.heads else None,
-                       cache=new_cache)
+                       rewards=rewards_bt, cache=new_cache)
 
   def lm_logits(self, hidden_btd):
     """(B, T, D) -> (B, T, V) float32 logits: the tied embedding or the untied head."""

@@ -155,7 +155,9 @@ def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Tr
     seq_bs, positions_bs, segments_bs, end_b = reward_inputs(
         prompt_bp, prompt_mask_bp, tokens_bn, mask_bn, sample.ended, end_of_turn_id=end_of_turn_id,
         reward_id=reward_id, pad_id=pad_id)
-    rewards_bs = reward_model.apply({"params": rm_params}, seq_bs, positions_bs, segments_bs).rewards
+    start_b = jnp.full(seq_bs.shape[:1], prompt_bp.shape[1], jnp.int32)  # The response follows the prompt.
+    rewards_bs = reward_model.apply({"params": rm_params}, seq_bs, positions_bs, segments_bs,
+                                    response_start_b=start_b).rewards
     rm_scores_b = jnp.take_along_axis(rewards_bs, end_b[:, None], axis=1)[:, 0]
     scores_b = rm_scores_b - unfinished_penalty * (~sample.ended).astype(jnp.float32)
     return Rollout(prompt=prompt_bp, prompt_mask=prompt_mask_bp.astype(bool), tokens=tokens_bn, mask=mask_bn,

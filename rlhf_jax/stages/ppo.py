@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import types
@@ -92,10 +93,27 @@ def ptx_streams(config, tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
 def critic_params_from_reward(rm_params: dict) -> dict:
   """The critic starts as the reward model: its trunk, and a value head that reads the (normalised) reward
   head, so the first values are the RM's score of each prefix (InstructGPT: "the value function is
-  initialized from the RM")."""
+  initialized from the RM"). A reward model's likelihood term has no counterpart in a value head: the
+  critic starts from the head's other part."""
   head = rm_params["reward_head"]
   value_head = {"kernel": head["gain"] * head["kernel"], "bias": head["bias"]}
-  return {**{k: v for k, v in rm_params.items() if k != "reward_head"}, "value_head": value_head}
+  return {**{k: v for k, v in rm_params.items() if k not in ("reward_head", "lm_head")}, "value_head": value_head}
+
+
+def initial_comparisons(reward_from: str, val_fraction: float) -> list[dict]:
+  """The comparisons the reward model in `reward_from` was trained on: its `data.path` (config.json) when it
+  was given one -- a comparisons stage's directory, say -- else the ones it sampled into its workdir; [] when
+  neither can be found (a reward model from elsewhere)."""
+  path = os.path.join(reward_from, "comparisons")
+  config_path = os.path.join(reward_from, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      given = json.load(f).get("data", {}).get("path") or ""
+    path = given or path
+  if not os.path.exists(path) or (os.path.isdir(path) and
+                                  not os.path.exists(os.path.join(path, comparisons.FILES["train"]))):
+    return []
+  return comparisons.read_comparisons(path, val_fraction)[0]
 
 
 class RewardRounds:
@@ -116,9 +134,7 @@ class RewardRounds:
                       "annotator; they need data.source='toyworld'")
     self.seq_len, self.reward_token = spec["seq_len"], bool(spec.get("reward_token"))
     self.k_max = config.reward.max_responses
-    initial = os.path.join(ppo.reward_from, "comparisons")
-    self.initial = (comparisons.read_comparisons(initial, config.data.val_fraction)[0]
-                    if os.path.exists(os.path.join(initial, comparisons.FILES["train"])) else [])
+    self.initial = initial_comparisons(ppo.reward_from, config.data.val_fraction)
     optim = config.optim.copy_and_resolve_references()
     optim.lr, optim.schedule, optim.warmup_steps, optim.weight_decay = ppo.round_lr, "constant", 0, 0.0
     self.tx, schedule = state_lib.make_optimizer(optim, 1)
@@ -171,9 +187,9 @@ class RewardRounds:
         losses.append(metrics["train/loss"])
     # Refit the gain and bias on this round's policy samples (one per prompt).
     pairs = [(rec["prompt"], rec["responses"][0]) for rec in records]
-    tokens, end = reward.encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
+    tokens, start, end = reward.encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
     head = jax.device_get(state.params["reward_head"])
-    fit = rm_eval.fit_normalization(self.scorer(state.params, tokens, end), float(head["gain"]),
+    fit = rm_eval.fit_normalization(self.scorer(state.params, tokens, start, end), float(head["gain"]),
                                           float(head["bias"]))
     params = reward.normalize_params(state.params, fit)
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, reward_state["params"]))
@@ -228,7 +244,7 @@ def run(config, workdir: str) -> dict:
   models, params = {"actor": actor}, {"actor": sft_params}
   critic = None
   if not ppo.shared_critic:
-    critic = rm_model.clone(heads=("value",))
+    critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
     models["critic"] = critic
     params["critic"] = critic_params_from_reward(rm_params)
   updates_total = train.steps * ppo.epochs * ppo.minibatches

@@ -58,15 +58,17 @@ def normalization_samples(config, policy, params, tokenizer, records: list[dict]
   return list(zip(prompts, texts))
 
 
-def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool) -> tuple[np.ndarray, np.ndarray]:
-  """(prompt, response text) pairs -> tokens (N, T), end (N,) for `make_scorer`."""
+def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prompt, response text) pairs -> tokens (N, T), start (N,), end (N,) for `make_scorer`."""
   tokens = np.full((len(pairs), seq_len), tokenizer.pad_id, np.int32)
+  start = np.zeros(len(pairs), np.int32)
   end = np.zeros(len(pairs), np.int32)
   for n, (prompt, text) in enumerate(pairs):
-    ids, _, end[n] = pipelines.scored_sequence(tokenizer, pipelines.prompt_ids(tokenizer, prompt),
-                                               tokenizer.encode(text), seq_len, reward_token)
+    ids, start[n], end[n] = pipelines.scored_sequence(tokenizer, pipelines.prompt_ids(tokenizer, prompt),
+                                                      tokenizer.encode(text), seq_len, reward_token)
     tokens[n, :len(ids)] = ids
-  return tokens, end
+  return tokens, start, end
 
 
 def normalize_params(params: dict, fit: dict) -> dict:
@@ -77,7 +79,7 @@ def normalize_params(params: dict, fit: dict) -> dict:
 def load_reward_model(path: str, mesh, runtime=None):
   """(model with the reward head, normalised params, tokenizer, spec) from a reward workdir or the
   `reward_model` directory in it. `spec` is reward.json: the loss variant, whether the score is read at an
-  appended reward token, and the normalisation."""
+  appended reward token, the likelihood term's weight, and the normalisation."""
   directory = path if os.path.exists(os.path.join(path, SPEC_FILE)) else os.path.join(path, MODEL_DIR)
   spec_path = os.path.join(directory, SPEC_FILE)
   if not os.path.exists(spec_path):
@@ -85,8 +87,10 @@ def load_reward_model(path: str, mesh, runtime=None):
                     "stage finished?)")
   with open(spec_path) as f:
     spec = json.load(f)
-  model, params, tokenizer = common.load_pretrained(directory, mesh, runtime, heads=("reward",))
-  return model, params, tokenizer, spec
+  weight = float(spec.get("likelihood_weight", 0.0))
+  model, params, tokenizer = common.load_pretrained(directory, mesh, runtime,
+                                                    heads=("lm", "reward") if weight else ("reward",))
+  return model.clone(heads=("reward",), reward_likelihood=weight), params, tokenizer, spec
 
 
 def run(config, workdir: str) -> dict:
@@ -123,8 +127,12 @@ def run(config, workdir: str) -> dict:
                                                                            train_records)
   del sft_params
 
-  model = policy.clone(heads=("reward",))
-  rm_params = {k: v for k, v in params.items() if k != "lm_head"}
+  weight = float(rcfg.likelihood_weight)
+  model = policy.clone(heads=("reward",), reward_likelihood=weight)
+  rm_params = {k: v for k, v in params.items() if k != "lm_head" or weight}
+  if weight:  # A zero head: the untrained RM scores by likelihood alone (0.772 vs 0.650 gold accuracy, toyworld).
+    head = rm_params["reward_head"]
+    rm_params["reward_head"] = {**head, "kernel": jax.numpy.zeros_like(head["kernel"])}
   scorer = rm_eval.make_scorer(model, mesh, chunk=train.batch_size * k_max)
 
   def evaluate(state) -> dict:
@@ -135,11 +143,12 @@ def run(config, workdir: str) -> dict:
 
   # Normalisation: gain and bias such that SFT samples on training prompts score mean 0, std 1.
   if norm_pairs is not None:
-    tokens, end = encode_responses(tokenizer, norm_pairs, train.seq_len, reward_token)
+    tokens, start, end = encode_responses(tokenizer, norm_pairs, train.seq_len, reward_token)
     host = jax.device_get(final_params)
-    fit = rm_eval.fit_normalization(scorer(final_params, tokens, end), float(host["reward_head"]["gain"]),
+    fit = rm_eval.fit_normalization(scorer(final_params, tokens, start, end), float(host["reward_head"]["gain"]),
                                     float(host["reward_head"]["bias"]))
-    spec = {"loss": rcfg.loss, "reward_token": reward_token, "normalization": fit, "seq_len": train.seq_len}
+    spec = {"loss": rcfg.loss, "reward_token": reward_token, "normalization": fit, "seq_len": train.seq_len,
+            "likelihood_weight": weight}
     if jax.process_index() == 0:
       convert.save_converted(os.path.join(workdir, MODEL_DIR), model.config, normalize_params(host, fit),
                              overwrite=True)
@@ -165,6 +174,7 @@ def run(config, workdir: str) -> dict:
   writer.write(train.steps, metrics)
   writer.close()
   summary = {**loop_summary, **data_stats, **metrics, "calibration": table, "reward_loss": rcfg.loss,
+             "reward/likelihood_weight": weight,
              "comparisons/train_prompts": len(train_records), "comparisons/heldout_prompts": len(val_records),
              "complete": True}
   write_summary(workdir, summary)

@@ -103,12 +103,15 @@ def make_lm_step(model: Transformer, tx: optax.GradientTransformation, schedule:
   return make_step(lm_objective(train_model, loss_fn), tx, schedule, grad_accum_steps)
 
 
-def response_rewards(model: Transformer, params: Any, tokens_bkt: jax.Array, rng: Optional[jax.Array] = None):
+def response_rewards(model: Transformer, params: Any, tokens_bkt: jax.Array, rng: Optional[jax.Array] = None,
+                     start_bk: Optional[jax.Array] = None):
   """The reward head at every position of every response, (B, K, T): the K responses of each prompt are
-  rows of one (B*K, T) forward pass, so each response goes through the model exactly once."""
+  rows of one (B*K, T) forward pass, so each response goes through the model exactly once. `start_bk` (each
+  response's first position) is needed by a reward model with a likelihood term."""
   b, k, t = tokens_bkt.shape
   rngs = None if rng is None else {"dropout": rng}
-  out = model.apply({"params": params}, tokens_bkt.reshape(b * k, t), rngs=rngs)
+  start = None if start_bk is None else start_bk.reshape(b * k)
+  out = model.apply({"params": params}, tokens_bkt.reshape(b * k, t), rngs=rngs, response_start_b=start)
   return out.rewards.reshape(b, k, t)
 
 
@@ -119,7 +122,7 @@ def rm_objective(model: Transformer, loss: str = "pairwise", margin: float = 1.0
   token is the end of turn or an appended reward token); margin: the same with a margin per rank gap;
   per_token: the aligned per-token loss of the Fudan seed article."""
   def objective(params, batch: RMBatch, rng: jax.Array):
-    rewards_bkt = response_rewards(model, params, batch.tokens, rng)
+    rewards_bkt = response_rewards(model, params, batch.tokens, rng, batch.start)
     if loss == "per_token":
       return losses.per_token_ranking_loss(rewards_bkt, batch.start, batch.end, batch.ranks, threshold)
     scores_bk = jnp.take_along_axis(rewards_bkt, batch.end[..., None], axis=-1)[..., 0]
