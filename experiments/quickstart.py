@@ -33,9 +33,8 @@ def get_config(arg=None):
 def stages(arg=None):
   pretrain = _load("toyworld_pretrain").get_config(arg)
   sft = _load("toyworld_sft").get_config(arg)
-  if arg is None:  # Half of toyworld_pretrain's 1,200 steps and two thirds of SFT's 600: the time budget.
-    pretrain.train.steps, pretrain.train.eval_every, pretrain.train.checkpoint_every = 600, 300, 300
-    sft.train.steps, sft.train.eval_every, sft.train.checkpoint_every = 400, 200, 200
+  if arg is None:  # The time budget: 1,000 of toyworld_pretrain's 1,200 steps, 50 of PPO's 100 iterations.
+    pretrain.train.steps, pretrain.train.eval_every, pretrain.train.checkpoint_every = 1000, 500, 500
   sft.init_from = "{pretrain}"
   reward = _load("toyworld_reward").get_config(arg)
   comparisons = _load("toyworld_reward").get_config(arg)
@@ -44,6 +43,8 @@ def stages(arg=None):
   reward.init_from = "{sft}"
   reward.data.path = "{comparisons}"
   ppo = _load("toyworld_ppo").get_config(arg)
+  if arg is None:
+    ppo.train.steps, ppo.train.eval_every, ppo.train.checkpoint_every = 50, 25, 25
   ppo.init_from = "{sft}"
   ppo.ppo.reward_from = "{reward}"
   return [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]

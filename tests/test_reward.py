@@ -468,7 +468,8 @@ def _fails(capsys, argv, key):
 
 
 def test_reward_stage_bad_input(runs, tmp_path, capsys):
-  """No init_from, more responses than reward.max_responses, or an unknown loss: one line naming the key."""
+  """No init_from, more responses than reward.max_responses, an unknown loss, or a likelihood weight that is
+  negative or given with the reward-token loss: one line naming the key."""
   sft_dir, _ = runs["sft"]
   _fails(capsys, _argv("toyworld_reward.py", tmp_path / "a", "--config.init_from="), "'init_from'")
   path = tmp_path / "k3.jsonl"
@@ -479,3 +480,9 @@ def test_reward_stage_bad_input(runs, tmp_path, capsys):
          "'reward.max_responses'")
   _fails(capsys, _argv("toyworld_reward.py", tmp_path / "c", f"--config.init_from={sft_dir}",
                        "--config.reward.loss=bogus"), "'reward.loss'")
+  _fails(capsys, _argv("toyworld_reward.py", tmp_path / "d", f"--config.init_from={sft_dir}",
+                       "--config.reward.loss=reward_token", "--config.reward.likelihood_weight=1.0"),
+         "'reward.likelihood_weight'")
+  _fails(capsys, _argv("toyworld_reward.py", tmp_path / "e", f"--config.init_from={sft_dir}",
+                       "--config.reward.likelihood_weight=-1.0"), "'reward.likelihood_weight'")
+  assert not any(os.path.exists(tmp_path / name) for name in "de")

@@ -1,0 +1,37 @@
+"""`python -m rlhf_jax.sweep` on an ablation file: one run and one table row per variant, resumable."""
+
+import csv
+import os
+
+import pytest
+
+from conftest import BATCH, ROOT
+
+from rlhf_jax import sweep
+from rlhf_jax.config import load_module
+
+
+def test_kl_coef_sweep_writes_one_row_per_variant(toyworld_smoke, toyworld_reward_smoke, tmp_path, capsys):
+  """The smoke sweep of ablations/kl_coef.py runs every variant into its own directory, each with the beta
+  its variant names, and writes results.csv, results.md and results.png; running it again redoes nothing
+  and gives the same table."""
+  path = os.path.join(ROOT, "experiments", "ablations", "kl_coef.py")
+  variants = load_module(path, "ablation").VARIANTS
+  argv = [f"{path}:smoke", "--workdir", str(tmp_path), BATCH, "--config.train.steps=2",
+          f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={toyworld_reward_smoke[0]}"]
+  assert sweep.main(argv) == 0
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [row["run"] for row in rows] == [name for name, _, _ in variants]
+  for row, (name, beta, adaptive) in zip(rows, variants):
+    assert (tmp_path / name / "summary.json").exists()
+    if not adaptive:  # A fixed beta stays what the variant set; the adaptive one moves.
+      assert float(row["ppo/kl_coef"]) == pytest.approx(beta, abs=1e-7)
+    assert 0.0 <= float(row["eval/gold/all"]) <= 1.0
+  assert (tmp_path / "results.md").read_text().count("\n") == len(variants) + 2
+  assert (tmp_path / "results.png").stat().st_size > 0
+  capsys.readouterr()
+  assert sweep.main(argv) == 0
+  assert capsys.readouterr().out.count("already finished") == len(variants)
+  with open(tmp_path / "results.csv") as f:
+    assert list(csv.DictReader(f)) == rows
