@@ -56,6 +56,7 @@ Measured 2026-11-30, ratio ours/HF at N=32 / N=128 (in brackets: cores other job
   run 3  toy 3.87x / 3.83x (0.00)   base 1.55x (0.92) / 1.96x (0.85)
   run 4  toy 3.15x / 3.22x (1.0)    base 1.51x (1.0)  / 1.28x (0.40: one repeat; the load stopped between our
          call and HF's)
+  run 5  (the 2-core AMD EPYC machine, alone) toy 4.02x / 3.90x (0.00)   base 1.74x (0.00) / 1.88x (0.00)
   three earlier runs, all but the last sampler change, 1.0-1.3 cores: toy 2.10-3.26x / 2.31-3.32x, base
   1.56-1.71x / 1.89-1.96x.
 Tokens/s in run 1 (idle throughout): toy 25223 vs 6927 and 21698 vs 5646, base 523 vs 300 and 485 vs 260.
