@@ -67,15 +67,16 @@ Where our time goes (`--breakdown`, the 1.37x run): the update is 85% of an iter
 (actor step 0.30 s + critic step 0.29 s): eight forward+backward passes of a 4-layer trunk over 64 x 48 tokens
 plus AdamW. Generation (0.10 s, 3x faster than TRL's `generate`) and the four rollout forwards (~0.055 s each)
 are the rest. Per pass we are at TRL's speed, not better: an actor forward+backward took 410-430 ms of CPU time
-against torch's 460-470 ms (before the fixes below), and our whole update takes 0.90x TRL's time. In an XLA profile of the update, matmuls are
-~60% of the op time and elementwise work ~37% (GELU's tanh, layer norms, residual adds, the attention
-softmax and its backward, ~20% for attention's ~5% of the FLOPs); no single op dominates, and replacing
-`jax.nn.dot_product_attention` by plain einsums changed a critic step by under 2%. What was slow and is fixed:
-the LM head was a 3-D einsum, which XLA's CPU backend (with its gradients) ran at half the speed of the same
-2-D matmul (4fffff2: 41 -> 22 ms CPU at 64 x 32 x 1024); the PPO forwards applied the LM head to all 48
-columns and sliced afterwards (a third more of its matmuls, and a zero-padded (B, S, V) gradient), and the
-entropy diagnostic was differentiated (times ent_coef = 0) through a softmax over the vocabulary (72e4495).
-Together: the actor step 432 -> 391 ms CPU (621 -> 551 ms wall), our update from 1.06x to 0.90x TRL's time.
+against torch's 460-470 ms (before the fixes below), and our whole update took 0.90x TRL's time (0.71x alone on
+the machine, 1.04 s against 1.46 s). In an XLA profile of the update, matmuls are ~60% of the op time and
+elementwise work ~37% (GELU's tanh, layer norms, residual adds, the attention softmax and its backward, ~20%
+for attention's ~5% of the FLOPs); no single op dominates, and replacing `jax.nn.dot_product_attention` by
+plain einsums changed a critic step by under 2%. What was slow and is fixed: the LM head was a 3-D einsum,
+which XLA's CPU backend (with its gradients) ran at half the speed of the same 2-D matmul (4fffff2: 41 -> 22 ms
+CPU at 64 x 32 x 1024); the PPO forwards applied the LM head to all 48 columns and sliced afterwards (a third
+more of its matmuls, and a zero-padded (B, S, V) gradient), and the entropy diagnostic was differentiated
+(times ent_coef = 0) through a softmax over the vocabulary (72e4495). Together: the actor step 432 -> 391 ms
+CPU (621 -> 551 ms wall), our update from 1.06x to 0.90x TRL's time.
 
 The last line printed is one machine-readable line, `BENCH ppo_iteration key=value ...`.
 """
