@@ -197,6 +197,10 @@ def base_config() -> ConfigDict:
       # Iterated rounds (the seeds: repeat stages 3 and 4): every `round_every` iterations label
       # `round_prompts` prompts answered K times by the current policy, and train the reward model on all
       # comparisons so far for `round_steps` steps; 0 = off.
+      # "gold" (toyworld): the rollout's score is gold_scale x the gold scorer instead of the reward model's --
+      # PPO with a perfect reward model, the ceiling a learned one can approach (evaluations still report both).
+      reward="rm",
+      gold_scale=3.0,
       round_every=0,
       round_prompts=500,
       round_steps=100,
@@ -349,6 +353,11 @@ def finalize(config: ConfigDict) -> ConfigDict:
     raise UserError("config key 'toyworld.responses_per_prompt': a comparison needs at least 2 responses, got "
                     f"{config.toyworld.responses_per_prompt}")
   ppo = config.ppo
+  if ppo.reward not in ("rm", "gold"):
+    raise UserError(f"config key 'ppo.reward': {ppo.reward!r} is not one of rm, gold")
+  if ppo.reward == "gold" and config.data.source != "toyworld":
+    raise UserError("config key 'ppo.reward': 'gold' scores with toyworld's gold scorer; it needs "
+                    "data.source='toyworld'")
   if ppo.kl_estimator not in ("k1", "k3"):
     raise UserError(f"config key 'ppo.kl_estimator': {ppo.kl_estimator!r} is not one of k1, k3")
   if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:

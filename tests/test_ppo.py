@@ -13,7 +13,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import run_smoke, tiny_model
+from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.data import pipelines
 from rlhf_jax.model.transformer import Transformer, unbox
@@ -374,3 +374,20 @@ def test_initial_comparisons_follow_the_reward_runs_data_path(tmp_path):
   write(tmp_path / "comparisons", ["given", "given too"])
   (reward_dir / "config.json").write_text(json.dumps({"data": {"path": str(tmp_path / "comparisons")}}))
   assert len(ppo_stage.initial_comparisons(str(reward_dir), 0.1)) == 2
+
+
+def test_ppo_against_the_gold_scorer(tmp_path, ppo_args):
+  """ppo.reward='gold': each iteration's total score is gold_scale x the policy's gold minus the unfinished
+  penalty (the reward model's own score is still reported); outside toyworld it is refused by key."""
+  summary = run_smoke("toyworld_ppo.py", tmp_path / "gold", *ppo_args, "--config.ppo.reward=gold",
+                      "--config.ppo.gold_scale=2.0", "--config.train.steps=2", "--config.ppo.ptx_coef=0")
+  assert summary["complete"] is True
+  rows = [r for r in read_metrics(str(tmp_path / "gold")) if "ppo/kl" in r]
+  assert len(rows) == 2
+  for r in rows:
+    expected = 2.0 * r["ppo/gold"] - 1.0 * (1.0 - r["ppo/end_of_turn_rate"])
+    assert r["ppo/score_total"] == pytest.approx(expected, abs=1e-5)
+    assert r["ppo/score_total"] != pytest.approx(r["ppo/score"] - (1.0 - r["ppo/end_of_turn_rate"]), abs=1e-4)
+  argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
+          str(tmp_path / "text"), *ppo_args, "--config.ppo.reward=gold", "--config.data.source=text"]
+  assert main_lib.main(argv) == 2

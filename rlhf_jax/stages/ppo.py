@@ -301,7 +301,17 @@ def run(config, workdir: str) -> dict:
     rollout = collect(actor_params, state.params.get("critic"), ref_params, scorer_params, batch["prompt"],
                       batch["prompt_mask"], sample)
     rollout = jax.block_until_ready(rollout)
-    rollout_s = time.time() - started
+    rollout_s = time.time() - started  # Without the host's decoding and gold scoring below.
+    gold = None
+    if train_prompts.instances is not None:
+      index = to_host(batch["index"])
+      texts = [tokenizer.decode(t) for t in response_token_ids(jax.tree.map(to_host, sample))]
+      gold = np.array([toyworld.gold_score(world, train_prompts.instances[i], text)
+                       for i, text in zip(index, texts)], np.float32)
+    if ppo.reward == "gold":  # The oracle: the gold scorer replaces the reward model's score.
+      scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~to_host(sample.ended)).astype(np.float32)
+      rollout = rollout.replace(scores=jax.make_array_from_callback(
+          scores.shape, rollout.scores.sharding, lambda idx: scores[idx]))
     new_tokens = float(to_host(sample.lengths).sum())
     ptx = batch.get("ptx")
     started = time.time()
@@ -311,11 +321,8 @@ def run(config, workdir: str) -> dict:
     metrics = {**metrics, **round_metrics, "perf/rollout_s": rollout_s, "perf/update_s": update_s,
                "perf/rollout_tokens_per_s": new_tokens / rollout_s,
                "perf/update_tokens_per_s": ppo.epochs * new_tokens / update_s}
-    if train_prompts.instances is not None:
-      index = to_host(batch["index"])
-      texts = [tokenizer.decode(t) for t in response_token_ids(jax.tree.map(to_host, sample))]
-      metrics["ppo/gold"] = float(np.mean([toyworld.gold_score(world, train_prompts.instances[i], text)
-                                           for i, text in zip(index, texts)]))
+    if gold is not None:
+      metrics["ppo/gold"] = float(gold.mean())
     return state, metrics
 
   def make_batch(rows):
