@@ -14,6 +14,14 @@ perfectly sharpened SFT policy gains only 0.05; a larger gain needs the policy t
 reversal from a reward model that is 0.68 and 0.82 right on them. The earlier reward model (the plain head,
 0.62) gave 0.635 -> 0.562 with 70.8% RM win rate: over-optimisation of a weak proxy.
 
+The reward model is not the only limit: with the gold scorer itself as the reward (--config.ppo.reward=gold,
+3 x gold) held-out gold was 0.627 / 0.655 / 0.649 / 0.624 at iterations 25-100 (SFT 0.632), and the gold of
+the rollouts rose only from 0.616 (iterations 1-10) to 0.658 (91-100). At lr 2e-4 the same oracle run fell
+to 0.46 on its own rollouts at KL 7-8, and at lr 1e-4 it dipped to 0.55 and came back to 0.594 (held-out
+0.548 / 0.585 / 0.576 / 0.594). PPO at these settings learns slowly or not at all, which is the next thing to
+study: the critic starts from the reward model, whose prefix scores are not values of the gold return, and
+with lambda < 1 GAE passes their errors into the advantages; whitening also mixes the five tasks' scales.
+
 Rollouts: 64 training prompts per iteration, answered at temperature 1.0 with up to 32 new tokens; the
 actor starts from SFT, the critic from the reward model. Batch arithmetic: 64 responses x 4 epochs x 1
 minibatch = 4 actor and 4 critic updates per iteration. Evaluation: the 250 held-out prompts of the SFT
