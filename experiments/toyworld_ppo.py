@@ -20,7 +20,8 @@ the rollouts rose only from 0.616 (iterations 1-10) to 0.658 (91-100). At lr 2e-
 to 0.46 on its own rollouts at KL 7-8, and at lr 1e-4 it dipped to 0.55 and came back to 0.594 (held-out
 0.548 / 0.585 / 0.576 / 0.594). PPO at these settings learns slowly or not at all, which is the next thing to
 study: the critic starts from the reward model, whose prefix scores are not values of the gold return, and
-with lambda < 1 GAE passes their errors into the advantages; whitening also mixes the five tasks' scales.
+with lambda < 1 GAE passes their errors into the advantages (though a shared-trunk critic with a zero head,
+lr 1e-4, did worse still: rollouts 0.60 -> 0.50 by iteration 40); whitening also mixes the five tasks' scales.
 
 Rollouts: 64 training prompts per iteration, answered at temperature 1.0 with up to 32 new tokens; the
 actor starts from SFT, the critic from the reward model. Batch arithmetic: 64 responses x 4 epochs x 1
