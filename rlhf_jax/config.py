@@ -194,13 +194,13 @@ def base_config() -> ConfigDict:
       num_prompts=4000,  # toyworld: training prompts to cycle through.
       ema_decay=0.0,  # > 0 keeps an EMA of the actor's weights, used for evaluation.
       eval_batches=0,  # 0: all evaluation prompts (toyworld.num_eval_prompts) at every evaluation.
-      # Iterated rounds (the seeds: repeat stages 3 and 4): every `round_every` iterations label
-      # `round_prompts` prompts answered K times by the current policy, and train the reward model on all
-      # comparisons so far for `round_steps` steps; 0 = off.
       # "gold" (toyworld): the rollout's score is gold_scale x the gold scorer instead of the reward model's --
       # PPO with a perfect reward model, the ceiling a learned one can approach (evaluations still report both).
       reward="rm",
       gold_scale=3.0,
+      # Iterated rounds (the seeds: repeat stages 3 and 4): every `round_every` iterations label
+      # `round_prompts` prompts answered K times by the current policy, and train the reward model on all
+      # comparisons so far for `round_steps` steps; 0 = off.
       round_every=0,
       round_prompts=500,
       round_steps=100,

@@ -16,8 +16,9 @@ All heads compute in float32: they are tiny, and their outputs feed losses direc
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
+
+from rlhf_jax.losses import token_log_probs
 
 
 class LMHead(nn.Module):
@@ -66,8 +67,7 @@ def response_log_likelihood(logits_btv, tokens_bt, start_b):
   """L (B, T): L[b, t] = mean over s in [start_b, t] of log p(tokens[b, s] | tokens[b, :s]), the logits at
   s - 1 predicting token s; 0 for t < start_b. Read at a response's last token (its end of turn), it is the
   mean log-likelihood of the response and its closing token given the prompt."""
-  log_probs_btv = jax.nn.log_softmax(logits_btv[:, :-1].astype(jnp.float32), axis=-1)
-  token_lp_bt = jnp.take_along_axis(log_probs_btv, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+  token_lp_bt = token_log_probs(logits_btv[:, :-1], tokens_bt[:, 1:])
   t = tokens_bt.shape[1]
   inside_bt = (jnp.arange(1, t)[None, :] >= start_b[:, None]).astype(jnp.float32)
   total_bt = jnp.cumsum(token_lp_bt * inside_bt, axis=1)

@@ -302,17 +302,18 @@ def run(config, workdir: str) -> dict:
                       batch["prompt_mask"], sample)
     rollout = jax.block_until_ready(rollout)
     rollout_s = time.time() - started  # Without the host's decoding and gold scoring below.
+    host_sample = jax.tree.map(to_host, sample)
     gold = None
     if train_prompts.instances is not None:
       index = to_host(batch["index"])
-      texts = [tokenizer.decode(t) for t in response_token_ids(jax.tree.map(to_host, sample))]
+      texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
       gold = np.array([toyworld.gold_score(world, train_prompts.instances[i], text)
                        for i, text in zip(index, texts)], np.float32)
     if ppo.reward == "gold":  # The oracle: the gold scorer replaces the reward model's score.
-      scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~to_host(sample.ended)).astype(np.float32)
+      scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
       rollout = rollout.replace(scores=jax.make_array_from_callback(
           scores.shape, rollout.scores.sharding, lambda idx: scores[idx]))
-    new_tokens = float(to_host(sample.lengths).sum())
+    new_tokens = float(host_sample.lengths.sum())
     ptx = batch.get("ptx")
     started = time.time()
     state, metrics = update(state, rollout, ptx, jax.random.fold_in(rng, 1))
