@@ -309,10 +309,6 @@ class TRLWorker:
 MARK = "@@ppo_iteration "
 
 
-def median(rows, key):
-  return statistics.median(r[key] for r in rows)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="2 timed iterations a side (smoke test)")
