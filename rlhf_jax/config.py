@@ -186,6 +186,13 @@ def base_config() -> ConfigDict:
       reward_clip=0.0,  # Clip the (normalised) score to [-c, c]; 0 = off.
       unfinished_penalty=1.0,  # Subtracted from the score of a response that hits max_new_tokens unended.
       whiten_advantages=True,
+      # K answers per prompt: each iteration samples train.batch_size / K prompts K times each. With
+      # group_baseline, a score enters the rewards less the mean score of the other K - 1 answers to its
+      # prompt (leave-one-out, rl/advantages.py) -- what the critic cannot know, how hard this prompt is for
+      # the policy, comes from the policy's own answers; the critic then learns the KL part and the token-level
+      # remainder of the return.
+      samples_per_prompt=1,
+      group_baseline=False,
       ptx_coef=0.0,  # gamma_ptx of InstructGPT's PPO-ptx: weight of the pretraining LM loss.
       ptx_batch=8,  # Pretraining rows per minibatch update.
       ptx_seq_len=64,
@@ -363,6 +370,12 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:
     raise UserError(f"config key 'ppo.minibatches': {ppo.minibatches} must be >= 1 and divide "
                     f"train.batch_size={config.train.batch_size} (ppo.epochs={ppo.epochs} must be >= 1)")
+  if ppo.samples_per_prompt < 1 or config.train.batch_size % ppo.samples_per_prompt:
+    raise UserError(f"config key 'ppo.samples_per_prompt': {ppo.samples_per_prompt} must be >= 1 and divide "
+                    f"train.batch_size={config.train.batch_size}")
+  if ppo.group_baseline and ppo.samples_per_prompt < 2:
+    raise UserError("config key 'ppo.group_baseline': a baseline from the other answers to a prompt needs "
+                    f"ppo.samples_per_prompt >= 2, got {ppo.samples_per_prompt}")
   if ppo.temperature <= 0:
     raise UserError(f"config key 'ppo.temperature' must be > 0, got {ppo.temperature}")
   if not 0.0 <= ppo.ema_decay < 1.0:

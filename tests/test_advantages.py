@@ -84,6 +84,16 @@ def test_shaped_rewards_put_the_score_on_the_last_token():
   np.testing.assert_allclose(clipped[:, :], [[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 0.5]], atol=1e-6)
 
 
+def test_leave_one_out_baseline_by_hand():
+  # Two prompts, three answers each: every score less the mean of the other two of its prompt.
+  scores = jnp.array([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])
+  np.testing.assert_allclose(adv.leave_one_out(scores, 3), [1 - 4, 2 - 3.5, 6 - 1.5, 0 - 1.5, 0 - 1.5, 3 - 0],
+                             atol=1e-6)
+  np.testing.assert_allclose(adv.leave_one_out(scores, 2), [-1, 1, 6, -6, -3, 3], atol=1e-6)
+  with pytest.raises(ValueError, match="at least 2"):
+    adv.leave_one_out(scores, 1)
+
+
 def test_masked_whiten_matches_numpy():
   rng = np.random.default_rng(2)
   x = rng.normal(3.0, 2.0, size=(4, 9))

@@ -52,6 +52,12 @@ def test_finalize_checks_cross_key_constraints():
   config_lib.apply_overrides(config, ["optim.grad_accum_steps=3"])  # Does not divide batch_size 4.
   with pytest.raises(UserError, match="optim.grad_accum_steps"):
     config_lib.finalize(config)
+  for overrides, key in ((["ppo.samples_per_prompt=3"], "ppo.samples_per_prompt"),  # batch_size 4.
+                          (["ppo.group_baseline=true"], "ppo.group_baseline")):  # One answer per prompt.
+    config = _config()
+    config_lib.apply_overrides(config, overrides)
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+      config_lib.finalize(config)
   config = _config()
   config_lib.apply_overrides(config, ["model.n_heads=5"])
   with pytest.raises(UserError, match="model.n_heads"):

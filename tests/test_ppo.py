@@ -2,6 +2,7 @@
 critic on unpadded rows, the reward model on the reward stage's own encoding), the update's diagnostics
 against NumPy, and the stage on toyworld smoke runs, including an exact resume after preemption."""
 
+import itertools
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.data import pipelines
+from rlhf_jax.errors import UserError
 from rlhf_jax.model.transformer import Transformer, unbox
 from rlhf_jax.rl import kl_control
 from rlhf_jax.rl.rollout import make_collect
@@ -168,6 +170,34 @@ def _numpy_targets(rollout, beta, gamma, lam):
   kept = adv[mask > 0]
   whitened = (adv - kept.mean()) / np.sqrt(kept.var() + 1e-8) * mask
   return whitened, returns
+
+
+def test_group_baseline_centres_each_score_on_its_prompts_other_answers(models):
+  """With group_baseline the targets are those of the plain path with each score replaced by itself less the
+  mean of the other answers of its group (the test's 3 rows as one group), computed here by hand."""
+  _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
+  rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
+  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8)
+  batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
+  centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]))
+  adv, returns = _numpy_targets(centred, 0.2, 0.9, 0.8)
+  np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
+  assert float(stats["ppo/score_total"]) == pytest.approx(0.5)  # The statistics keep the raw scores.
+
+
+def test_ppo_pipeline_repeats_each_prompt_for_its_group():
+  tokens = np.arange(40, dtype=np.int32).reshape(10, 4)
+  data = pipelines.ppo_pipeline(tokens, np.ones_like(tokens), 6, seed=0, samples_per_prompt=3)
+  seen = []
+  for element in itertools.islice(iter(data), 5):
+    index = element["index"]
+    assert index.shape == (6,) and (index[:3] == index[0]).all() and (index[3:] == index[3]).all()
+    np.testing.assert_array_equal(element["prompt"], tokens[index])
+    seen += [int(index[0]), int(index[3])]
+  assert sorted(seen[:10]) == list(range(10))  # One pass over the prompts before any repeats.
+  with pytest.raises(UserError, match="ppo.samples_per_prompt"):
+    pipelines.ppo_pipeline(tokens, np.ones_like(tokens), 6, seed=0, samples_per_prompt=4)
 
 
 def _log_softmax(z):

@@ -198,19 +198,23 @@ def left_pad_prompts(prompts: Sequence[np.ndarray], width: int, pad_id: int = 0)
 
 
 def ppo_pipeline(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, global_batch_size: int, seed: int,
-                 ptx_tokens: Optional[np.ndarray] = None, ptx_rows: int = 0, ptx_seq_len: int = 0
-                 ) -> grain.IterDataset:
+                 ptx_tokens: Optional[np.ndarray] = None, ptx_rows: int = 0, ptx_seq_len: int = 0,
+                 samples_per_prompt: int = 1) -> grain.IterDataset:
   """Endless PPO inputs, one element per iteration: {"index" (b,), "prompt" (b, P), "prompt_mask" (b, P)}
-  (this host's share of `global_batch_size` prompts, shuffled by seed, reshuffled every pass) and, when
-  `ptx_rows`, "ptx" (r, T + 1): random windows of the pretraining stream `ptx_tokens` for PPO-ptx.
+  (this host's share of `global_batch_size` rows: b / samples_per_prompt prompts, shuffled by seed and
+  reshuffled every pass, each repeated samples_per_prompt times in consecutive rows) and, when `ptx_rows`,
+  "ptx" (r, T + 1): random windows of the pretraining stream `ptx_tokens` for PPO-ptx.
 
   Element i is a pure function of i (random access into shuffled, repeated datasets), so the iterator's
   state is one integer and a resumed run sees exactly the batches an uninterrupted one would."""
   if len(prompt_tokens) < 1:
     raise UserError("no prompts to train PPO on")
   b = host_batch_size(global_batch_size)
+  if b % samples_per_prompt:
+    raise UserError(f"config key 'ppo.samples_per_prompt': {samples_per_prompt} does not divide the "
+                    f"{b} rows of train.batch_size each process samples")
   prompts = _host_slice(grain.MapDataset.range(len(prompt_tokens)).seed(seed).shuffle()).repeat()
-  prompts = prompts.batch(b, drop_remainder=True)
+  prompts = prompts.batch(b // samples_per_prompt, drop_remainder=True)
   windows = None
   if ptx_rows:
     ptx_tokens = np.asarray(ptx_tokens, np.int32)
@@ -221,7 +225,7 @@ def ppo_pipeline(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, global_batc
     windows = windows.batch(host_batch_size(ptx_rows), drop_remainder=True)
 
   def element(i):
-    index = np.asarray(prompts[i], np.int32)
+    index = np.repeat(np.asarray(prompts[i], np.int32), samples_per_prompt)
     out = {"index": index, "prompt": prompt_tokens[index], "prompt_mask": prompt_mask[index]}
     if windows is not None:
       out["ptx"] = np.stack([ptx_tokens[start:start + ptx_seq_len + 1] for start in windows[i]])

@@ -59,6 +59,18 @@ def shaped_rewards(scores_b: jax.Array, kl_bn: jax.Array, mask_bn: jax.Array, be
   return (-beta * kl_bn + scores_b[:, None].astype(jnp.float32) * last_bn) * mask_bn
 
 
+def leave_one_out(scores_b: jax.Array, group_size: int) -> jax.Array:
+  """(B,) each score minus the mean of the other scores of its group: rows k*g .. k*g + g - 1 (g =
+  `group_size`) answer the same prompt. A baseline per prompt (the RLOO estimator of Kool et al. 2019): what
+  is left says how much better this answer is than the policy's other answers to the same prompt, so the
+  prompts' differing difficulty no longer reaches the advantages."""
+  if group_size < 2:
+    raise ValueError(f"a leave-one-out baseline needs groups of at least 2 responses, got {group_size}")
+  groups = scores_b.astype(jnp.float32).reshape(-1, group_size)
+  others = (jnp.sum(groups, axis=1, keepdims=True) - groups) / (group_size - 1)
+  return (groups - others).reshape(scores_b.shape)
+
+
 def gae(rewards_bn: jax.Array, values_bn: jax.Array, mask_bn: jax.Array, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
   """(advantages, returns), each (B, N), by a reverse scan; masked tokens are outside the episode."""

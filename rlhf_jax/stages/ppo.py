@@ -269,7 +269,8 @@ def run(config, workdir: str) -> dict:
   if ptx_rows and streams is None:
     raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
   data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
-                                streams[0] if ptx_rows else None, ptx_rows, ppo.ptx_seq_len)
+                                streams[0] if ptx_rows else None, ptx_rows, ppo.ptx_seq_len,
+                                ppo.samples_per_prompt)
   pretrain_eval = None
   if streams is not None:  # The pretraining loss on held-out text: how far PPO moved from the LM.
     pretrain_eval = make_lm_evaluator(

@@ -190,6 +190,8 @@ class PPOSettings:
   kl_horizon: int = 10000
   reward_clip: float = 0.0
   whiten_advantages: bool = True
+  samples_per_prompt: int = 1
+  group_baseline: bool = False
   ptx_coef: float = 0.0
   ema_decay: float = 0.0
 
@@ -199,10 +201,14 @@ class PPOSettings:
 
 
 def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
-  """Rollout -> (PPOBatch, statistics of the rollout): KL-shaped rewards, GAE, optional whitening."""
+  """Rollout -> (PPOBatch, statistics of the rollout): KL-shaped rewards (the score less the mean of the other
+  answers to its prompt with a group baseline), GAE, optional whitening."""
   mask_bn = rollout.mask
   kl_bn = advantages_lib.kl_estimate(rollout.log_probs, rollout.ref_log_probs, mask_bn, settings.kl_estimator)
-  rewards_bn = advantages_lib.shaped_rewards(rollout.scores, kl_bn, mask_bn, kl_coef, settings.reward_clip)
+  scores_b = rollout.scores
+  if settings.group_baseline:  # Rows come in groups of samples_per_prompt answers to one prompt.
+    scores_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
+  rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef, settings.reward_clip)
   adv_bn, returns_bn = advantages_lib.gae(rewards_bn, rollout.values, mask_bn, settings.gamma, settings.lam)
   if settings.whiten_advantages:
     adv_bn = advantages_lib.masked_whiten(adv_bn, mask_bn)
