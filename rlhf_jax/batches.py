@@ -32,7 +32,7 @@ class LMBatch:
   def from_sequences(cls, sequences_bt1: np.ndarray, mask_bt1: Optional[np.ndarray] = None,
                      segment_ids_bt1: Optional[np.ndarray] = None,
                      positions_bt1: Optional[np.ndarray] = None) -> "LMBatch":
-    """Rows of T+1 tokens -> inputs [:-1] and targets [1:].
+    """Rows of T+1 tokens -> inputs [:-1] and targets [1:] (leading axes, such as a seed axis, are kept).
 
     `mask_bt1` marks which tokens may be predicted (for SFT: the assistant tokens); a target also counts only
     if it lies in the same (non-padding) segment as its input, so a packed row never learns to predict the
@@ -40,15 +40,15 @@ class LMBatch:
     """
     sequences_bt1 = np.asarray(sequences_bt1, np.int32)
     mask = np.ones(sequences_bt1.shape, bool) if mask_bt1 is None else np.asarray(mask_bt1, bool)
-    loss_mask = mask[:, 1:]
+    loss_mask = mask[..., 1:]
     segment_ids = positions = None
     if segment_ids_bt1 is not None:
       seg = np.asarray(segment_ids_bt1, np.int32)
-      loss_mask = loss_mask & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] != 0)
-      segment_ids = seg[:, :-1]
+      loss_mask = loss_mask & (seg[..., 1:] == seg[..., :-1]) & (seg[..., 1:] != 0)
+      segment_ids = seg[..., :-1]
     if positions_bt1 is not None:
-      positions = np.asarray(positions_bt1, np.int32)[:, :-1]
-    return cls(tokens=sequences_bt1[:, :-1], targets=sequences_bt1[:, 1:],
+      positions = np.asarray(positions_bt1, np.int32)[..., :-1]
+    return cls(tokens=sequences_bt1[..., :-1], targets=sequences_bt1[..., 1:],
                loss_mask=loss_mask.astype(np.float32), segment_ids=segment_ids, positions=positions)
 
 

@@ -118,6 +118,10 @@ def base_config() -> ConfigDict:
       eval_batches=0,  # 0: the whole validation split.
       checkpoint_every=500,
       keep_checkpoints=2,
+      # N > 1 trains N independent replicas (seeds seed, seed + 1, ...) as one compiled program, vmapped over
+      # a leading seed axis: for small models that leave the device idle, so a comparison reports means and
+      # spreads. Pretraining and SFT only; the workdir then holds N models (stages/common.py:train_lm).
+      seeds=1,
   ))
   config.data = ConfigDict(dict(
       source="text",  # text: read data.path | toyworld: generate the built-in world
@@ -387,9 +391,12 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if optim.grad_accum_steps < 1 or train.batch_size % optim.grad_accum_steps:
     raise UserError(f"config key 'optim.grad_accum_steps': {optim.grad_accum_steps} must be >= 1 and divide "
                     f"train.batch_size={train.batch_size}")
-  for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every"):
+  for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every", "seeds"):
     if train[key] < 1:
       raise UserError(f"config key 'train.{key}' must be >= 1, got {train[key]}")
+  if train.seeds > 1 and config.stage not in ("pretrain", "sft"):
+    raise UserError(f"config key 'train.seeds': {train.seeds} seeds in one program run only in the pretrain and "
+                    f"sft stages, not in {config.stage!r}; run one seed at a time (--config.seed=...)")
   return config
 
 

@@ -106,19 +106,27 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def stacked(sharding: NamedSharding) -> NamedSharding:
+  """The sharding of N arrays stacked on a new leading axis (one per seed, `train.seeds`): that axis is not
+  split, so every replica is laid out over the mesh exactly as a single run's array."""
+  return NamedSharding(sharding.mesh, P(None, *sharding.spec))
+
+
 def num_batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def shard_batch(batch, mesh: Mesh):
+def shard_batch(batch, mesh: Mesh, seed_axis: bool = False):
   """Host-local rows (numpy) -> global arrays split over the batch axes of `mesh`.
 
   Every process passes only its own rows (its slice of the global batch, `process_batch_slice`); the global
-  batch is their concatenation in process order. Works the same with one process.
+  batch is their concatenation in process order. Works the same with one process. With `seed_axis` the rows
+  are the second axis: the first stacks the batches of `train.seeds` replicas.
   """
   def one(x):
     x = np.asarray(x)
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+    sharding = stacked(batch_sharding(mesh, x.ndim - 1)) if seed_axis else batch_sharding(mesh, x.ndim)
+    return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(one, batch)
 
 

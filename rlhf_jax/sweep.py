@@ -10,7 +10,8 @@ An ablation file defines
 The overrides apply to every run (e.g. --config.init_from=runs/sft). Each run resumes like any other and a
 finished one is skipped, so an interrupted sweep is continued by running the same command again. The table
 goes to DIR/results.csv and DIR/results.md (with each run's wall time), and DIR/results.png draws it: one
-panel per numeric column, a bar per run.
+panel per numeric column, a bar per run. A run with `train.seeds` > 1 reports means over its seeds; their
+spread goes into a `<column>/seed_std` column next to each column and into error bars in the plot.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[di
   except (ValueError, KeyError) as e:
     raise UserError(f"{path}: sweep({arg or None!r}) failed: {e}") from None
   from rlhf_jax import mesh as mesh_lib
-  rows = []
+  summaries = []
   for name, config in runs:
     config.lock()
     config_lib.apply_overrides(config, overrides)
@@ -50,12 +51,21 @@ def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[di
     mesh_lib.maybe_initialize_distributed(config.mesh)
     config_lib.write_config(config, run_dir)
     print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}")
-    summary = importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)
-    if module.COLUMNS[0] in summary:
-      rows.append({"run": name, **{k: summary.get(k, float("nan")) for k in module.COLUMNS},
-                   "wall_time_s": summary.get("wall_time_s", float("nan"))})
+    summaries.append((name, importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)))
+  rows = table_rows(summaries, module.COLUMNS)
   write_table(workdir, rows)
   return rows
+
+
+def table_rows(summaries: Sequence[tuple[str, dict]], columns: Sequence[str]) -> list[dict]:
+  """One row per run whose summary has the first column: the run's name, the columns and its wall time. A
+  column that some run measured over several seeds (`train.seeds`) is followed by `<column>/seed_std`."""
+  spread = {key for key in columns if any(f"{key}/seed_std" in summary for _, summary in summaries)}
+  keys = [k for key in columns for k in ((key, f"{key}/seed_std") if key in spread else (key,))]
+  keys = list(dict.fromkeys(keys))  # A spread that COLUMNS also lists appears once.
+  return [{"run": name, **{k: summary.get(k, float("nan")) for k in keys},
+           "wall_time_s": summary.get("wall_time_s", float("nan"))}
+          for name, summary in summaries if columns[0] in summary]
 
 
 def write_table(workdir: str, rows: list[dict]) -> None:
@@ -78,11 +88,12 @@ def write_table(workdir: str, rows: list[dict]) -> None:
 
 
 def plot_table(path: str, rows: list[dict], columns: Sequence[str]) -> None:
-  """Small multiples of the table: a panel per numeric column (its own scale), a bar per run; a missing or
-  NaN value leaves its bar out and says "n/a"."""
+  """Small multiples of the table: a panel per numeric column (its own scale), a bar per run, with an error
+  bar of one standard deviation over seeds where the table has `<column>/seed_std`; a missing or NaN value
+  leaves its bar out and says "n/a"."""
   from rlhf_jax.eval.report import new_figure, save_figure
   numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-  columns = [c for c in columns if any(numeric(row.get(c)) for row in rows)]
+  columns = [c for c in columns if any(numeric(row.get(c)) for row in rows) and not c.endswith("/seed_std")]
   if not columns:
     return
   names = [str(row["run"]) for row in rows]
@@ -92,9 +103,13 @@ def plot_table(path: str, rows: list[dict], columns: Sequence[str]) -> None:
   for ax, column in zip(axes.flat, columns):
     values = [float(row[column]) if numeric(row.get(column)) else math.nan for row in rows]
     finite = [v if math.isfinite(v) else 0.0 for v in values]
-    bars = ax.barh(range(len(rows)), finite, color=[f"C{i % 10}" for i in range(len(rows))])
-    for bar, v in zip(bars, values):
-      ax.annotate(f"{v:.4g}" if math.isfinite(v) else "n/a", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+    spread = [row.get(f"{column}/seed_std") for row in rows]
+    spread = [float(e) if numeric(e) and math.isfinite(e) and math.isfinite(v) else 0.0 for e, v in zip(spread, values)]
+    bars = ax.barh(range(len(rows)), finite, xerr=spread if any(spread) else None, capsize=3,
+                   color=[f"C{i % 10}" for i in range(len(rows))])
+    for bar, v, e in zip(bars, values, spread):
+      label = (f"{v:.4g}" + (f" +- {e:.2g}" if e else "")) if math.isfinite(v) else "n/a"
+      ax.annotate(label, (bar.get_width() + e, bar.get_y() + bar.get_height() / 2),
                   xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     ax.invert_yaxis()  # Runs top to bottom in table order.

@@ -9,6 +9,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rlhf_jax.config import model_config  # noqa: E402
@@ -42,6 +43,17 @@ def run_smoke(experiment, workdir, *extra):
   assert main_lib.main(argv) == 0
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory):
+  """A small text file of random words: the Shakespeare smoke runs' data."""
+  rng = np.random.default_rng(0)
+  words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "mind"]
+  lines = [" ".join(rng.choice(words, size=8)) for _ in range(600)]
+  path = tmp_path_factory.mktemp("text") / "tiny.txt"
+  path.write_text("\n".join(lines) + "\n")
+  return str(path)
 
 
 @pytest.fixture(scope="session")

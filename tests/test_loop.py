@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from rlhf_jax import main as main_lib
 from rlhf_jax.train.checkpoint import Checkpointer
@@ -20,16 +19,6 @@ from rlhf_jax.train.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments", "shakespeare_char.py") + ":smoke"
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory):
-  rng = np.random.default_rng(0)
-  words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "mind"]
-  lines = [" ".join(rng.choice(words, size=8)) for _ in range(600)]
-  path = tmp_path_factory.mktemp("text") / "tiny.txt"
-  path.write_text("\n".join(lines) + "\n")
-  return str(path)
 
 
 def _args(workdir, text_file, *extra):

@@ -17,6 +17,7 @@ Rows become `LMBatch`es with `to_lm_batch`: inputs [:-1], targets [1:], loss onl
 
 from __future__ import annotations
 
+import json
 from typing import Iterator, Optional, Sequence
 
 import grain
@@ -181,6 +182,40 @@ def to_lm_batch(rows: dict) -> LMBatch:
   if "tokens_segment_ids" in rows:
     return LMBatch.from_sequences(rows["tokens"], rows["mask"], rows["tokens_segment_ids"], rows["tokens_positions"])
   return LMBatch.from_sequences(rows["tokens"], rows.get("mask"))
+
+
+class SeedIterators:
+  """The data iterators of N replicas (`train.seeds`, one pipeline per seed) as one iterator: yields their
+  host batches stacked on a new leading axis, and checkpoints all their positions.
+
+  grain's orbax handler (`grain.checkpoint.CheckpointSave`) saves an iterator that is not a grain
+  DatasetIterator as the bytes of `get_state()` and restores it with `set_state(bytes)`, then
+  `start_prefetch()`; here the bytes are the JSON list of the N iterators' own states.
+  """
+
+  def __init__(self, iterators: Sequence[Iterator[dict]]):
+    self.iterators = list(iterators)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return jax.tree.map(lambda *rows: np.stack(rows), *[next(it) for it in self.iterators])
+
+  def get_state(self) -> bytes:
+    return json.dumps([it.get_state() for it in self.iterators]).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state)
+    if len(states) != len(self.iterators):
+      raise UserError(f"the checkpoint holds the data positions of {len(states)} seeds, but config key "
+                      f"'train.seeds' is {len(self.iterators)}")
+    for it, one in zip(self.iterators, states):
+      it.set_state(one)
+
+  def start_prefetch(self) -> None:
+    for it in self.iterators:
+      it.start_prefetch()
 
 
 def left_pad_prompts(prompts: Sequence[np.ndarray], width: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

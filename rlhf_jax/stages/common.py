@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import jax
+import jax.numpy as jnp
 
 from rlhf_jax import config as config_lib
 from rlhf_jax import mesh as mesh_lib
@@ -69,7 +70,9 @@ def check_vocab(tokenizer: Tokenizer, model_config: TransformerConfig, source: s
 
 
 def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:
-  parts = [f"{k} {summary[k]:.4f}" for k in keys if k in summary]
+  """The stage's last line: its headline figures, each +- its spread over seeds when `train.seeds` > 1."""
+  spread = lambda k: f" +- {summary[k + '/seed_std']:.4f}" if summary.get(k + "/seed_std") is not None else ""
+  parts = [f"{k} {summary[k]:.4f}{spread(k)}" for k in keys if summary.get(k) is not None]
   return f"{stage} done in {summary.get('wall_time_s', 0.0):.0f} s: " + ", ".join(parts)
 
 
@@ -114,6 +117,10 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
     if not isinstance(run_config.get("model"), dict):
       raise UserError(f"{config_path}: no 'model' section (not a workdir of this project?)")
     model_config = TransformerConfig.from_config(run_config["model"])
+    seeds = (run_config.get("train") or {}).get("seeds", 1)
+    if seeds != 1:  # Which of them would be arbitrary: pick one by training it alone.
+      raise UserError(f"{path}: this workdir holds {seeds} models (config.json has train.seeds={seeds}); start "
+                      "from a run with train.seeds=1 (rerun it with --config.train.seeds=1 --config.seed=S)")
     checkpoints = Checkpointer(os.path.join(path, "checkpoints"))
     step = checkpoints.latest_step()
     if step is None:
@@ -143,28 +150,50 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   return model, jax.device_put(params, shardings), tokenizer
 
 
-def train_lm(config, workdir: str, *, model: Transformer, mesh, data, eval_batches: Callable[[], Iterable[dict]],
-             evaluate: Callable, desc: str, params=None, extra_summary: Optional[dict] = None) -> dict:
+def train_lm(config, workdir: str, *, model: Transformer, mesh, make_data: Callable[[int], Iterable[dict]],
+             eval_batches: Callable[[], Iterable[dict]], evaluate: Callable[[Any, int], dict], desc: str,
+             params=None, extra_summary: Optional[dict] = None) -> dict:
   """What the LM stages share: the optimizer, the sharded state (from `params` when a stage starts from a
-  pretrained model), the jitted step, and the one loop. `data` yields host batches of rows."""
+  pretrained model), the jitted step, and the one loop. `make_data(seed)` is the pipeline of host batches of
+  rows that a run with this seed reads; `evaluate(state, seed)` evaluates one model (the seed for any
+  sampling it does).
+
+  With `train.seeds` = N > 1, N independent runs train as one compiled program (`jax.vmap` of the step):
+  replica i is, to float rounding, the run with seed `config.seed + i` -- its initialisation (unless
+  `params` are given: then all start from them), data order, dropout and evaluation. Every state leaf has a
+  leading axis of N; the loop logs means over the replicas and `train/loss/seed_std`, and the evaluations
+  give each figure's mean, `/seed_std` and `/seeds` (the N values).
+  """
   from rlhf_jax.data import pipelines
   from rlhf_jax.train import state as state_lib
   from rlhf_jax.train import steps
-  from rlhf_jax.train.loop import LoopConfig, train_loop
+  from rlhf_jax.train.loop import LoopConfig, combine_seeds, train_loop
 
   train = config.train
   tx, schedule = state_lib.make_optimizer(config.optim, train.steps)
-  state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
+  lm_step = steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps)
   example = pipelines.to_lm_batch(next(iter(eval_batches())))  # Shapes and structure only.
-  step = steps.jit_step(steps.make_lm_step(model, tx, schedule, config.optim.grad_accum_steps), shardings,
-                        example, mesh)
+  seeds = [config.seed + i for i in range(train.seeds)]
+  if train.seeds == 1:
+    state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
+    num_params = state_lib.count_params(state.params)
+    rng, data = jax.random.PRNGKey(config.seed + 1), iter(make_data(config.seed))
+    run_evaluation = lambda state: evaluate(state, config.seed)
+  else:
+    keys = lambda offset: jnp.stack([jax.random.PRNGKey(seed + offset) for seed in seeds])
+    state, shardings = state_lib.create_seed_states(model, tx, mesh, keys(0), params=params)
+    num_params = state_lib.count_params(state.params) // train.seeds
+    rng, data = keys(1), pipelines.SeedIterators([iter(make_data(seed)) for seed in seeds])
+    take = state_lib.unstack_seed(shardings)
+    run_evaluation = lambda state: combine_seeds([evaluate(take(state, i), seed) for i, seed in enumerate(seeds)])
+  step = steps.jit_step(lm_step, shardings, example, mesh, seed_axis=train.seeds > 1)
   loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
-                    checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * train.seq_len,
+                    checkpoint_every=train.checkpoint_every,
+                    tokens_per_step=train.seeds * train.batch_size * train.seq_len,  # Of all the replicas.
                     keep_checkpoints=train.keep_checkpoints, desc=desc)
-  extra = {"num_params": state_lib.count_params(state.params), **(extra_summary or {})}
-  _, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
-                          rng=jax.random.PRNGKey(config.seed + 1), data=iter(data),
-                          make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh),
-                          evaluate=evaluate, extra_summary=extra)
+  extra = {"num_params": num_params, **(extra_summary or {})}
+  _, summary = train_loop(
+      loop, workdir=workdir, state=state, shardings=shardings, step_fn=step, rng=rng, data=data,
+      make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh, seed_axis=train.seeds > 1),
+      evaluate=run_evaluation, extra_summary=extra)
   return summary
-

@@ -54,14 +54,16 @@ def run(config, workdir: str) -> dict:
   if config.data.layout == "windows":  # One stream of characters or tokens, as nanoGPT reads Shakespeare.
     train_tokens = np.asarray(tokenizer.encode("".join(train_docs)), np.int32)
     val_tokens = np.asarray(tokenizer.encode("".join(val_docs)), np.int32)
-    data = pipelines.window_pipeline(train_tokens, t, b, config.seed)
+    make_data = functools.partial(pipelines.window_pipeline, train_tokens, t, b)
     eval_batches = functools.partial(pipelines.window_eval_batches, val_tokens, t, b)
   else:
     encode = lambda docs: [pipelines.document_ids(tokenizer, d) for d in docs]
-    data = pipelines.packed_pipeline(encode(train_docs), t, b, config.seed)
+    make_data = functools.partial(pipelines.packed_pipeline, encode(train_docs), t, b)
     val = encode(val_docs)
     eval_batches = lambda: pipelines.packed_pipeline(val, t, b, config.seed, repeat=False)
-  summary = common.train_lm(config, workdir, model=model, mesh=mesh, data=data, eval_batches=eval_batches,
-                            evaluate=make_lm_evaluator(model, mesh, eval_batches, b), desc="pretrain")
+  lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
+  summary = common.train_lm(config, workdir, model=model, mesh=mesh, make_data=make_data,
+                            eval_batches=eval_batches, evaluate=lambda state, seed: lm_eval(state),
+                            desc="pretrain")
   print(common.result_line("pretrain", summary, ["train/loss", "eval/loss"]))
   return summary

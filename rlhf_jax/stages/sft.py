@@ -46,19 +46,19 @@ def run(config, workdir: str) -> dict:
   encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
-  data = pipelines.packed_pipeline(train_ids, t, b, config.seed, masks=train_masks)
+  make_data = lambda seed: pipelines.packed_pipeline(train_ids, t, b, seed, masks=train_masks)
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
   lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
 
-  evaluate, extra = lm_eval, {}
+  evaluate, extra = (lambda state, seed: lm_eval(state)), {}
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)
     heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
 
-    def evaluate_with_gold(state):
+    def evaluate_with_gold(state, seed):
       metrics = lm_eval(state)
-      gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, config.seed)
+      gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, seed)
       return {**metrics, **{f"eval/{k}": v for k, v in gold.items()}}
 
     evaluate = evaluate_with_gold
@@ -68,8 +68,9 @@ def run(config, workdir: str) -> dict:
     demos = [toyworld.demonstrate(world, inst, rng, tw.error_rate) for inst in heldout]
     extra = {f"demonstrator/{k}": v for k, v in toyworld.mean_gold_by_task(world, heldout, demos).items()}
 
-  summary = common.train_lm(config, workdir, model=model, mesh=mesh, data=data, eval_batches=eval_batches,
-                            evaluate=evaluate, desc="sft", params=params, extra_summary=extra)
+  summary = common.train_lm(config, workdir, model=model, mesh=mesh, make_data=make_data,
+                            eval_batches=eval_batches, evaluate=evaluate, desc="sft", params=params,
+                            extra_summary=extra)
   print(common.result_line("sft", summary, ["train/loss", "eval/loss", "eval/gold/all", "demonstrator/all",
                                             "eval/gold/end_of_turn_rate"]))
   return summary

@@ -108,7 +108,7 @@ class Checkpointer:
       shape = tuple(getattr(saved_flat[key], "shape", np.shape(saved_flat[key])))
       if shape != tuple(leaf.shape):
         raise UserError(f"{self.directory}/{step}: {key} has shape {shape} in the checkpoint but {tuple(leaf.shape)} "
-                        "in the config (vocab_size or model size changed?)")
+                        "in the config (vocab_size, model size or train.seeds changed?)")
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

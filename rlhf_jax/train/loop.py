@@ -13,6 +13,10 @@ with the same parameters as one that was never interrupted.
 Preemption: SIGTERM or SIGINT (TPU VMs are preempted with SIGTERM) finishes the current step, saves a
 checkpoint at it and raises `Preempted`; a second SIGINT aborts at once. Divergence: a non-finite loss raises
 `Diverged` before any checkpoint of the bad state is written, so the last good checkpoint stays intact.
+
+Seeds: a step over N stacked replicas (`train.seeds`, stages/common.py:train_lm) returns metrics of shape
+(N,); the loop logs their means and the loss's spread, `train/loss/seed_std`, and stops if any replica's
+loss is not finite.
 """
 
 from __future__ import annotations
@@ -117,15 +121,55 @@ class _SignalGuard:
     return bool(flags.max() > 0)
 
 
+def seed_std(values) -> float:
+  """The spread of one figure over the replicas of a `train.seeds` run: the sample standard deviation."""
+  values = np.asarray(values, np.float64)
+  return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def combine_seeds(runs: list[dict]) -> dict:
+  """Metrics of N replicas (one dict each) -> each numeric key's mean, `<key>/seed_std` and `<key>/seeds`
+  (the N values, in seed order); other values are taken from the first replica."""
+  out = {}
+  for key, first in runs[0].items():
+    if isinstance(first, (int, float, np.number)) and not isinstance(first, bool):
+      values = [float(run[key]) for run in runs]
+      out[key] = float(np.mean(values))
+      out[f"{key}/seed_std"] = seed_std(values)
+      out[f"{key}/seeds"] = values
+    else:
+      out[key] = first
+  return out
+
+
 def _mean_metrics(window: list[dict]) -> dict:
-  """Averages a window of per-step device metrics (fetched here, once); sums token counts."""
+  """Averages a window of per-step device metrics (fetched here, once); sums token counts.
+
+  Metrics of a `train.seeds` = N run have shape (N,): each replica's window is reduced alone, then the
+  replicas are averaged, and the loss gets its spread over them too (`train/loss/seed_std`). The mean is
+  NaN when any replica's loss is, so one diverging replica stops the run.
+  """
   fetched = jax.device_get(window)
   out = {}
   keys = dict.fromkeys(key for m in fetched for key in m)  # Some metrics come only on some steps.
   for key in keys:
-    values = np.asarray([m[key] for m in fetched if key in m], np.float64)
-    out[key] = float(values.sum() if key.endswith("/tokens") else values.mean())
+    values = np.asarray([m[key] for m in fetched if key in m], np.float64)  # (steps,) or (steps, N)
+    per_run = values.sum(0) if key.endswith("/tokens") else values.mean(0)
+    out[key] = float(np.mean(per_run))
+    if per_run.ndim and key == "train/loss":
+      out[f"{key}/seed_std"] = seed_std(per_run)
   return out
+
+
+def _describe(metrics: dict) -> str:
+  """The progress line of an evaluation: scalars, with their spread over seeds where there is one."""
+  parts = []
+  for key, value in metrics.items():
+    if isinstance(value, (list, tuple, str)) or key.endswith("/seed_std"):
+      continue
+    std = metrics.get(f"{key}/seed_std")
+    parts.append(f"{key} {value:.4f}" + (f" +- {std:.4f}" if std is not None else ""))
+  return ", ".join(parts)
 
 
 def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, step_fn: Callable,
@@ -177,7 +221,7 @@ def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, st
         if evaluate is not None and (done % loop.eval_every == 0 or done == loop.total_steps):
           eval_metrics = evaluate(state)
           writer.write(done, eval_metrics)
-          bar.write(f"{loop.desc} step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+          bar.write(f"{loop.desc} step {done}: " + _describe(eval_metrics))
           window_start = time.time()  # Evaluation time is not training throughput.
         if save:
           checkpoints.save(done, state, data, meta={"step": done})

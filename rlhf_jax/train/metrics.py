@@ -18,6 +18,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _plain(value):
+  if isinstance(value, (list, tuple)):  # One value per seed (`train.seeds`).
+    return [_plain(v) for v in value]
   value = float(value) if not isinstance(value, (int, str, bool)) else value
   return None if isinstance(value, float) and not math.isfinite(value) else value
 

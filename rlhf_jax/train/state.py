@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.model.transformer import Transformer, unbox
@@ -85,23 +85,57 @@ def create_train_state(model: Transformer, tx: optax.GradientTransformation, mes
 
   With `params` given (a pretrained model), they are placed on the mesh instead of being initialised.
   """
+  shardings = _state_shardings(model, tx, mesh, rules)
+  with mesh_lib.activate(mesh, rules):
+    if params is not None:
+      params = jax.device_put(params, shardings.params)
+    state = jax.jit(_builder(model, tx), out_shardings=shardings)(rng, params)
+  return state, shardings
+
+
+def create_seed_states(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh, rngs_n2: jax.Array,
+                       params: Optional[Any] = None, rules=mesh_lib.RULES) -> tuple[TrainState, TrainState]:
+  """N TrainStates stacked on a leading seed axis (`train.seeds`), one per key of `rngs_n2`, and their
+  shardings (each single-run sharding with that axis unsplit, `mesh.stacked`).
+
+  Replica i is `create_train_state(..., rngs_n2[i], params)`: its own initialisation, or, with `params`
+  given, the same pretrained parameters in every replica.
+  """
+  single = _state_shardings(model, tx, mesh, rules)
+  shardings = jax.tree.map(mesh_lib.stacked, single)
+  with mesh_lib.activate(mesh, rules):
+    if params is not None:
+      params = jax.device_put(params, single.params)
+    build = jax.vmap(_builder(model, tx), in_axes=(0, None))
+    state = jax.jit(build, out_shardings=shardings)(rngs_n2, params)
+  return state, shardings
+
+
+def unstack_seed(shardings: TrainState):
+  """`take(stacked_state, i) -> replica i's TrainState`, laid out as a single run's (`shardings` are the
+  stacked ones, from `create_seed_states`); compiled once for every i."""
+  single = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), shardings)
+  take = jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=single)
+  return lambda state, i: take(state, jnp.asarray(i, jnp.int32))
+
+
+def _state_shardings(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
+  """The TrainState's shardings: the parameters' from their logical names, the optimizer state's the same."""
   abstract_params, p_shardings = param_shardings(model, mesh, rules)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = mesh_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shardings,
                                         transform_non_params=lambda _: replicated)
-  shardings = TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
-  init_rng, root_rng = jax.random.split(rng)
+  return TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
 
-  def build(init_rng, root_rng, given):
+
+def _builder(model: Transformer, tx: optax.GradientTransformation):
+  """`build(rng, params or None) -> TrainState`: fresh parameters from rng unless given, a fresh optimizer."""
+  def build(rng, given):
+    init_rng, root_rng = jax.random.split(rng)
     p = given if given is not None else unbox(model.init(init_rng, jnp.zeros((1, 1), jnp.int32))["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=root_rng)
-
-  with mesh_lib.activate(mesh, rules):
-    if params is not None:
-      params = jax.device_put(params, p_shardings)
-    state = jax.jit(build, out_shardings=shardings)(init_rng, root_rng, params)
-  return state, shardings
+  return build
 
 
 def count_params(params: Any) -> int:

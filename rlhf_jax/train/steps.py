@@ -138,10 +138,18 @@ def make_rm_step(model: Transformer, tx: optax.GradientTransformation, schedule:
                    count_name="prompts")
 
 
-def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=mesh_lib.RULES):
+def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=mesh_lib.RULES,
+             seed_axis: bool = False):
   """Compiles `step(state, batch, rng)` once: state in and out with its shardings (donated), batch rows over
-  the data axes, metrics replicated. The returned function enters the mesh and rules while it traces."""
+  the data axes, metrics replicated. The returned function enters the mesh and rules while it traces.
+
+  With `seed_axis` (`train.seeds` > 1) it compiles `jax.vmap(step)`: N independent replicas in one program,
+  state, batch, root key and metrics each with a leading axis of N. `state_shardings` are then the stacked
+  ones (`state.create_seed_states`); `batch_example` is still one replica's batch.
+  """
   batch_shardings = jax.tree.map(lambda x: mesh_lib.batch_sharding(mesh, x.ndim), batch_example)
+  if seed_axis:
+    step, batch_shardings = jax.vmap(step), jax.tree.map(mesh_lib.stacked, batch_shardings)
   replicated = mesh_lib.replicated(mesh)
   compiled = jax.jit(step, in_shardings=(state_shardings, batch_shardings, replicated),
                      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
