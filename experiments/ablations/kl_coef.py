@@ -37,6 +37,23 @@ clearly with the earlier reward model (the plain head, 0.62 on clear pairs), 30 
 
 There the RM score rose at every evaluation while gold fell from SFT's 0.635, the faster the smaller beta;
 even the default beta only slowed the fall.
+
+`:group` runs beta 0 and 0.05 with toyworld_ppo.py:group (4 answers per prompt with a leave-one-out
+baseline, 256 rollouts an iteration, 150 iterations; the PPO that optimises this reward model hardest).
+Measured with the likelihood-head reward model from the SFT model (held-out gold 0.650); wall 1164 s for
+beta 0 and 998 s for beta 0.05 (the toyworld_ppo.py:group run, evaluated every 50), both on a machine
+shared with other jobs part of the time:
+
+  held-out gold at 25/50/75/100/125/150      KL at 150   RM score (rollouts, means of 25 iterations)
+  beta 0     0.651 0.605 0.602 0.617 0.599 0.627   8.8   -0.08 0.12 0.12 0.16 0.21 0.25
+  beta 0.05  -     0.644 -     0.642 -     0.653   5.7   -0.07 0.09 0.13 0.09 0.20 0.21
+
+Without the penalty the reward model's score on the rollouts keeps rising while held-out gold peaks at
+iteration 25 (SFT's level) and falls to 0.60-0.63 (win rate against SFT by gold 0.42-0.45, +-0.04, at
+iterations 50-150; lists 0.79 -> 0.61 as the policy drifts, KL 8.8 nats); the rollouts' own gold stays at
+0.60-0.615. With beta 0.05 held-out gold does not fall (0.642-0.653) and the rollouts' gold rises 0.61 ->
+0.66. The held-out RM score itself moves within its interval (+-0.12) in both runs (beta 0: 0.38 0.30 0.28
+0.34 0.36 0.39).
 """
 
 import os
@@ -58,10 +75,14 @@ def get_config(arg=None):
 
 def sweep(arg, workdir):
   runs = []
-  for name, beta, adaptive in VARIANTS:
+  variants = VARIANTS if arg != "group" else [v for v in VARIANTS if v[0] in ("beta_0", "beta_0.05")]
+  for name, beta, adaptive in variants:
     config = get_config(arg)
     config.ppo.kl_coef = beta
     config.ppo.adaptive_kl = adaptive
     config.ppo.kl_target = 4.0
+    if arg == "group":  # 150 iterations: evaluate often enough to see a peak.
+      config.train.eval_every = 25
+      config.train.checkpoint_every = 25
     runs.append((name, config))
   return runs
