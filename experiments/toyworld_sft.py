@@ -3,16 +3,22 @@
   python -m rlhf_jax.main --config experiments/toyworld_sft.py --workdir runs/toyworld/sft \
       --config.init_from=runs/toyworld/pretrain
 
-Hardware: a 2-core CPU. Runtime: about 4 minutes (evaluations included). Measured here (from the full
-toyworld_pretrain run): held-out gold 0.572 against the demonstrators' 0.875 (review 0.81/0.82, list
-0.81/0.93, repeat 0.74/0.93, reverse 0.30/0.89, arithmetic 0.20/0.81), end-of-turn token in 100% of samples.
-The demonstrators err 20% of the time; the copying and arithmetic tasks are still well below them, and
-training loss (0.66) far below validation loss (1.42) says more demonstrations would help. (300 steps at
-lr 5e-4 gave 0.369.)
+Hardware: a 2-core CPU. Runtime: about 4 minutes (evaluations included; 236 s measured alone on the machine).
+Measured here (from the full toyworld_pretrain run, 2026-11-30): held-out gold 0.748 against the
+demonstrators' 0.875 (review 0.93/0.82, list 0.86/0.93, repeat 0.90/0.93, reverse 0.87/0.89, arithmetic
+0.19/0.81), end-of-turn token in 100% of samples; training loss 0.85, validation loss 0.98. The
+demonstrators err 20% of the time; SFT now matches them on every task but arithmetic (and beats them on
+reviews: the fluency errors a demonstrator makes are not what it imitates most).
 
-Data: 4,000 demonstrations (one user turn, one assistant turn; about 30 tokens each) packed into rows of 128
-tokens; the loss counts only the assistant's tokens and its end-of-turn token. Batch arithmetic: 32 rows x
-128 tokens hold about 130 demonstrations, so 600 steps are about 20 epochs.
+How much data: the same 600 steps on 4,000 demonstrations (about 20 epochs) over-fit -- training loss 0.59,
+validation loss 1.31, held-out gold 0.647 (reverse 0.52, repeat 0.73) -- and on 64,000 (about 1.2 epochs)
+gave 0.744 (validation loss 0.94), the same gold as 16,000 within the evaluation's noise (+-0.05 on 250
+prompts). 16,000 it is, about the size of InstructGPT's SFT set (~13k prompts). (300 steps at lr 5e-4 on
+4,000 gave 0.369.)
+
+Data: 16,000 demonstrations (one user turn, one assistant turn; about 30 tokens each) packed into rows of
+128 tokens; the loss counts only the assistant's tokens and its end-of-turn token. Batch arithmetic: 32 rows
+x 128 tokens hold about 130 demonstrations, so 600 steps are about 5 epochs.
 """
 
 from rlhf_jax.config import base_config, model_config
@@ -26,6 +32,7 @@ def get_config(arg=None):
   # The architecture comes from init_from; only the run-time keys (dtype, remat, ...) of this section apply.
   config.model = model_config("gpt2")
   config.data.source = "toyworld"
+  config.toyworld.num_sft = 16000  # 4,000 (the world's default) over-fits in 600 steps; see above.
   config.train.steps = 600
   config.train.batch_size = 32
   config.train.seq_len = 128
