@@ -3,11 +3,13 @@
   python -m rlhf_jax.main --config experiments/toyworld_reward.py --workdir runs/toyworld/reward \
       --config.init_from=runs/toyworld/sft
 
-Hardware: a 2-core CPU. Measured from the toyworld_sft run (held-out gold 0.647), on the comparisons of
-6,000 prompts (5,012 kept, 216 held out; sampling them took 158 s on a shared machine), training alone on
-the machine: 141 s. Held-out accuracy against gold on pairs >= 0.2 apart 0.814 (review 0.853, repeat 0.912,
-reverse 0.818, list 0.736, arithmetic 0.676; 698 pairs); on all pairs whose gold differs 0.774; against the
-annotators' labels 0.727; Spearman with gold 0.478; calibration error 0.051.
+Hardware: a 2-core CPU. Measured alone on the machine (2026-11-30) from the toyworld_sft run (16,000
+demonstrations, held-out gold 0.748), on the comparisons of 6,000 prompts (5,182 kept, 219 held out; sampling
+them took 35 s): 164 s in all. Held-out accuracy against gold on pairs >= 0.2 apart 0.865 (repeat 0.957,
+reverse 0.951, list 0.807, review 0.806, arithmetic 0.755; 716 pairs), 0.845 / 0.867 / 0.865 at steps 100 /
+200 / 300; on all pairs whose gold differs 0.841; against the annotators' labels 0.776; Spearman with gold
+0.507; calibration error 0.086. From the earlier SFT model (4,000 demonstrations, held-out gold 0.647) the
+same config reached 0.814 on clear pairs.
 
 The head (`reward.likelihood_weight` 1): the score is the head's projection of the last hidden state plus
 the response's mean log-likelihood under the RM's own LM head (model/transformer.py), with the projection
@@ -16,8 +18,8 @@ starting at zero. The InstructGPT head alone (likelihood_weight 0, the projectio
 check an answer against its prompt from a few thousand comparisons. The SFT model's own likelihood does
 that already -- untrained, it scores 0.772 on the same pairs (repeat 0.959, reverse 0.812) -- and training
 the two together adds what likelihood misses (review's fluency, arithmetic). Held-out accuracy by step
-(this config): 0.812, 0.825, 0.814 at steps 100, 200, 300; the same run at 400 steps ended at 0.801 with
-training loss still falling (over-fitting), so 300 it is. Per-variant figures: ablations/rm_variants.py.
+(this config, the earlier SFT model): 0.812, 0.825, 0.814 at steps 100, 200, 300; the same run at 400 steps
+ended at 0.801 with training loss still falling (over-fitting), so 300 it is. Per-variant figures: ablations/rm_variants.py.
 
 Data: 6,000 training and 250 held-out prompts (disjoint instances), K=4 SFT samples each at temperature 1.0,
 ranked by the simulated annotator (Plackett-Luce on gold with temperature 0.1, ties within 0.02, 5% random
