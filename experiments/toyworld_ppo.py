@@ -3,36 +3,38 @@
   python -m rlhf_jax.main --config experiments/toyworld_ppo.py --workdir runs/toyworld/ppo \
       --config.init_from=runs/toyworld/sft --config.ppo.reward_from=runs/toyworld/reward
 
-Hardware: a 2-core CPU. Measured alone on the machine, from the toyworld_sft run and the toyworld_reward.py
-reward model (0.814 on clear gold pairs): 250 s for 100 iterations (rollout 0.33 s, update 1.64 s an
-iteration). Held-out, SFT -> PPO: gold 0.632 -> 0.643 (+0.011; win rate by gold 47.2% +- 4.3%, ties
-counting half), RM score -0.06 -> 0.31 (win rate by the RM 66.2% +- 5.2%), KL 3.9 nats per response,
-0.99 -> 1.00 of answers ended. Per task: review 0.80 -> 0.95, arithmetic 0.19 -> 0.26, list 0.86 -> 0.79,
-repeat 0.79 -> 0.74, reverse 0.52 -> 0.47. The gold gain is small because SFT's failures are mostly
-missing skill, not sampling noise: SFT decoded almost greedily (temperature 0.05) scores 0.682, so even a
-perfectly sharpened SFT policy gains only 0.05; a larger gain needs the policy to learn arithmetic and
-reversal from a reward model that is 0.68 and 0.82 right on them. The earlier reward model (the plain head,
-0.62) gave 0.635 -> 0.562 with 70.8% RM win rate: over-optimisation of a weak proxy.
+Hardware: a 2-core CPU. Measured alone on the machine (2026-11-30) from the toyworld_sft run (16,000
+demonstrations) and its toyworld_reward.py reward model (0.865 on clear gold pairs). Held-out gold, SFT ->
+PPO on the same 250 prompts with the same keys (the SFT figure moves between runs with the evaluation's
+sampling keys; +-0.045 is its 95% interval):
 
-The reward model is not the only limit. With the gold scorer itself as the reward (--config.ppo.reward=gold,
-3 x gold) and these settings, held-out gold was 0.627 / 0.655 / 0.649 / 0.624 at iterations 25-100 (SFT
-0.632); at lr 2e-4 the oracle run fell to 0.46 at KL 7-8. PPO itself is right -- on a fixed set of 64
-training prompts (--config.ppo.num_prompts=64) the oracle run's gold rose 0.656 -> 0.827 in 40 iterations --
-but what it learns about one prompt transfers little to others: SFT's held-out failures are missing skill.
+  run                        wall    held-out gold (SFT's)                     win rate gold / RM   KL
+  default, 100 iterations    278 s   0.761 0.734 0.710 0.736 at 25..100 (0.741)  45.8% / 66.8%        2.6
+  :group, 150 iterations     960 s   0.718 0.721 0.699 at 50..150 (0.786)        40.6% / 66.0%        3.5
+  default + iterated rounds  783 s   0.761 0.712 0.708 0.708 at 25..100 (0.741)  43.8% / 63.4%        1.8
+    (--config.ppo.round_every=25: 500 prompts x 4 answers of the current policy labelled and 100 more
+    reward-model steps on all comparisons, every 25 iterations)
+
+PPO raises the reward model's score and lowers gold: the policy finds what this RM does not punish. On
+held-out list prompts the :group policy answers "list 6 fruits ." with "pear , pear , apple , apple , pear ,
+pear ." (SFT: "guava , plum , melon , apricot , peach , pear ."), and on reversals the default run's policy
+swaps words for others ("espresso horse pink camellia needle" -> "kefir tractor pink camellia needle"). Repeated words are likely
+words, and the RM's score includes the answer's mean log-likelihood (reward.likelihood_weight), which
+rewards exactly that; the RM never saw such answers among SFT's samples, and labelling the policy's own
+samples every 25 iterations (iterated rounds) did not catch up in these budgets. Per task (default run):
+review 0.93 -> 0.94, list 0.85 -> 0.85, repeat 0.91 -> 0.87, reverse 0.84 -> 0.74, arithmetic 0.18 -> 0.28.
+
+From the earlier SFT model (4,000 demonstrations, held-out gold 0.632-0.650) and its RM (0.814), PPO held gold
+level: default 0.632 -> 0.643 in 100 iterations (250 s), :group 0.650 -> 0.653 in 150 (998 s, shared
+machine). With the gold scorer itself as the reward (--config.ppo.reward=gold) and :group, held-out gold
+rose 0.650 -> 0.695 / 0.660 / 0.704 at 50/100/150 (win rate by gold 55.2% +- 4.2; repeat 0.77 -> 0.87,
+reverse 0.54 -> 0.67) and the rollouts' gold 0.608 -> 0.715: PPO learns, but what it learns about one prompt
+transfers little to others (on a fixed set of 64 training prompts the default oracle run rose 0.656 -> 0.827
+in 40 iterations), and without the group baseline the oracle run did not move held-out gold. Neither reward
+reaches the +0.15 over SFT the project aims at.
 
 `:group` samples each prompt 4 times and scores every answer against the other three (ppo.samples_per_prompt,
 ppo.group_baseline; 64 prompts x 4 = 256 rollouts, 2 epochs x 4 minibatches, lr 1e-4, 150 iterations).
-Measured from the same SFT model (held-out gold 0.650 in these runs; sharing the machine with other jobs):
-  oracle (reward=gold)  1370 s      held-out gold 0.695 / 0.660 / 0.704 at 50/100/150 (+0.054; win rate
-                                    by gold 55.2% +- 4.2): repeat 0.77 -> 0.87, reverse 0.54 -> 0.67, review
-                                    0.88 -> 0.98, arithmetic 0.19 -> 0.14; rollouts' gold 0.608 -> 0.715
-  reward model          998 s       held-out gold 0.644 / 0.642 / 0.653 (+0.003; win rate by gold 47.0%,
-                                    by the RM 67.6%), RM score 0.35, KL 5.7: review 0.88 -> 0.98, reverse
-                                    0.54 -> 0.56, list 0.87 -> 0.78; rollouts' gold 0.617 -> 0.660
-With these settings the oracle run learns; 256 rollouts an iteration without the group baseline (lr 1e-4, 4
-epochs x 4 minibatches, lambda 1) were still at 0.606 held-out after 20 iterations, but which change matters
-most was not separated. With the reward model, its errors, not PPO, now stop held-out gold: it rates reviews well and arithmetic and lists poorly (0.68 and 0.74 on
-clear pairs), and PPO follows it there. Neither run reaches the +0.15 the project aims at.
 
 Rollouts: 64 training prompts per iteration, answered at temperature 1.0 with up to 32 new tokens; the
 actor starts from SFT, the critic from the reward model. Batch arithmetic: 64 responses x 4 epochs x 1
