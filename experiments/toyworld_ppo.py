@@ -18,11 +18,14 @@ sampling keys; +-0.045 is its 95% interval):
 PPO raises the reward model's score and lowers gold: the policy finds what this RM does not punish. On
 held-out list prompts the :group policy answers "list 6 fruits ." with "pear , pear , apple , apple , pear ,
 pear ." (SFT: "guava , plum , melon , apricot , peach , pear ."), and on reversals the default run's policy
-swaps words for others ("espresso horse pink camellia needle" -> "kefir tractor pink camellia needle"). Repeated words are likely
-words, and the RM's score includes the answer's mean log-likelihood (reward.likelihood_weight), which
-rewards exactly that; the RM never saw such answers among SFT's samples, and labelling the policy's own
-samples every 25 iterations (iterated rounds) did not catch up in these budgets. Per task (default run):
-review 0.93 -> 0.94, list 0.85 -> 0.85, repeat 0.91 -> 0.87, reverse 0.84 -> 0.74, arithmetic 0.18 -> 0.28.
+swaps words for others ("espresso horse pink camellia needle" -> "kefir tractor pink camellia needle").
+Repeated words are likely words, and the RM's score, g (h.v + w L_RM) + b, includes the answer's mean
+log-likelihood L_RM under its own LM head (w = reward.likelihood_weight), which rewards exactly that; the RM
+never saw such answers among SFT's samples. Labelling the policy's own samples every 25 iterations (iterated
+rounds) did not catch up in these budgets. Making the likelihood part relative to SFT's, g w (L_RM - L_SFT)
+(a DPO-style log-ratio; tried and not kept), was worse: PPO then maximised -L_SFT -- KL 15 at iteration 25
+and 25 at 50, gold 0.34 and 0.28, reviews 0.0. Per task (default run): review 0.93 -> 0.94, list 0.85 ->
+0.85, repeat 0.91 -> 0.87, reverse 0.84 -> 0.74, arithmetic 0.18 -> 0.28.
 
 From the earlier SFT model (4,000 demonstrations, held-out gold 0.632-0.650) and its RM (0.814), PPO held gold
 level: default 0.632 -> 0.643 in 100 iterations (250 s), :group 0.650 -> 0.653 in 150 (998 s, shared

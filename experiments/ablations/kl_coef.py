@@ -12,9 +12,27 @@ the proxy is wrong, so its RM score keeps rising while its gold score peaks and 
 trained. The table gives each run's final and best gold and RM scores and the evaluation step of the best
 (`.../max_step`); metrics.jsonl in each run has the curves. `:smoke` runs in seconds from smoke workdirs.
 
-Measured with toyworld_reward.py's reward model (likelihood head, 0.814 on clear gold pairs), from the
-toyworld SFT model (gold 0.632 on these prompts), --config.train.steps=50 --config.train.eval_every=10,
-alone on a 2-core machine, about 130 s a run. Gold at iterations 10/20/30/40/50, then the final RM score, KL
+Measured from the toyworld_sft.py model (16,000 demonstrations; gold 0.741 on these prompts) and its
+toyworld_reward.py reward model (0.865 on clear gold pairs), --config.train.steps=50
+--config.train.eval_every=10, alone on a 2-core machine, 145-160 s a run (2026-11-30). Gold at iterations
+10/20/30/40/50, the RM score at the same evaluations, then the final KL and win rate by gold (+-0.04):
+
+  run        gold                            RM score                   KL    win rate by gold
+  beta 0     0.722 0.742 0.733 0.715 0.709   0.06 0.12 0.16 0.21 0.15   2.8   0.418
+  beta 0.01  0.714 0.751 0.741 0.731 0.724   0.04 0.12 0.19 0.18 0.22   3.0   0.440
+  beta 0.05  0.725 0.742 0.751 0.729 0.734   0.05 0.21 0.27 0.26 0.26   2.0   0.472
+  beta 0.2   0.742 0.761 0.753 0.725 0.744   0.11 0.21 0.18 0.20 0.16   1.3   0.482
+  adaptive   0.728 0.727 0.751 0.721 0.728   0.09 0.07 0.07 0.03 0.12   2.2   0.464   (beta 0.05 -> 0.047)
+
+Every run's gold peaks by iteration 20-30 and ends below SFT's 0.741 except beta 0.2's; the final gold and
+the win rate rise with beta (0.709 -> 0.744, 0.418 -> 0.482), while the RM score of beta 0 rose to 0.21 at
+iteration 40. The differences between neighbouring rows are within the evaluation's noise (+-0.045); the
+ordering across the whole range is the over-optimisation pattern. The tables below are from the earlier SFT
+model.
+
+With toyworld_reward.py's reward model (likelihood head, 0.814 on clear gold pairs) from the earlier
+toyworld SFT model (4,000 demonstrations, gold 0.632 on these prompts), the same flags, alone on a 2-core
+machine, about 130 s a run. Gold at iterations 10/20/30/40/50, then the final RM score, KL
 (nats per response) and win rate by gold:
 
   run        gold                            RM score  KL    win rate by gold
