@@ -7,8 +7,8 @@ Hardware: a 2-core CPU. Runtime: about 4 minutes (evaluations included; 236 s me
 Measured here (from the full toyworld_pretrain run, 2026-11-30): held-out gold 0.748 against the
 demonstrators' 0.875 (review 0.93/0.82, list 0.86/0.93, repeat 0.90/0.93, reverse 0.87/0.89, arithmetic
 0.19/0.81), end-of-turn token in 100% of samples; training loss 0.85, validation loss 0.98. The
-demonstrators err 20% of the time; SFT now matches them on every task but arithmetic (and beats them on
-reviews: the fluency errors a demonstrator makes are not what it imitates most).
+demonstrators err 20% of the time; SFT is now within 0.07 of them on every task but arithmetic, and above
+them on reviews.
 
 How much data: the same 600 steps on 4,000 demonstrations (about 20 epochs) over-fit -- training loss 0.59,
 validation loss 1.31, held-out gold 0.647 (reverse 0.52, repeat 0.73) -- and on 64,000 (about 1.2 epochs)
