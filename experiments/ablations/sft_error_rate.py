@@ -23,8 +23,8 @@ the standard deviation over the 2 seeds:
   0.2         0.745 +- 0.003   0.875          0.18       0.86  0.89   0.89    0.90    0.973     0.852
   0.4         0.624 +- 0.003   0.800          0.12       0.83  0.72   0.63    0.81    1.125     1.016
 
-(the end-of-turn rate is 0.998-1.0 in every run). SFT imitates its demonstrators' errors: each 0.2 of error
-rate costs about 0.1 of held-out gold, a little less than the demonstrators themselves lose (0.125, 0.075).
+(the end-of-turn rate is 0.998-1.0 in every run). SFT imitates its demonstrators' errors: each step of 0.2 in
+error rate costs it 0.100 and then 0.121 of held-out gold (the demonstrators lose 0.125 and 0.075).
 With error-free demonstrations, copying and reversal are solved (0.98, 0.99) and arithmetic more than
 doubles (0.18 -> 0.43): a flawed arithmetic demonstration teaches a wrong sum, not just noise. So at the
 default 0.2 about 0.1 of gold is what a perfect RLHF stage could win back from imitation alone -- the
