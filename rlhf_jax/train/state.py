@@ -116,14 +116,9 @@ def unstack_seed(shardings: TrainState):
   a single run's (`shardings` are the stacked ones, from `create_seed_states`), and no optimizer state --
   evaluation reads only the parameters, and the Adam moments are twice their size. Compiled once for every i.
   """
-  unsplit = lambda s: NamedSharding(s.mesh, P(*s.spec[1:]))
-  single = (unsplit(shardings.step), jax.tree.map(unsplit, shardings.params), unsplit(shardings.rng))
-  take = jax.jit(lambda parts, i: jax.tree.map(lambda x: x[i], parts), out_shardings=single)
-
-  def take_replica(state: TrainState, i) -> TrainState:
-    step, params, rng = take((state.step, state.params, state.rng), jnp.asarray(i, jnp.int32))
-    return TrainState(step=step, params=params, opt_state=None, rng=rng)
-  return take_replica
+  single = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), shardings.replace(opt_state=None))
+  take = jax.jit(lambda state, i: jax.tree.map(lambda x: x[i], state), out_shardings=single)
+  return lambda state, i: take(state.replace(opt_state=None), jnp.asarray(i, jnp.int32))
 
 
 def _state_shardings(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
