@@ -1,0 +1,106 @@
+"""Best-of-n on toyworld's held-out prompts: the gold a reward model's pick is worth, against KL.
+
+  python -m rlhf_jax.best_of_n --policy runs/toyworld/sft --reward runs/toyworld/reward [--n 16]
+
+The policy (any LM workdir of a chat stage: SFT, PPO) answers each of the toyworld held-out prompts -- the
+ones every stage is evaluated on -- N times; the reward model scores the answers, the gold scorer grades them,
+and the table gives, for n = 1, 2, 4, ... N, the KL bound of best-of-n, the reward model's score and gold of
+its pick, and gold of the oracle's pick (rlhf_jax/eval/best_of_n.py says how). `--out FILE` writes the rows
+as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from rlhf_jax.errors import UserError
+
+
+def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, temperature: float, seed: int,
+             batch_size: int = 64) -> list[dict]:
+  """Rows of `best_of_n_table` for n = 1, 2, 4, ..., n_max (and n_max itself)."""
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from rlhf_jax import mesh as mesh_lib
+  from rlhf_jax.config import base_config
+  from rlhf_jax.data import toyworld
+  from rlhf_jax.eval import best_of_n as bon
+  from rlhf_jax.eval import rm as rm_eval
+  from rlhf_jax.eval.gold import sample_responses
+  from rlhf_jax.model.hf import read_json_object
+  from rlhf_jax.stages import common, reward
+
+  if n_max < 1 or num_prompts < 1:
+    raise UserError(f"--n and --prompts must be at least 1, got --n {n_max} --prompts {num_prompts}")
+  run_config = read_json_object(os.path.join(policy, "config.json")) if os.path.exists(
+      os.path.join(policy, "config.json")) else {}
+  world_seed = run_config.get("toyworld", {}).get("seed", base_config().toyworld.seed)
+  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  model, params, tokenizer = common.load_pretrained(policy, mesh)
+  if tokenizer is None:
+    raise UserError(f"{policy}: no tokenizer.model or tokenizer.json next to the checkpoint")
+  rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(reward_dir, mesh)
+  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
+    raise UserError(f"{reward_dir}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
+                    f"policy's ({policy}) {tokenizer.vocab_size}: they must share one tokenizer")
+
+  world = toyworld.make_world(world_seed)
+  instances = toyworld.sample_instances(world, num_prompts, world_seed + 2, split="heldout")
+  sampling = ml_collections.ConfigDict(dict(temperature=temperature, top_k=0, top_p=1.0,
+                                            max_new_tokens=base_config().sampling.max_new_tokens,
+                                            batch_size=batch_size))
+  prompts = [inst.prompt for inst in instances for _ in range(n_max)]
+  texts, _ = sample_responses(model, params, tokenizer, prompts, sampling, seed)
+  pairs = [([{"role": "user", "content": p}], t) for p, t in zip(prompts, texts)]
+  tokens, start, end = reward.encode_responses(tokenizer, pairs, spec["seq_len"], bool(spec.get("reward_token")))
+  scores = rm_eval.make_scorer(rm_model, mesh, chunk=256)(rm_params, tokens, start, end)
+  gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(
+      [inst for inst in instances for _ in range(n_max)], texts)])
+  ns = sorted({2 ** k for k in range(n_max.bit_length()) if 2 ** k <= n_max} | {n_max})
+  return bon.best_of_n_table(scores.reshape(num_prompts, n_max), gold.reshape(num_prompts, n_max),
+                             [inst.task for inst in instances], ns)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+  """The rows as text: overall figures, then gold per task as "RM pick / oracle pick"."""
+  tasks = [k.split("/", 1)[1] for k in rows[0] if k.startswith("gold/")]
+  head = ["n", "KL bound", "RM score", "gold RM pick", "gold oracle"] + tasks
+  lines = ["  ".join(f"{h:>12}" for h in head)]
+  for row in rows:
+    cells = [f"{row['n']:>12d}"] + [f"{row[k]:>12.3f}" for k in ("kl_bound", "rm_score", "gold", "oracle_gold")]
+    cells += [f"{row['gold/' + t]:.2f} / {row['oracle_gold/' + t]:.2f}".rjust(12) for t in tasks]
+    lines.append("  ".join(cells))
+  return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m rlhf_jax.best_of_n", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--policy", required=True, help="workdir of the policy that answers (an SFT or PPO run)")
+  parser.add_argument("--reward", required=True, help="workdir of a finished reward stage")
+  parser.add_argument("--n", type=int, default=16, help="answers per prompt (the largest n)")
+  parser.add_argument("--prompts", type=int, default=250, help="held-out toyworld prompts")
+  parser.add_argument("--temperature", type=float, default=0.7)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", help="write the rows as JSON to this file")
+  args = parser.parse_args(argv)
+  try:
+    rows = evaluate(args.policy, args.reward, args.n, args.prompts, args.temperature, args.seed)
+  except (UserError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_table(rows))
+  if args.out:
+    with open(args.out + ".tmp", "w") as f:
+      json.dump(rows, f, indent=2)
+    os.replace(args.out + ".tmp", args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
