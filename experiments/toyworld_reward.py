@@ -57,6 +57,8 @@ def get_config(arg=None):
     config.sampling.batch_size = 8
     config.sampling.max_new_tokens = 8
     config.reward.norm_samples = 16
+    config.reward.best_of_n = 4
+    config.toyworld.num_eval_prompts = 8  # Best-of-4 on 8 held-out prompts.
     # A smoke SFT model's answers all score 0 and would all tie: random rankings keep the data non-empty.
     config.toyworld.disagreement = 1.0
     config.train.steps = 4

@@ -25,14 +25,11 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   """Rows of `best_of_n_table` for n = 1, 2, 4, ..., n_max (and n_max itself)."""
   import jax
   import ml_collections
-  import numpy as np
 
   from rlhf_jax import mesh as mesh_lib
   from rlhf_jax.config import base_config
   from rlhf_jax.data import toyworld
-  from rlhf_jax.eval import best_of_n as bon
   from rlhf_jax.eval import rm as rm_eval
-  from rlhf_jax.eval.gold import sample_responses
   from rlhf_jax.model.hf import read_json_object
   from rlhf_jax.stages import common, reward
 
@@ -55,16 +52,9 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   sampling = ml_collections.ConfigDict(dict(temperature=temperature, top_k=0, top_p=1.0,
                                             max_new_tokens=base_config().sampling.max_new_tokens,
                                             batch_size=batch_size))
-  prompts = [inst.prompt for inst in instances for _ in range(n_max)]
-  texts, _ = sample_responses(model, params, tokenizer, prompts, sampling, seed)
-  pairs = [([{"role": "user", "content": p}], t) for p, t in zip(prompts, texts)]
-  tokens, start, end = reward.encode_responses(tokenizer, pairs, spec["seq_len"], bool(spec.get("reward_token")))
-  scores = rm_eval.make_scorer(rm_model, mesh, chunk=256)(rm_params, tokens, start, end)
-  gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(
-      [inst for inst in instances for _ in range(n_max)], texts)])
-  ns = sorted({2 ** k for k in range(n_max.bit_length()) if 2 ** k <= n_max} | {n_max})
-  return bon.best_of_n_table(scores.reshape(num_prompts, n_max), gold.reshape(num_prompts, n_max),
-                             [inst.task for inst in instances], ns)
+  texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed)
+  return reward.best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world,
+                               instances, texts, spec["seq_len"], bool(spec.get("reward_token")))
 
 
 def format_table(rows: Sequence[dict]) -> str:

@@ -161,6 +161,10 @@ def base_config() -> ConfigDict:
       # w > 0: the score adds w x the response's mean log-likelihood under the RM's own LM head, and the head
       # starts at zero, so the untrained RM ranks by the SFT model's likelihood (model/transformer.py).
       likelihood_weight=0.0,
+      # toyworld: after training, the SFT model answers the held-out evaluation prompts best_of_n times each
+      # (at sampling.temperature) and the summary gives the gold of the RM's pick out of 1, 2, 4, ...
+      # best_of_n answers next to the gold scorer's own pick (eval/best_of_n.py); 0 = off.
+      best_of_n=8,
   ))
   # How responses are sampled for evaluation (gold scores, win rates, comparisons).
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))

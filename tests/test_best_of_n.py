@@ -78,7 +78,7 @@ def test_cli_on_smoke_runs(toyworld_smoke, toyworld_reward_smoke, tmp_path, caps
   for row in rows:
     assert 0.0 <= row["gold"] <= row["oracle_gold"] + 1e-12 <= 1.0 + 1e-12
   assert rows[0]["rm_score"] <= rows[1]["rm_score"] <= rows[2]["rm_score"]  # The max of more samples.
-  assert "gold (RM pick)" in capsys.readouterr().out
+  assert "gold RM pick" in capsys.readouterr().out
 
 
 def test_cli_bad_reward_dir(toyworld_smoke, tmp_path, capsys):

@@ -51,6 +51,11 @@ def test_report_on_smoke_runs(tmp_path, stage_dirs, toyworld_ppo_smoke):
     assert row.split("|")[2].strip() == f"{value:.4g} ± {ci:.2g}"
   assert numbers["ppo/sft/pretrain/loss"] == summary["sft/pretrain/loss"]
   assert numbers["reward/eval/label_accuracy"] is not None
+  rm_summary = json.load(open(os.path.join(stage_dirs["reward"], "summary.json")))
+  for n in (1, 2, 4):  # The best-of-n table: one row per n, the reward summary's figures.
+    row = next(line for line in text.splitlines() if line.startswith(f"| {n} | "))
+    assert row.split("|")[3].strip() == f"{rm_summary[f'best_of_n/{n}/gold']:.4g}"
+    assert numbers[f"reward/best_of_n/{n}/oracle_gold"] == rm_summary[f"best_of_n/{n}/oracle_gold"]
 
   samples = text.split("## Sample answers")[1].strip().splitlines()
   table = [line for line in samples if line.startswith("| <code>")]

@@ -391,6 +391,22 @@ def test_reward_stage_summary(runs):
   assert sum(row["count"] for row in summary["calibration"]) == summary["eval/label_pairs"] > 0
 
 
+def test_reward_stage_best_of_n(runs):
+  """Best-of-1, 2, 4 of the SFT model's answers: n = 1 is the plain sample for both pickers, the RM's pick
+  never beats the oracle's, and the oracle's pick and the RM score of the RM's pick never fall as n grows."""
+  _, summary, _ = runs["reward"]
+  ns = sorted({int(k.split("/")[1]) for k in summary if k.startswith("best_of_n/")})
+  assert ns == [1, 2, 4]
+  row = lambda n, key: summary[f"best_of_n/{n}/{key}"]
+  assert row(1, "gold") == pytest.approx(row(1, "oracle_gold")) and row(1, "kl_bound") == 0.0
+  for n in ns:
+    assert 0.0 <= row(n, "gold") <= row(n, "oracle_gold") + 1e-12 <= 1.0 + 1e-12
+  for a, b in zip(ns, ns[1:]):
+    assert row(a, "oracle_gold") <= row(b, "oracle_gold") + 1e-12 and row(a, "rm_score") <= row(b, "rm_score") + 1e-9
+  per_task = lambda n: [k for k in summary if k.startswith(f"best_of_n/{n}/gold/")]
+  assert per_task(4) and not per_task(2)  # Per task for the largest n only.
+
+
 def test_saved_reward_model_is_normalised_on_sft_samples(runs):
   """The saved model scores fresh SFT samples on training prompts, drawn as the stage draws them, with mean
   0 and standard deviation 1."""

@@ -35,7 +35,8 @@ toyworld_reward = load_module(os.path.join(os.path.dirname(os.path.abspath(__fil
 
 LOSSES = ("pairwise", "margin", "per_token", "reward_token")
 COLUMNS = ("reward_loss", "reward/likelihood_weight", "eval/label_accuracy", "eval/gold_accuracy/all",
-           "eval/gold_accuracy_clear/all", "eval/spearman/all", "eval/ece", "train/loss")
+           "eval/gold_accuracy_clear/all", "eval/spearman/all", "eval/ece", "best_of_n/8/gold",
+           "best_of_n/8/oracle_gold", "train/loss")
 
 
 def get_config(arg=None):

@@ -217,6 +217,14 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
         ("accuracy vs gold, all pairs", "eval/gold_accuracy/all"),
         ("Spearman vs gold", "eval/spearman/all"), ("expected calibration error", "eval/ece"),
         ("wall time (s)", "wall_time_s")])
+    ns = sorted({int(k.split("/")[1]) for k in summaries["reward"] if k.startswith("best_of_n/")})
+    if ns:  # What the RM's ranking is worth: its pick out of n SFT answers, against the gold scorer's pick.
+      tables["reward"] += ["", "Best-of-n on the held-out prompts (SFT answers; the RM's pick against the gold "
+                           "scorer's; KL bound log n - (n-1)/n):", "",
+                           "| n | KL bound | gold of the RM's pick | gold of the oracle's pick |", "|---|---|---|---|"]
+      for n in ns:
+        cells = [_fmt(get("reward", f"best_of_n/{n}/{key}")) for key in ("kl_bound", "gold", "oracle_gold")]
+        tables["reward"].append(f"| {n} | " + " | ".join(cells) + " |")
   if "ppo" in summaries:
     s = summaries["ppo"]
     lines = ["| | PPO | SFT (same prompts and keys) |", "|---|---|---|"]

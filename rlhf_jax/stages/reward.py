@@ -10,7 +10,10 @@
   normalise: sample the SFT model on training prompts, set the head's gain and bias so those samples score
              mean 0, std 1; write the normalised model to WORKDIR/reward_model/ (model.json, params/,
              reward.json) -- what PPO and every later scorer load
-  evaluate the final model: accuracy vs labels and gold (per task), Spearman vs gold, calibration
+  evaluate the final model: accuracy vs labels and gold (per task), Spearman vs gold, calibration, and
+             (toyworld, reward.best_of_n > 0) best-of-n: the gold of the RM's pick out of n SFT answers to the
+             held-out evaluation prompts next to the oracle's pick (eval/best_of_n.py) -- what the RM's
+             ranking is worth before any RL
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 
 from rlhf_jax import convert
 from rlhf_jax import mesh as mesh_lib
-from rlhf_jax.data import pipelines
+from rlhf_jax.data import pipelines, toyworld
 from rlhf_jax.errors import UserError
+from rlhf_jax.eval import best_of_n as bon
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval.gold import sample_responses
 from rlhf_jax.stages import common, comparisons
@@ -69,6 +73,36 @@ def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool
                                                       tokenizer.encode(text), seq_len, reward_token)
     tokens[n, :len(ids)] = ids
   return tokens, start, end
+
+
+def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, seed: int) -> list[str]:
+  """n answers per toyworld instance (instance-major) from the policy, for `best_of_n_rows`."""
+  texts, _ = sample_responses(model, params, tokenizer, [inst.prompt for inst in instances for _ in range(n)],
+                              sampling, seed)
+  return texts
+
+
+def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str], seq_len: int,
+                   reward_token: bool) -> list[dict]:
+  """`bon.best_of_n_table` of the answers `texts` (n per instance, from `best_of_n_samples`) scored by the
+  reward model (`score`, `params`: `rm_eval.make_scorer`) and by gold, for n = 1, 2, 4, ... and n itself."""
+  n = len(texts) // len(instances)
+  repeated = [inst for inst in instances for _ in range(n)]
+  pairs = [([{"role": "user", "content": inst.prompt}], text) for inst, text in zip(repeated, texts)]
+  tokens, start, end = encode_responses(tokenizer, pairs, seq_len, reward_token)
+  scores = score(params, tokens, start, end).reshape(len(instances), n)
+  gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
+  ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
+  return bon.best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+
+
+def best_of_n_metrics(rows: list[dict]) -> dict:
+  """Summary keys best_of_n/N/{gold, oracle_gold, rm_score, kl_bound} (and per task for the largest N)."""
+  metrics = {}
+  for row in rows:
+    keys = [k for k in row if k != "n" and ("/" not in k or row is rows[-1])]
+    metrics.update({f"best_of_n/{row['n']}/{k}": row[k] for k in keys})
+  return metrics
 
 
 def normalize_params(params: dict, fit: dict) -> dict:
@@ -125,6 +159,13 @@ def run(config, workdir: str) -> dict:
   spec_path = os.path.join(workdir, MODEL_DIR, SPEC_FILE)
   norm_pairs = None if os.path.exists(spec_path) else normalization_samples(config, sft, sft_params, tokenizer,
                                                                            train_records)
+  bon_instances = bon_texts = None
+  if rcfg.best_of_n > 0 and config.data.source == "toyworld":  # Sampled now, scored by the trained RM below.
+    world = toyworld.make_world(config.toyworld.seed)
+    bon_instances = toyworld.sample_instances(world, config.toyworld.num_eval_prompts, config.toyworld.seed + 2,
+                                              split="heldout")
+    bon_texts = best_of_n_samples(sft, sft_params, tokenizer, bon_instances, config.sampling,
+                                  rcfg.best_of_n, config.seed + 8)
   del sft_params
 
   weight = float(rcfg.likelihood_weight)
@@ -170,6 +211,10 @@ def run(config, workdir: str) -> dict:
   fit = spec["normalization"]
   metrics.update({"norm/gain": fit["gain"], "norm/bias": fit["bias"], "norm/raw_mean": fit["raw_mean"],
                   "norm/raw_std": fit["raw_std"]})
+  if bon_texts is not None:
+    rows = best_of_n_rows(scorer, final_params, tokenizer, world, bon_instances, bon_texts, train.seq_len,
+                          reward_token)
+    metrics.update(best_of_n_metrics(rows))
   writer = MetricsWriter(workdir)
   writer.write(train.steps, metrics)
   writer.close()
