@@ -95,3 +95,11 @@ def test_overoptimization(execute, runs, tmp_path):
   # SFT at KL 0 plus the smoke run's two evaluations (eval_every 2 of 4 iterations).
   assert result["ppo"]["points"] == 3 and result["ppo"] == result["copy"]
   assert (tmp_path / "out" / "overoptimization.png").stat().st_size > 0
+  # Best-of-n from the reward run the PPO run was trained against (its ppo.reward_from).
+  bon = _result(lines, "best_of_n")
+  assert os.path.samefile(bon["reward_run"], runs / "reward")
+  reward_summary = json.load(open(runs / "reward" / "summary.json"))
+  assert sorted(bon["rows"], key=int) == ["1", "2", "4"]
+  for n, row in bon["rows"].items():
+    assert row["gold"] == reward_summary[f"best_of_n/{n}/gold"] and row["gold"] <= row["oracle_gold"] + 1e-12
+  assert (tmp_path / "out" / "best_of_n.png").stat().st_size > 0
