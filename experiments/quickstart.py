@@ -53,23 +53,28 @@ def get_config(arg=None):
 def stages(arg=None):
   pretrain = _load("toyworld_pretrain").get_config(arg)
   sft = _load("toyworld_sft").get_config(arg)
-  if arg is None:  # The time budget: 1,000 of toyworld_pretrain's 1,200 steps, 200 of the reward model's 300,
-    # 50 of PPO's 100 iterations, and one evaluation each of pretraining and SFT (at the end).
+  if arg is None:  # The time budget: 1,000 of toyworld_pretrain's 1,200 steps, 500 of SFT's 600, 4,000 of the
+    # reward model's 6,000 comparison prompts and 150 of its 300 steps, 30 of PPO's 100 iterations, and one
+    # evaluation each of pretraining and SFT (at the end).
     pretrain.train.steps, pretrain.train.eval_every, pretrain.train.checkpoint_every = 1000, 1000, 500
-    sft.train.eval_every = sft.train.steps
+    sft.train.steps = sft.train.eval_every = 500
   sft.init_from = "{pretrain}"
   reward = _load("toyworld_reward").get_config(arg)
   if arg is None:
-    reward.train.steps = 200
+    reward.train.steps = 150
   comparisons = _load("toyworld_reward").get_config(arg)
   comparisons.stage = "comparisons"
+  if arg is None:
+    comparisons.toyworld.num_comparisons = reward.toyworld.num_comparisons = 4000
   comparisons.init_from = "{sft}"
   reward.init_from = "{sft}"
   reward.data.path = "{comparisons}"
   ppo = _load("toyworld_ppo").get_config(arg)
-  if arg is None:  # 50 iterations; each of 16 prompts answered 4 times, scored against the other 3, beta 0.2.
-    ppo.train.steps, ppo.train.eval_every, ppo.train.checkpoint_every = 50, 25, 25
-    ppo.ppo.samples_per_prompt, ppo.ppo.group_baseline, ppo.ppo.kl_coef = 4, True, 0.2
+  if arg is None:  # 30 iterations; each of 16 prompts answered 4 times, scored against the other 3; answers
+    # sampled at the evaluation's temperature (0.7); beta 0.5.
+    ppo.train.steps, ppo.train.eval_every, ppo.train.checkpoint_every = 30, 15, 15
+    ppo.ppo.samples_per_prompt, ppo.ppo.group_baseline, ppo.ppo.kl_coef = 4, True, 0.5
+    ppo.ppo.temperature = 0.7
   ppo.init_from = "{sft}"
   ppo.ppo.reward_from = "{reward}"
   return [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]

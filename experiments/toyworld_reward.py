@@ -11,6 +11,21 @@ reverse 0.951, list 0.807, review 0.806, arithmetic 0.755; 716 pairs), 0.845 / 0
 0.507; calibration error 0.086. From the earlier SFT model (4,000 demonstrations, held-out gold 0.647) the
 same config reached 0.814 on clear pairs.
 
+What its ranking is worth (best-of-n, rlhf_jax/eval/best_of_n.py; the stage reports n <= reward.best_of_n in
+its summary and report). Measured on this model afterwards with `python -m rlhf_jax.best_of_n --policy
+runs/toyworld/sft --reward runs/toyworld/reward --n 16` (15 s): 16 SFT answers at temperature 0.7 to each
+of the 250 held-out prompts; gold of the RM's pick / of the gold scorer's pick:
+
+  n    KL bound  gold: RM's pick / oracle's   arithmetic   list         repeat       reverse      review
+  1    0         0.755 / 0.755                0.26 / 0.26  0.87 / 0.87  0.90 / 0.90  0.84 / 0.84  0.91 / 0.91
+  4    0.64      0.809 / 0.909                0.26 / 0.62  0.89 / 0.98  0.98 / 0.98  0.95 / 0.96  0.97 / 1.00
+  16   1.84      0.814 / 0.976                0.28 / 0.90  0.87 / 1.00  0.99 / 1.00  0.95 / 0.98  0.98 / 1.00
+
+On repeats, reversals and reviews the RM picks as well as gold does; on arithmetic it picks no better than
+chance, and on lists it misses most of what gold finds. Its pick is worth +0.06 gold at most, however many
+answers it chooses from: a policy optimised against it can be expected to gain about that much, not the
++0.22 that the samples hold (see experiments/toyworld_ppo.py).
+
 The head (`reward.likelihood_weight` 1): the score is the head's projection of the last hidden state plus
 the response's mean log-likelihood under the RM's own LM head (model/transformer.py), with the projection
 starting at zero. The InstructGPT head alone (likelihood_weight 0, the projection from random) reached only

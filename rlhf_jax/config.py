@@ -186,6 +186,11 @@ def base_config() -> ConfigDict:
       ent_coef=0.0,  # Entropy bonus.
       critic_lr=1e-4,
       shared_critic=False,  # One trunk with LM and value heads (one optimizer) instead of a separate critic.
+      # No critic at all: every value is 0, so a token's advantage is its reward-to-go (the score, less the
+      # group's leave-one-out mean with group_baseline, less beta x the KL still to come), whitened -- the
+      # critic-free estimators of RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024) inside PPO's clipped
+      # update.
+      critic_free=False,
       kl_coef=0.05,  # beta: the per-token reward is -beta * KL(pi || pi_SFT) estimate.
       kl_estimator="k1",  # k1 | k3
       adaptive_kl=False,  # Ziegler et al. 2019: adapt beta towards kl_target over kl_horizon samples.

@@ -272,6 +272,35 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   assert int(new_state.step) == 1 and float(new_state.kl_coef) == pytest.approx(beta)
 
 
+def test_critic_free_update(models):
+  """ppo.critic_free: the targets are the plain path's with every value 0 and lambda 1 (each token's advantage
+  is its reward-to-go, here with the group baseline), whatever values the rollout carries; the update trains
+  the actor alone and reports no value loss."""
+  _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
+  rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]), values=rollout.values + 0.7 * rollout.mask)
+  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8, critic_free=True,
+                               epochs=1, minibatches=1)
+  batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
+  centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]),
+                            values=jnp.zeros_like(rollout.values))
+  adv, returns = _numpy_targets(centred, 0.2, 0.9, 1.0)
+  np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
+  assert float(stats["ppo/value_mean"]) == 0.0
+
+  txs = {"actor": optax.sgd(1e-2)}
+  params = {"actor": models["actor_params"]}
+  state = PPOState(step=jnp.int32(0), params=params, opt_state={"actor": txs["actor"].init(params["actor"])},
+                   kl_coef=jnp.float32(0.2), ema=None, reward=None, rng=jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="critic_free"):
+    steps.make_ppo_update(models["actor"], models["critic"], txs, settings)
+  new_state, metrics = jax.jit(steps.make_ppo_update(models["actor"], None, txs, settings))(
+      state, rollout, None, jax.random.PRNGKey(2))
+  assert "ppo/value_loss" not in metrics and set(new_state.params) == {"actor"}
+  moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), new_state.params["actor"], params["actor"])
+  assert max(jax.tree.leaves(moved)) > 0
+
+
 def test_critic_starts_as_the_reward_model(models):
   """The critic's value head reads the normalised reward head: its values are the RM's scores."""
   rm_params = models["rm_params"]
@@ -318,7 +347,8 @@ def test_ppo_stage_smoke(ppo_run):
               "ppo/ptx_loss", "perf/rollout_s", "perf/update_s", "perf/rollout_tokens_per_s"):
     assert all(np.isfinite(r[key]) for r in rows), key
   betas = [r["ppo/kl_coef"] for r in rows]
-  assert betas[0] == pytest.approx(0.05) and len(set(betas)) > 1  # The smoke config adapts beta.
+  start = json.load(open(workdir / "config.json"))["ppo"]["kl_coef"]
+  assert betas[0] == pytest.approx(start) and len(set(betas)) > 1  # The smoke config adapts beta.
   for key in ("eval/gold/all", "sft/gold/all", "eval/win_rate_gold", "eval/win_rate_rm", "eval/kl", "eval/rm_score"):
     assert key in summary, key
   assert 0.0 <= summary["eval/win_rate_gold"] <= 1.0
@@ -421,3 +451,21 @@ def test_ppo_against_the_gold_scorer(tmp_path, ppo_args):
   argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
           str(tmp_path / "text"), *ppo_args, "--config.ppo.reward=gold", "--config.data.source=text"]
   assert main_lib.main(argv) == 2
+
+
+def test_ppo_stage_without_a_critic(tmp_path, ppo_args, capsys):
+  """ppo.critic_free: the run trains and checkpoints the actor alone, every value is 0; combined with
+  ppo.shared_critic it is refused by key."""
+  workdir = tmp_path / "critic_free"
+  summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.ppo.critic_free=True",
+                      "--config.train.steps=2")
+  assert summary["complete"] is True
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert len(rows) == 2 and all(r["ppo/value_mean"] == 0.0 and "ppo/value_loss" not in r for r in rows)
+  _, state = _state_arrays(workdir)
+  assert set(state["params"]) == {"actor"}
+  argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
+          str(tmp_path / "both"), *ppo_args, "--config.ppo.critic_free=True", "--config.ppo.shared_critic=True"]
+  assert main_lib.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "ppo.critic_free" in err[-1] and "ppo.shared_critic" in err[-1]

@@ -81,8 +81,8 @@ from rlhf_jax.config import load_module
 toyworld_ppo = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toyworld_ppo.py"))
 
 # (run name, beta, adaptive)
-VARIANTS = (("beta_0", 0.0, False), ("beta_0.01", 0.01, False), ("beta_0.05", 0.05, False),
-            ("beta_0.2", 0.2, False), ("adaptive", 0.05, True))
+VARIANTS = (("beta_0", 0.0, False), ("beta_0.05", 0.05, False), ("beta_0.2", 0.2, False),
+            ("beta_0.5", 0.5, False), ("beta_1", 1.0, False), ("adaptive", 0.5, True))
 COLUMNS = ("eval/gold/all", "eval/gold/all/max", "eval/gold/all/max_step", "eval/rm_score",
            "eval/rm_score/max_step", "eval/kl", "eval/win_rate_gold", "ppo/kl_coef")
 
@@ -93,12 +93,13 @@ def get_config(arg=None):
 
 def sweep(arg, workdir):
   runs = []
-  variants = VARIANTS if arg != "group" else [v for v in VARIANTS if v[0] in ("beta_0", "beta_0.05")]
+  variants = VARIANTS if arg != "group" else [v for v in VARIANTS if v[0] in ("beta_0", "beta_0.5")]
   for name, beta, adaptive in variants:
     config = get_config(arg)
     config.ppo.kl_coef = beta
     config.ppo.adaptive_kl = adaptive
-    config.ppo.kl_target = 4.0
+    # Adaptive: towards 0.5 nats per response, correcting within about 1,000 samples (16 iterations of 64).
+    config.ppo.kl_target, config.ppo.kl_horizon = 0.5, 1000
     if arg == "group":  # 150 iterations: evaluate often enough to see a peak.
       config.train.eval_every = 25
       config.train.checkpoint_every = 25

@@ -1,6 +1,7 @@
 """Stage 4, RLHF with PPO (InstructGPT section 3.5, "PPO-ptx"; Ziegler et al. 2019; the Fudan seed article).
 
   actor, reference <- init_from (the SFT model);   reward model, critic <- ppo.reward_from (the RM)
+                    (ppo.shared_critic: the value head on the actor's trunk; ppo.critic_free: no critic)
   prompts <- ppo.prompts_path (JSONL {"prompt"} / {"messages"}) or toyworld training prompts
   ptx     <- ppo.ptx_path, or the toyworld pretraining corpus (only when ppo.ptx_coef > 0)
   each iteration (one step of the one training loop, so it resumes, checkpoints and stops like the others):
@@ -242,8 +243,11 @@ def run(config, workdir: str) -> dict:
   reference = actor.clone(heads=("lm",))
   ref_params = {k: v for k, v in sft_params.items() if k != "value_head"}
   models, params = {"actor": actor}, {"actor": sft_params}
+  if ppo.critic_free and ppo.shared_critic:
+    raise UserError("config keys 'ppo.critic_free' and 'ppo.shared_critic': choose one (no critic, or a value "
+                    "head on the actor's trunk)")
   critic = None
-  if not ppo.shared_critic:
+  if not ppo.shared_critic and not ppo.critic_free:
     critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
     models["critic"] = critic
     params["critic"] = critic_params_from_reward(rm_params)

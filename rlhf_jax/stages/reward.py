@@ -211,8 +211,9 @@ def run(config, workdir: str) -> dict:
   fit = spec["normalization"]
   metrics.update({"norm/gain": fit["gain"], "norm/bias": fit["bias"], "norm/raw_mean": fit["raw_mean"],
                   "norm/raw_std": fit["raw_std"]})
-  if bon_texts is not None:
-    rows = best_of_n_rows(scorer, final_params, tokenizer, world, bon_instances, bon_texts, train.seq_len,
+  if bon_texts is not None:  # Scores on the saved (normalised) scale: (raw - raw_mean) / raw_std.
+    normalised = lambda *args: (scorer(*args) - fit["raw_mean"]) / fit["raw_std"]
+    rows = best_of_n_rows(normalised, final_params, tokenizer, world, bon_instances, bon_texts, train.seq_len,
                           reward_token)
     metrics.update(best_of_n_metrics(rows))
   writer = MetricsWriter(workdir)

@@ -202,6 +202,7 @@ class PPOSettings:
   group_baseline: bool = False
   ptx_coef: float = 0.0
   ema_decay: float = 0.0
+  critic_free: bool = False
 
   @classmethod
   def from_config(cls, ppo) -> "PPOSettings":
@@ -217,11 +218,14 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
   if settings.group_baseline:  # Rows come in groups of samples_per_prompt answers to one prompt.
     scores_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
   rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef, settings.reward_clip)
-  adv_bn, returns_bn = advantages_lib.gae(rewards_bn, rollout.values, mask_bn, settings.gamma, settings.lam)
+  values_bn, lam = rollout.values, settings.lam
+  if settings.critic_free:  # No value estimates: lambda < 1 would only discount the score for early tokens.
+    values_bn, lam = jnp.zeros_like(rollout.values), 1.0
+  adv_bn, returns_bn = advantages_lib.gae(rewards_bn, values_bn, mask_bn, settings.gamma, lam)
   if settings.whiten_advantages:
     adv_bn = advantages_lib.masked_whiten(adv_bn, mask_bn)
   mean = lambda x_bn: advantages_lib.masked_mean(x_bn, mask_bn)
-  residual_var = mean(jnp.square((returns_bn - rollout.values) - mean(returns_bn - rollout.values)))
+  residual_var = mean(jnp.square((returns_bn - values_bn) - mean(returns_bn - values_bn)))
   returns_var = mean(jnp.square(returns_bn - mean(returns_bn)))
   kl_b = kl_bn.sum(-1)
   stats = {
@@ -233,12 +237,12 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
       "ppo/kl_coef": kl_coef,
       "ppo/response_length": jnp.mean(mask_bn.sum(-1)),
       "ppo/end_of_turn_rate": jnp.mean(rollout.ended.astype(jnp.float32)),
-      "ppo/value_mean": mean(rollout.values),
+      "ppo/value_mean": mean(values_bn),
       # 1 - Var[R - V] / Var[R] over response tokens: how much of the returns the critic predicted.
       "ppo/value_explained_variance": 1.0 - residual_var / jnp.maximum(returns_var, 1e-8),
   }
   batch = PPOBatch(prompt=rollout.prompt, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens, mask=mask_bn,
-                   old_log_probs=rollout.log_probs, old_values=rollout.values, advantages=adv_bn,
+                   old_log_probs=rollout.log_probs, old_values=values_bn, advantages=adv_bn,
                    returns=returns_bn)
   return batch, stats
 
@@ -253,12 +257,15 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       critic: clipped value loss; its own optimizer
     beta <- the KL controller (fixed or adaptive); EMA of the actor's weights when asked.
 
-  `critic` None means the actor has a value head (shared trunk). `ptx` is an LMBatch whose rows split into
+  `critic` None means the actor has a value head (shared trunk), or, with `settings.critic_free`, that there
+  is no critic: the rollout's values are 0 and nothing learns them. `ptx` is an LMBatch whose rows split into
   epochs x minibatches equal parts, or None when ptx_coef is 0. `txs` maps "actor" (and "critic") to
   optimizers. Metrics are means over all minibatch updates (ppo/...) and the rollout's statistics.
   """
   s = settings
-  shared = critic is None
+  if s.critic_free and critic is not None:
+    raise ValueError("critic_free: pass critic=None (there is no critic to train)")
+  shared = critic is None and not s.critic_free
   if shared and "value" not in actor.heads:
     raise ValueError("a shared critic needs the actor to have a value head")
 
@@ -302,7 +309,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx)
     metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
     state = apply("actor", grads, state)
-    if not shared:
+    if critic is not None:
       (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.params["critic"], mb)
       metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
       state = apply("critic", c_grads, state)
