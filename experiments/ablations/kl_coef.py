@@ -3,32 +3,38 @@
   python -m rlhf_jax.sweep experiments/ablations/kl_coef.py --workdir runs/ablations/kl_coef \
       --config.init_from=runs/toyworld/sft --config.ppo.reward_from=runs/toyworld/reward
 
-Runs experiments/toyworld_ppo.py with beta = 0, 0.01, 0.05 (the default) and 0.2 held fixed, and with the
-adaptive controller of Ziegler et al. 2019 (target KL 4 nats per response). The reward model is a proxy
-for the gold scorer: it was fitted on a few thousand comparisons of SFT samples, and e.g. it cannot see
-repetition in a review as well as gold does. Without the KL penalty the policy is free to move wherever
-the proxy is wrong, so its RM score keeps rising while its gold score peaks and falls (Gao et al. 2022,
-"Scaling laws for reward model overoptimization"); the penalty keeps it near the SFT model, where the RM was
-trained. The table gives each run's final and best gold and RM scores and the evaluation step of the best
-(`.../max_step`); metrics.jsonl in each run has the curves. `:smoke` runs in seconds from smoke workdirs.
+Runs experiments/toyworld_ppo.py with beta = 0, 0.05, 0.2, 0.5 (the default) and 1 held fixed, and with the
+adaptive controller of Ziegler et al. 2019 (from 0.5, towards 0.5 nats per response, horizon 1,000 samples).
+The reward model is a proxy for the gold scorer: it was fitted on a few thousand comparisons of SFT samples,
+and e.g. it cannot see repetition in a review as well as gold does. Without the KL penalty the policy is
+free to move wherever the proxy is wrong, so its RM score keeps rising while its gold score peaks and falls
+(Gao et al. 2022, "Scaling laws for reward model overoptimization"); the penalty keeps it near the SFT
+model, where the RM was trained. The table gives each run's final and best gold and RM scores and the
+evaluation step of the best (`.../max_step`); metrics.jsonl in each run has the curves. `:smoke` runs in
+seconds from smoke workdirs.
 
-Measured from the toyworld_sft.py model (16,000 demonstrations; gold 0.741 on these prompts) and its
-toyworld_reward.py reward model (0.865 on clear gold pairs), --config.train.steps=50
---config.train.eval_every=10, alone on a 2-core machine, 145-160 s a run (2026-11-30). Gold at iterations
-10/20/30/40/50, the RM score at the same evaluations, then the final KL and win rate by gold (+-0.04):
+Measured from the toyworld_sft.py model (16,000 demonstrations; gold 0.741 on these prompts and keys) and
+its toyworld_reward.py reward model (0.865 on clear gold pairs), toyworld_ppo.py's defaults (rollouts at
+temperature 0.7), --config.train.steps=50 --config.train.eval_every=10, alone on a 2-core machine, 146-159 s
+a run (2026-11-30). Held-out gold at iterations 10/20/30/40/50, the RM score at the same evaluations, then
+the final KL (nats per response) and win rate by gold (+-0.03):
 
   run        gold                            RM score                   KL    win rate by gold
-  beta 0     0.722 0.742 0.733 0.715 0.709   0.06 0.12 0.16 0.21 0.15   2.8   0.418
-  beta 0.01  0.714 0.751 0.741 0.731 0.724   0.04 0.12 0.19 0.18 0.22   3.0   0.440
-  beta 0.05  0.725 0.742 0.751 0.729 0.734   0.05 0.21 0.27 0.26 0.26   2.0   0.472
-  beta 0.2   0.742 0.761 0.753 0.725 0.744   0.11 0.21 0.18 0.20 0.16   1.3   0.482
-  adaptive   0.728 0.727 0.751 0.721 0.728   0.09 0.07 0.07 0.03 0.12   2.2   0.464   (beta 0.05 -> 0.047)
+  beta 0     0.722 0.718 0.713 0.714 0.710   0.11 0.16 0.16 0.23 0.24   2.69  0.436
+  beta 0.05  0.753 0.743 0.711 0.742 0.736   0.18 0.21 0.04 0.22 0.23   1.42  0.472
+  beta 0.2   0.755 0.763 0.748 0.735 0.736   0.12 0.15 0.11 0.20 0.11   0.96  0.478
+  beta 0.5   0.741 0.744 0.748 0.747 0.769   0.12 0.12 0.09 0.16 0.12   0.51  0.518   (the default)
+  beta 1     0.737 0.735 0.755 0.759 0.742   0.03 0.07 0.08 0.15 0.02   0.66  0.476
+  adaptive   0.752 0.738 0.733 0.739 0.749   0.15 0.12 0.06 0.19 0.08   0.77  0.492   (beta 0.5 -> 0.486)
 
-Every run's gold peaks by iteration 20-30 and ends below SFT's 0.741 except beta 0.2's; the final gold and
-the win rate rise with beta (0.709 -> 0.744, 0.418 -> 0.482), while the RM score of beta 0 rose to 0.21 at
-iteration 40. The differences between neighbouring rows are within the evaluation's noise (+-0.045); the
-ordering across the whole range is the over-optimisation pattern. The tables below are from the earlier SFT
-model.
+Without the penalty the RM score rises at every evaluation but one (0.11 -> 0.24) while gold is highest at
+the first and falls to 0.710, lists most (0.85 -> 0.72-0.77; SFT's lists 0.85); the KL reaches 2.7 nats.
+With the default beta gold never falls below SFT's 0.741 (0.741-0.769) at a KL of 0.3-0.65. Neighbouring
+rows differ by less than the evaluation's noise (+-0.045 on gold); what the table shows is the pattern across
+it: beta 0 ends lowest in gold and highest in RM score and KL. The same sweep with rollouts at temperature
+1.0 (toyworld_ppo.py's earlier default) ended at gold 0.709 / 0.724 / 0.734 / 0.744 / 0.753 / 0.752 for beta
+0 / 0.01 / 0.05 / 0.2 / 0.5 / 1 (the last two measured separately with the same flags and
+--config.ppo.kl_coef). The tables below are from the earlier SFT model.
 
 With toyworld_reward.py's reward model (likelihood head, 0.814 on clear gold pairs) from the earlier
 toyworld SFT model (4,000 demonstrations, gold 0.632 on these prompts), the same flags, alone on a 2-core
@@ -56,9 +62,9 @@ clearly with the earlier reward model (the plain head, 0.62 on clear pairs), 30 
 There the RM score rose at every evaluation while gold fell from SFT's 0.635, the faster the smaller beta;
 even the default beta only slowed the fall.
 
-`:group` runs beta 0 and 0.05 with toyworld_ppo.py:group (4 answers per prompt with a leave-one-out
-baseline, 256 rollouts an iteration, 150 iterations; the PPO that optimises this reward model hardest).
-Measured with the likelihood-head reward model from the SFT model (held-out gold 0.650); wall 1164 s for
+`:group` runs beta 0 and the default beta with toyworld_ppo.py:group (4 answers per prompt with a
+leave-one-out baseline, 256 rollouts an iteration, 150 iterations; the PPO that optimises this reward model
+hardest). Measured when the default was 0.05 and rollouts were sampled at temperature 1.0, with the likelihood-head reward model from the SFT model (held-out gold 0.650); wall 1164 s for
 beta 0 and 998 s for beta 0.05 (the toyworld_ppo.py:group run, evaluated every 50), both on a machine
 shared with other jobs part of the time:
 
