@@ -195,6 +195,33 @@ def test_determinism(world):
   assert tw.sft_examples(world, 50, seed=4, error_rate=0.3) == tw.sft_examples(world, 50, seed=4, error_rate=0.3)
 
 
+_DIGEST = """
+import hashlib, json
+import numpy as np
+from rlhf_jax.data import toyworld as tw
+world = tw.make_world(0)
+instances = tw.sample_instances(world, 300, seed=4)
+data = {"corpus": list(tw.corpus(world, 2000, seed=0)), "sft": tw.sft_examples(world, 300, seed=4, error_rate=0.5),
+        "demos": [tw.demonstrate(world, i, np.random.default_rng(9), 0.5) for i in instances]}
+print(hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest())
+"""
+
+
+def test_determinism_across_processes():
+  """The generated data does not depend on the process's string-hash seed (PYTHONHASHSEED): two processes
+  with different seeds write the same corpus, SFT examples and demonstrations. (Mixed reviews once drew
+  their polarities in set order, so two runs of one command trained on different corpora.)"""
+  import os
+  import subprocess
+  import sys
+  digests = set()
+  for hash_seed in ("1", "2", "5"):
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    out = subprocess.run([sys.executable, "-c", _DIGEST], env=env, capture_output=True, text=True, check=True)
+    digests.add(out.stdout.strip())
+  assert len(digests) == 1, digests
+
+
 def test_train_and_heldout_are_disjoint(world):
   train = tw.sample_instances(world, 3000, seed=5, split="train")
   heldout = tw.sample_instances(world, 600, seed=5, split="heldout")

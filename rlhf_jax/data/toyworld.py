@@ -457,7 +457,9 @@ def _review_sentence(world: World, thing: str, polar: _Polar, rng: np.random.Gen
 
 def _review(world: World, thing: str, polarities: Sequence[str], rng: np.random.Generator) -> list[list[str]]:
   """A review as a list of sentences (without "."), one per entry of `polarities`."""
-  polars = {p: _Polar(world, p, rng) for p in set(polarities)}
+  # In order of first appearance: iterating a set of strings would follow the process's hash seed
+  # (PYTHONHASHSEED), and with it the order in which the polarities draw from `rng`.
+  polars = {p: _Polar(world, p, rng) for p in dict.fromkeys(polarities)}
   return [_review_sentence(world, thing, polars[p], rng, mention=i == 0) for i, p in enumerate(polarities)]
 
 
