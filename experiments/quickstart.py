@@ -15,14 +15,17 @@ of its 300 steps, 30 of PPO's 100 iterations, one evaluation each of pretraining
 answers 16 prompts 4 times each per iteration, scores each answer against the other three
 (ppo.group_baseline), samples at the evaluation's temperature 0.7 and uses beta 0.5.
 
-Measured alone on a 2-core machine on 2026-11-30 (a run stopped by a code change during PPO and was resumed
-by the same command, so the wall time is the sum): pretrain 386 s, SFT 217 s, comparisons 25 s, reward 89 s
-(with its best-of-8), PPO 96 s, about 60 s of start-up and the report -- about 14 min 33 s. Results:
-pretraining loss 1.265; SFT gold 0.604 (demonstrators 0.875); reward model 0.805 on clear gold pairs; its
-pick out of 2 / 4 / 8 SFT answers has gold 0.689 / 0.720 / 0.732 against 0.632 for one answer (the gold
-scorer's own pick: 0.751 / 0.830 / 0.890). PPO 0.593 +- 0.050 against SFT's 0.621 +- 0.049 on the same 250
-held-out prompts: win rate 47.2% +- 3.4 by gold and 50.8% by the RM, KL 0.67 -- PPO does not improve on SFT in
-30 iterations, though the reward model's best-of-8 gains 0.10 (experiments/toyworld_ppo.py says why).
+Measured alone on a 2-core machine on 2026-11-30, one run of the command: 13 min 0 s wall -- pretrain 367 s,
+SFT 186 s, comparisons 21 s, reward 79 s (with its best-of-8), PPO 85 s, 42 s of start-up and the report.
+Results: pretraining loss 1.248; SFT gold 0.593 (demonstrators 0.875); reward model 0.807 on clear gold pairs;
+its pick out of 2 / 4 / 8 SFT answers has gold 0.665 / 0.682 / 0.680 against 0.622 for one answer (the gold
+scorer's own pick: 0.741 / 0.828 / 0.899). PPO 0.586 +- 0.048 against SFT's 0.617 +- 0.047 on the same 250
+held-out prompts: win rate 45.2% +- 3.4 by gold and 55.8% by the RM, KL 0.55 -- PPO does not improve on SFT
+in 30 iterations, and the reward model's best-of-n, the most it can give, is +0.06
+(experiments/toyworld_ppo.py says why). Two runs of the same budgets before the corpus was made independent
+of PYTHONHASHSEED (toyworld.py) took 13 min 49 s and about 14 min 33 s, with SFT gold 0.546 / 0.604 and PPO
+0.530 / 0.593 against SFT's 0.572 / 0.621: at this budget, run-to-run differences of the data move SFT by
+about 0.05.
 
 Budgets measured on the way: with 850 pretraining and 550 SFT steps the pipeline took 14 min 14 s, but the
 pretraining loss was 1.350 and SFT's gold 0.508; an earlier session's 750 / 500 gave 13 min 30 s and 0.25.
