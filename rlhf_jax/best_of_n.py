@@ -43,15 +43,12 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   if tokenizer is None:
     raise UserError(f"{policy}: no tokenizer.model or tokenizer.json next to the checkpoint")
   rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(reward_dir, mesh)
-  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
-    raise UserError(f"{reward_dir}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
-                    f"policy's ({policy}) {tokenizer.vocab_size}: they must share one tokenizer")
+  reward.check_shared_tokenizer(reward_dir, rm_tokenizer, policy, tokenizer)
 
   world = toyworld.make_world(world_seed)
   instances = toyworld.sample_instances(world, num_prompts, world_seed + 2, split="heldout")
-  sampling = ml_collections.ConfigDict(dict(temperature=temperature, top_k=0, top_p=1.0,
-                                            max_new_tokens=base_config().sampling.max_new_tokens,
-                                            batch_size=batch_size))
+  sampling = base_config().sampling  # The evaluations' settings, at the asked temperature and batch size.
+  sampling.temperature, sampling.batch_size = temperature, batch_size
   texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed)
   return reward.best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world,
                                instances, texts, spec["seq_len"], bool(spec.get("reward_token")))

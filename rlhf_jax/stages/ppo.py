@@ -230,9 +230,7 @@ def run(config, workdir: str) -> dict:
   tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
   common.check_vocab(tokenizer, actor.config, config.init_from)
   rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(ppo.reward_from, mesh, config.model)
-  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
-    raise UserError(f"{ppo.reward_from}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
-                    f"policy's ({config.init_from}) {tokenizer.vocab_size}: they must share one tokenizer")
+  reward.check_shared_tokenizer(ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
   width = ppo.prompt_len + ppo.max_new_tokens + 2
   for name, model in (("init_from", actor), ("ppo.reward_from", rm_model)):
     if model.config.position == "learned" and width > model.config.max_len:

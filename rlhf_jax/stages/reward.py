@@ -127,6 +127,13 @@ def load_reward_model(path: str, mesh, runtime=None):
   return model.clone(heads=("reward",), reward_likelihood=weight), params, tokenizer, spec
 
 
+def check_shared_tokenizer(reward_path: str, rm_tokenizer, policy_path: str, tokenizer) -> None:
+  """A policy and the reward model that scores it must share one tokenizer (the RM reads the policy's ids)."""
+  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
+    raise UserError(f"{reward_path}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
+                    f"policy's ({policy_path}) {tokenizer.vocab_size}: they must share one tokenizer")
+
+
 def run(config, workdir: str) -> dict:
   summary = read_summary(workdir)
   if summary is not None and summary.get("complete"):
