@@ -5,7 +5,8 @@ Command:  python benchmarks/seeds.py [--quick] [--seeds N]
 What it times is the step `stages.common.train_lm` runs, built as it builds it, for two experiments' models
 and batch shapes (their configs are loaded from experiments/, so a change there shows up here):
   toy          experiments/toyworld_pretrain.py  L=4 D=128 H=4 F=512 V=1024  B=32 T=128, packed rows
-  shakespeare  experiments/shakespeare_char.py   L=4 D=128 H=4 F=512 V=74    B=12 T=64,  plain windows
+  shakespeare  experiments/shakespeare_char.py:nanogpt  L=4 D=128 H=4 F=512 V=74  B=12 T=64,  plain windows
+               (the learned position table it was measured with; the file's default is now rotary)
 (V=74: the char tokenizer's 9 special ids and Tiny Shakespeare's 65 characters.) For each, on a one-device
 mesh (data=fsdp=tensor=1):
   (a) one seed: `create_train_state` + `make_lm_step` + `jit_step`, a random host batch of (B, T+1) rows;
@@ -57,14 +58,15 @@ QUIET_CORES = 0.1  # As in train_step.py.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name: (experiment file, vocabulary size, (warm-up steps, timed rounds), the same with --quick)
 CASES = {"toy": ("toyworld_pretrain.py", 1024, (2, 20), (0, 2)),
-         "shakespeare": ("shakespeare_char.py", NUM_SPECIAL + 65, (3, 40), (0, 2))}
+         "shakespeare": ("shakespeare_char.py:nanogpt", NUM_SPECIAL + 65, (3, 40), (0, 2))}
 
 
 def experiment_config(filename: str, vocab_size: int):
+  filename, _, variant = filename.partition(":")
   spec = importlib.util.spec_from_file_location("experiment", os.path.join(ROOT, "experiments", filename))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(variant or None)
   config.model.vocab_size = vocab_size
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
   config_lib.finalize(config)

@@ -27,11 +27,20 @@ def _run(experiment, workdir, *extra):
 
 
 @pytest.mark.slow
-def test_shakespeare_char_reaches_nanogpt_validation_loss(tmp_path):
+def test_shakespeare_char_reaches_the_target_validation_loss(tmp_path):
   if not os.path.exists(SHAKESPEARE):
     pytest.skip(f"no Tiny Shakespeare text at {SHAKESPEARE}")
   summary = _run("shakespeare_char.py", tmp_path / "run", f"--config.data.path={SHAKESPEARE}")
-  assert summary["eval/loss"] <= 1.89
+  assert summary["eval/loss"] <= 1.89  # Measured 1.78-1.79 over three seeds.
+
+
+@pytest.mark.slow
+def test_shakespeare_char_nanogpt_matches_nanogpt_on_the_whole_split(tmp_path):
+  """nanoGPT's own recipe scores 1.8988 / 1.9128 (two torch seeds) on the whole validation split."""
+  if not os.path.exists(SHAKESPEARE):
+    pytest.skip(f"no Tiny Shakespeare text at {SHAKESPEARE}")
+  summary = _run("shakespeare_char.py:nanogpt", tmp_path / "run", f"--config.data.path={SHAKESPEARE}")
+  assert 1.89 <= summary["eval/loss"] <= 1.92
 
 
 @pytest.mark.slow

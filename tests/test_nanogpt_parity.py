@@ -112,13 +112,14 @@ def _nanogpt_lr(it, optim, total):
 def test_pretrain_steps_match_nanogpt():
   # The experiment's own optimizer settings and model family at smoke size, with enough steps to cover the
   # warmup and the whole cosine decay.
-  config = config_lib.load_config(os.path.join(ROOT, "experiments", "shakespeare_char.py") + ":smoke")
+  config = config_lib.load_config(os.path.join(ROOT, "experiments", "shakespeare_char.py") + ":nanogpt,smoke")
   config_lib.apply_overrides(config, [f"train.steps={STEPS}", "optim.warmup_steps=8"])
   tokenizer = CharTokenizer.from_text(TEXT)
   config.model.vocab_size = tokenizer.vocab_size
   cfg = TransformerConfig.from_config(config.model)
   optim, train = config.optim, config.train
   assert optim.schedule == "cosine" and optim.decay_embeddings and not cfg.use_bias and cfg.activation == "gelu"
+  assert cfg.position == "learned"  # nanoGPT's position table (the experiment's default is rotary).
 
   model = Transformer(cfg)
   params = unbox(model.init(jax.random.PRNGKey(0), np.zeros((1, 1), np.int32))["params"])
