@@ -57,6 +57,9 @@ Measured 2026-11-30, ratio ours/HF at N=32 / N=128 (in brackets: cores other job
   run 4  toy 3.15x / 3.22x (1.0)    base 1.51x (1.0)  / 1.28x (0.40: one repeat; the load stopped between our
          call and HF's)
   run 5  (the 2-core AMD EPYC machine, alone) toy 4.02x / 3.90x (0.00)   base 1.74x (0.00) / 1.88x (0.00)
+  run 6  (Intel Xeon with AMX, alone, session 8) toy 4.07x / 3.75x (0.00)   base 1.93x (0.00) / 1.97x (0.00)
+  run 7  (the same, alone, 25 minutes later) toy 4.19x / 3.93x (0.00)   base 1.70x (0.00; ours 4.58 s against
+         3.84 s in run 6 for the same program) / 2.03x (0.00)
   three earlier runs, all but the last sampler change, 1.0-1.3 cores: toy 2.10-3.26x / 2.31-3.32x, base
   1.56-1.71x / 1.89-1.96x.
 Tokens/s in run 1 (idle throughout): toy 25223 vs 6927 and 21698 vs 5646, base 523 vs 300 and 485 vs 260.
@@ -84,6 +87,17 @@ loop), a fused (64, 768) x (768, 2304) QKV GEMM (not faster than three), kernels
 `xla_cpu_use_thunk_runtime` no longer exists in jax 0.10.2 (the thunk runtime is the only one). The cache
 update is in place (the dynamic-update-slice shares its buffer with the loop carry) and no weight is
 transposed inside the loop.
+Session 8 (Intel Xeon, alone): torch's GEMMs on the decode shapes measured 1.3-1.8x XLA's (M=64: 768x2304
+243 vs 134 GFLOP/s, 768x3072 239 vs 179, 3072x768 254 vs 178; LM head 214 vs 193), so the GEMM share is
+where HF is ahead, not behind. Keys cached transposed, (B, G, K, S), with each decode step's two attention
+products written as multiply-and-reduce (vector loads along the minor axis): 1.6x faster than the two dots
+in isolation (12 layers at S=144: 35 ms vs 56 ms; the plain memory bandwidth is 22-27 GB/s and the dots run
+at 12), but inside the model YNNPACK fuses the reductions with the neighbouring q and o projections
+(slow: 15 s a base N=32 call with 5-D shapes, 4.4-4.7 s with 3-D ones) and writing one slot of a transposed
+K cache costs 0.6 ms a layer-step against 0.07 ms; the whole base N=32 call took 4.4-4.7 s against
+3.8-4.1 s, so it was not kept. No ynn_fusion_type set (DOT, DOT+ELTWISE, DOT+REDUCE, INDIVIDUAL_DOT) brought
+it back under the current code's time. Weights passed as arguments or baked in as constants run the same
+GEMM speed (no packing cost to save).
 
 What changed ours, side by side against the previous sampler on the same machine (idle): toy 1.22x (N=32)
 and 1.32x (N=128) faster, base 1.08x and 1.21x, from (1) a sampler that draws block then token with one
