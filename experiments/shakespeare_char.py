@@ -26,9 +26,9 @@ References in PyTorch, trained with the same recipe and scored the same way:
   (benchmarks/shakespeare_reference.py runs the Hugging Face ones; seeds and details are in its docstring.)
 So each position encoding lands where an implementation we did not write lands, and the 0.11 between the two
 is the encoding's. nanoGPT's README quotes about 1.88 for its model, an estimate on 20 random batches; on the
-whole split its own recipe scores 1.90 +- 0.01. tests/test_nanogpt_parity.py checks, at smoke size with
-`model.position=learned`, that our step equals nanoGPT's step for step from the same parameters and batches
-(losses and, after 40 steps, every parameter to 2e-5). nanoGPT's 65-character vocabulary instead of ours
+whole split its own recipe scores 1.90 +- 0.01. tests/test_nanogpt_parity.py checks on `:nanogpt,smoke`
+(learned positions, smoke size) that our step equals nanoGPT's step for step from the same parameters and
+batches (losses and, after 40 steps, every parameter to 2e-5). nanoGPT's 65-character vocabulary instead of ours
 (the 9 special ids first) changes nothing measurable (:nanogpt 1.9044 / 1.9008 / 1.9050).
 """
 
@@ -63,9 +63,9 @@ def get_config(arg=None):
   config.optim.decay_embeddings = True  # nanoGPT decays every matrix, embeddings included.
   config.optim.grad_clip = 1.0
   variants = set(arg.split(",")) if arg else set()
-  if variants - {"nanogpt", "smoke"}:
-    raise ValueError(f"unknown variant {','.join(sorted(variants - {'nanogpt', 'smoke'}))!r}; expected nanogpt, "
-                     "smoke or both (comma-separated)")
+  unknown = sorted(variants - {"nanogpt", "smoke"})
+  if unknown:
+    raise ValueError(f"unknown variant {','.join(unknown)!r}; expected nanogpt, smoke or both (comma-separated)")
   if "nanogpt" in variants:
     config.model.position = "learned"
   if "smoke" in variants:
