@@ -80,8 +80,29 @@ def test_shaped_rewards_put_the_score_on_the_last_token():
   r = adv.shaped_rewards(scores, kl, mask, beta=0.5)
   np.testing.assert_allclose(r, [[-0.05, -0.1, -0.15 + 2.0, 0.0], [-0.25 - 7.0, 0, 0, 0], [0, 0, 0, 0.5]],
                              atol=1e-6)
-  clipped = adv.shaped_rewards(scores, kl, mask, beta=0.0, clip=1.0)
-  np.testing.assert_allclose(clipped[:, :], [[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 0.5]], atol=1e-6)
+  np.testing.assert_allclose(adv.clip_scores(scores, 1.0), [1.0, -1.0, 0.5])
+  np.testing.assert_array_equal(adv.clip_scores(scores, 0.0), scores)  # 0 = off.
+
+
+def test_running_moments_match_numpy_over_batches_of_different_sizes():
+  """Chan et al.'s merge, batch by batch (jitted, float32), ends with the count, mean and population variance
+  of all the scores together; scores far from 0 (mean 40, std 3) are where summing x and x^2 would fail."""
+  rng = np.random.default_rng(4)
+  batches = [rng.normal(40.0, 3.0, size) for size in (1, 7, 64, 3, 250, 2)]
+  update = jax.jit(adv.update_running_moments)
+  moments = adv.init_running_moments()
+  for i, batch in enumerate(batches):
+    moments = update(moments, jnp.asarray(batch, jnp.float32))
+    seen = np.concatenate(batches[:i + 1])
+    assert float(moments.count) == len(seen)
+    np.testing.assert_allclose(float(moments.mean), np.mean(seen), rtol=1e-5)
+    np.testing.assert_allclose(float(moments.var), np.var(seen), rtol=1e-5, atol=1e-5)
+  assert moments.mean.dtype == jnp.float32 and moments.count.dtype == jnp.float32
+  x = jnp.asarray(batches[-1], jnp.float32)
+  np.testing.assert_allclose(adv.normalize_scores(x, moments), (batches[-1] - seen.mean()) / seen.std(), rtol=1e-4,
+                             atol=1e-5)
+  single = update(adv.init_running_moments(), jnp.array([2.5]))  # One score: variance 0, normalised to 0.
+  assert float(single.var) == 0.0 and float(adv.normalize_scores(jnp.array([2.5]), single)[0]) == 0.0
 
 
 def test_leave_one_out_baseline_by_hand():

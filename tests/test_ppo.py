@@ -18,11 +18,15 @@ from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.data import pipelines
 from rlhf_jax.errors import UserError
+from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.model.transformer import Transformer, unbox
+from rlhf_jax.rl import advantages as advantages_lib
 from rlhf_jax.rl import kl_control
-from rlhf_jax.rl.rollout import make_collect
+from rlhf_jax.rl.rollout import make_collect, reward_inputs
 from rlhf_jax.sampling import SampleOutput, make_generate
-from rlhf_jax.stages.ppo import critic_params_from_reward
+from rlhf_jax.stages import reward as reward_stage
+from rlhf_jax.stages.ppo import critic_params_from_reward, make_likelihood_mean
+from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.checkpoint import Checkpointer
 from rlhf_jax.train.state import PPOState
@@ -310,6 +314,126 @@ def test_critic_starts_as_the_reward_model(models):
                              _forward(models["rm"], rm_params, tokens).rewards, atol=1e-5)
 
 
+def test_critic_of_a_likelihood_reward_model_starts_at_the_scores_mean(models):
+  """A reward model with a likelihood term (w = 0.8), normalised so that the SFT policy's samples score mean 0
+  (as the reward stage does), has a bias far from 0 that cancels the term's mean. The critic made with the
+  term's mean (`make_likelihood_mean`, checked against the same RM without the term) values those samples at
+  their scored tokens at exactly their mean score, 0, and over their response tokens near 0; the critic made
+  without it starts them all near -gain * w * E[L], the bias's scale."""
+  rm = models["rm"].clone(reward_likelihood=0.8)
+  (prompt, mask), _ = _prompts()
+  prompt, mask = np.tile(prompt, (8, 1)), np.tile(mask, (8, 1))  # 24 SFT samples.
+  generate = make_generate(models["actor"], max_new_tokens=5, temperature=1.0, stop_ids=(EOT,), pad_id=PAD)
+  sample = generate(models["actor_params"], prompt, mask, jax.random.PRNGKey(0))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], rm, temperature=1.0,
+                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  raw = collect(models["actor_params"], critic_params_from_reward(models["rm_params"]), models["actor_params"],
+                models["rm_params"], prompt, mask, sample)
+  head = models["rm_params"]["reward_head"]
+  fit = rm_eval.fit_normalization(np.asarray(raw.rm_scores), float(head["gain"]), float(head["bias"]))
+  rm_params = reward_stage.normalize_params(models["rm_params"], fit)
+  assert abs(fit["bias"]) > 1.0  # The offset the fix is about.
+
+  likelihood_mean = float(make_likelihood_mean(rm, end_of_turn_id=EOT, reward_id=None, pad_id=PAD)(
+      rm_params, prompt, mask, sample))
+  seq, positions, segments, end = reward_inputs(prompt, mask, sample.tokens, sample.mask.astype(jnp.float32),
+                                                sample.ended, end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  at_end = lambda x_bs: np.asarray(jnp.take_along_axis(x_bs, end[:, None], axis=1)[:, 0], np.float64)
+  start = np.full(len(seq), prompt.shape[1], np.int32)
+  score = at_end(_forward(rm, rm_params, seq, positions, segments, None, start).rewards)
+  plain = at_end(_forward(models["rm"], rm_params, seq, positions, segments).rewards)  # The RM without the term.
+  assert abs(score.mean()) < 1e-4 and likelihood_mean == pytest.approx((score - plain).mean(), abs=1e-4)
+
+  fixed, unfixed = critic_params_from_reward(rm_params, likelihood_mean), critic_params_from_reward(rm_params)
+  m = np.asarray(raw.mask, np.float64)
+  mean_value = {}
+  for name, critic_params in (("fixed", fixed), ("unfixed", unfixed)):
+    end_values = at_end(_forward(models["critic"], critic_params, seq, positions, segments).values)
+    rollout = collect(models["actor_params"], critic_params, models["actor_params"], rm_params, prompt, mask, sample)
+    mean_value[name] = (end_values.mean(), (np.asarray(rollout.values) * m).sum() / m.sum())
+  assert mean_value["fixed"][0] == pytest.approx(0.0, abs=1e-4)
+  assert mean_value["unfixed"][0] == pytest.approx(-likelihood_mean, abs=1e-4) and -likelihood_mean > 1.0
+  assert abs(mean_value["fixed"][1]) < 0.25 * abs(mean_value["unfixed"][1])  # Over all response tokens.
+
+
+def test_reward_norm_normalises_by_moments_with_this_batch_then_clips(models):
+  """ppo.reward_norm with ppo.reward_clip: each score becomes (s - mean) / std over every score so far, this
+  rollout's included, then is clipped, then the group baseline applies: the targets are the plain path's
+  with those scores, computed here by NumPy; the running statistics are logged."""
+  _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
+  rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 4.0]))
+  earlier = np.array([1.0, 2.0, 0.0, 3.0])
+  moments = advantages_lib.update_running_moments(advantages_lib.init_running_moments(), jnp.asarray(earlier))
+  moments = advantages_lib.update_running_moments(moments, rollout.scores)
+  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8, reward_norm=True,
+                               reward_clip=1.0)
+  batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings, moments)
+  seen = np.concatenate([earlier, [0.5, -1.0, 4.0]])
+  normalised = np.clip((np.array([0.5, -1.0, 4.0]) - seen.mean()) / seen.std(), -1.0, 1.0)
+  assert normalised[2] == 1.0 and -1.0 < normalised[0] < 1.0  # One score clipped, one not.
+  centred = normalised - (normalised.sum() - normalised) / 2
+  adv, returns = _numpy_targets(rollout.replace(scores=jnp.asarray(centred, jnp.float32)), 0.2, 0.9, 0.8)
+  np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
+  assert float(stats["ppo/score_mean_running"]) == pytest.approx(seen.mean(), rel=1e-6)
+  assert float(stats["ppo/score_std_running"]) == pytest.approx(seen.std(), rel=1e-5)
+  with pytest.raises(ValueError, match="reward_norm"):
+    steps.ppo_targets(rollout, jnp.float32(0.2), settings)
+
+
+def test_critic_warmup_freezes_the_actor_and_the_state_carries_score_moments(models):
+  """ppo.critic_warmup = 1 with Adam, a warm-up schedule, EMA and adaptive beta: the update at iteration 0
+  leaves the actor's params and optimizer state (moments and step count) bit for bit as they were, and EMA
+  and beta too, while the critic learns; at iteration 1 the actor takes exactly the update a run without
+  warm-up would take from the same state (its schedule starts at its first update). With reward_norm the
+  state's running moments are those of both rollouts' scores."""
+  from rlhf_jax import config as config_lib
+  _, rollout = _rollout(models, 1.0, 1, ref_params=models["ref_params"])
+  rollouts = [rollout.replace(scores=jnp.array([0.5, -1.0, 2.0])), rollout.replace(scores=jnp.array([3.0, 0.0, 1.0]))]
+  optim = config_lib.optim_config()
+  optim.lr, optim.warmup_steps = 1e-3, 4
+  txs = {name: state_lib.make_optimizer(optim, 20)[0] for name in ("actor", "critic")}
+  params = {"actor": models["actor_params"], "critic": models["critic_params"]}
+  state = PPOState(step=jnp.int32(0), params=params, opt_state={k: txs[k].init(v) for k, v in params.items()},
+                   kl_coef=jnp.float32(0.3), ema=models["actor_params"], reward=None, rng=jax.random.PRNGKey(0),
+                   score_moments=advantages_lib.init_running_moments())
+  settings = steps.PPOSettings(epochs=2, minibatches=1, adaptive_kl=True, kl_target=0.01, ema_decay=0.5,
+                               reward_norm=True, critic_warmup=1)
+  update = jax.jit(steps.make_ppo_update(models["actor"], models["critic"], txs, settings))
+  plain = jax.jit(steps.make_ppo_update(models["actor"], models["critic"], txs,
+                                        steps.PPOSettings(**{**settings.__dict__, "critic_warmup": 0})))
+  same = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+  moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(jnp.abs(x - y).max()), a, b)))
+
+  warm, metrics = update(state, rollouts[0], None, jax.random.PRNGKey(2))
+  same(warm.params["actor"], state.params["actor"])
+  same(warm.opt_state["actor"], state.opt_state["actor"])
+  same(warm.ema, state.ema)
+  assert moved(warm.params["critic"], state.params["critic"]) > 0
+  assert float(warm.kl_coef) == float(state.kl_coef) and int(warm.step) == 1
+  assert float(metrics["ppo/critic_warmup"]) == 1.0 and float(metrics["ppo/policy_loss"]) == 0.0
+  assert float(metrics["ppo/value_loss"]) > 0
+
+  after, metrics = update(warm, rollouts[1], None, jax.random.PRNGKey(3))
+  expected, _ = plain(warm, rollouts[1], None, jax.random.PRNGKey(3))
+  assert float(metrics["ppo/critic_warmup"]) == 0.0 and moved(after.params["actor"], warm.params["actor"]) > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), after.params["actor"],
+               expected.params["actor"])
+  counts = [int(x) for x in jax.tree.leaves(after.opt_state["actor"]) if x.dtype == jnp.int32]
+  assert counts and set(counts) == {settings.epochs}  # The actor's own updates only: 2, not 4.
+  assert float(after.kl_coef) > float(state.kl_coef)  # KL above kl_target: beta adapts after the warm-up.
+  scores = np.array([0.5, -1.0, 2.0, 3.0, 0.0, 1.0])
+  assert float(after.score_moments.count) == 6
+  assert float(after.score_moments.mean) == pytest.approx(scores.mean(), rel=1e-6)
+  assert float(after.score_moments.var) == pytest.approx(scores.var(), rel=1e-5)
+  assert float(metrics["ppo/score_std_running"]) == pytest.approx(scores.std(), rel=1e-5)
+  with pytest.raises(ValueError, match="critic_warmup"):  # No critic to warm up.
+    steps.make_ppo_update(models["actor"], None, txs, steps.PPOSettings(critic_warmup=1, critic_free=True))
+  with pytest.raises(ValueError, match="critic_warmup"):  # A shared trunk: learning values would move the policy.
+    steps.make_ppo_update(models["actor"].clone(heads=("lm", "value")), None, txs,
+                          steps.PPOSettings(critic_warmup=1))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The stage.
 
@@ -354,10 +478,12 @@ def test_ppo_stage_smoke(ppo_run):
   assert 0.0 <= summary["eval/win_rate_gold"] <= 1.0
 
 
-def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch):
+@pytest.mark.parametrize("extra", [(), ("--config.ppo.reward_norm=True", "--config.ppo.critic_warmup=1")],
+                         ids=["default", "reward_norm_critic_warmup"])
+def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, extra):
   """SIGTERM during iteration 3 (checkpoints fall every 2) saves a checkpoint once it is done and exits 143;
   re-running the command resumes there and ends with exactly the parameters, optimizer state, beta and EMA
-  of the uninterrupted run."""
+  of the uninterrupted run -- and the scores' running moments, with ppo.reward_norm."""
   workdir = tmp_path / "ppo"
   original = MetricsWriter.write
 
@@ -367,7 +493,7 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch):
       os.kill(os.getpid(), signal.SIGTERM)
 
   argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "toyworld_ppo.py") + ":smoke",
-          "--workdir", str(workdir), "--config.train.batch_size=8", *ppo_args]
+          "--workdir", str(workdir), "--config.train.batch_size=8", *ppo_args, *extra]
   monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
   assert main_lib.main(argv) == 128 + signal.SIGTERM
   monkeypatch.setattr(MetricsWriter, "write", original)
@@ -376,12 +502,46 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch):
   checkpoints.close()
   assert main_lib.main(argv) == 0
   reference = tmp_path / "uninterrupted"  # Beside the preempted run, in the same process state.
-  run_smoke("toyworld_ppo.py", reference, *ppo_args)
+  run_smoke("toyworld_ppo.py", reference, *ppo_args, *extra)
   step_a, a = _state_arrays(reference)
   step_b, b = _state_arrays(workdir)
   assert step_a == step_b == 4
   jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert (b.get("score_moments") is not None) == bool(extra)
   assert [r["step"] for r in read_metrics(str(workdir)) if "ppo/kl" in r] == [1, 2, 3, 4]
+
+
+def test_ppo_stage_with_critic_warmup_and_reward_norm(tmp_path, ppo_args, capsys):
+  """ppo.critic_warmup=1, ppo.reward_norm and ppo.reward_clip: iteration 1 trains the critic alone (its
+  policy diagnostics unevaluated), iteration 2 both; the logged running mean and std are those of every
+  rollout's scores so far, and the checkpoint carries them. The critic starts near the returns' scale (the
+  smoke reward model has a likelihood term). critic_warmup with critic_free or shared_critic, or not below
+  train.steps, is refused by key."""
+  workdir = tmp_path / "warmup"
+  summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.ppo.critic_warmup=1",
+                      "--config.ppo.reward_norm=True", "--config.ppo.reward_clip=2.0", "--config.train.steps=2")
+  assert summary["complete"] is True
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert [r["ppo/critic_warmup"] for r in rows] == [1.0, 0.0]
+  assert abs(rows[0]["ppo/value_mean"]) < 3.0  # The returns' scale, not the bias's (the smoke RM's is ~100).
+  assert rows[0]["ppo/entropy"] == 0.0 and rows[1]["ppo/entropy"] > 0.0 and rows[0]["ppo/value_loss"] > 0.0
+  totals = [r["ppo/score_total"] for r in rows]  # Equal batches: the running mean is the mean of their means.
+  assert rows[0]["ppo/score_mean_running"] == pytest.approx(totals[0], abs=1e-5)
+  assert rows[1]["ppo/score_mean_running"] == pytest.approx(np.mean(totals), abs=1e-5)
+  _, state = _state_arrays(workdir)
+  moments = state["score_moments"]
+  assert float(moments["count"]) == 16 and float(moments["mean"]) == pytest.approx(np.mean(totals), abs=1e-5)
+  assert float(np.sqrt(moments["m2"] / moments["count"])) == pytest.approx(rows[1]["ppo/score_std_running"],
+                                                                            rel=1e-5)
+  capsys.readouterr()
+  for bad, keys in ((("critic_free=True", "critic_warmup=1"), ("ppo.critic_free", "ppo.critic_warmup")),
+                    (("shared_critic=True", "critic_warmup=1"), ("ppo.shared_critic", "ppo.critic_warmup")),
+                    (("critic_warmup=4",), ("ppo.critic_warmup", "train.steps=4"))):
+    argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
+            str(tmp_path / "bad"), *ppo_args, *[f"--config.ppo.{b}" for b in bad]]
+    assert main_lib.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(key in err[-1] for key in keys), err
 
 
 def test_ppo_stage_needs_a_reward_model(toyworld_smoke, tmp_path, capsys):

@@ -22,10 +22,23 @@ GAE(gamma, lambda) (Schulman et al. 2016) with the episode ending after the last
   returns = A + V   (the value targets)
 
 computed by one reverse `lax.scan` over the columns.
+
+Score normalisation by running statistics (`ppo.reward_norm`: the score reparameterisation -- normalise,
+then clip -- of PPO-max, Zheng et al. 2023, "Secrets of RLHF in Large Language Models Part I: PPO"; OpenRLHF
+normalises rewards by running moments too): the count, mean and sum of squared deviations M2 of every score
+seen so far, merged batch by batch with the parallel update of Chan, Golub and LeVeque (1979, "Updating
+formulae and a pairwise algorithm for computing sample variances"), for a batch b of n_b scores with mean
+m_b and M2_b = sum (x - m_b)^2:
+
+  n = n_a + n_b,   d = m_b - m_a,   m = m_a + d * n_b / n,   M2 = M2_a + M2_b + d^2 * n_a * n_b / n,
+
+which, unlike summing x and x^2, loses no precision when the mean is far from 0. var = M2 / n, the
+population variance (np.var).
 """
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -49,14 +62,58 @@ def last_token_index(mask_bn: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.max(jnp.where(mask_bn > 0, jnp.arange(n), -1), axis=-1), 0)
 
 
-def shaped_rewards(scores_b: jax.Array, kl_bn: jax.Array, mask_bn: jax.Array, beta: float | jax.Array,
-                   clip: float = 0.0) -> jax.Array:
-  """(B, N) per-token rewards: -beta * KL at every token, plus the score (clipped to [-clip, clip] when
-  clip > 0) at each response's last token."""
-  if clip > 0:
-    scores_b = jnp.clip(scores_b, -clip, clip)
+def shaped_rewards(scores_b: jax.Array, kl_bn: jax.Array, mask_bn: jax.Array,
+                   beta: float | jax.Array) -> jax.Array:
+  """(B, N) per-token rewards: -beta * KL at every token, plus the score at each response's last token."""
   last_bn = jax.nn.one_hot(last_token_index(mask_bn), mask_bn.shape[-1], dtype=jnp.float32)
   return (-beta * kl_bn + scores_b[:, None].astype(jnp.float32) * last_bn) * mask_bn
+
+
+def clip_scores(scores_b: jax.Array, clip: float) -> jax.Array:
+  """(B,) the scores clipped to [-clip, clip]; unchanged when clip is 0 (`ppo.reward_clip`)."""
+  return jnp.clip(scores_b, -clip, clip) if clip > 0 else scores_b
+
+
+@flax.struct.dataclass
+class RunningMoments:
+  """Running statistics of a stream of scalars: count () (float, so that n_a * n_b cannot overflow), mean (),
+  m2 () the sum of squared deviations from the mean. Scalars of one float dtype (float32 in the PPO state;
+  float64 works where x64 is enabled)."""
+  count: jax.Array
+  mean: jax.Array
+  m2: jax.Array
+
+  @property
+  def var(self) -> jax.Array:
+    """The population variance of everything seen (0 before anything has been)."""
+    return self.m2 / jnp.maximum(self.count, 1.0)
+
+  @property
+  def std(self) -> jax.Array:
+    return jnp.sqrt(self.var)
+
+
+def init_running_moments(dtype=jnp.float32) -> RunningMoments:
+  zero = jnp.zeros((), dtype)
+  return RunningMoments(count=zero, mean=zero, m2=zero)
+
+
+def update_running_moments(moments: RunningMoments, x_b: jax.Array) -> RunningMoments:
+  """`moments` with the batch x_b (B,) merged in, by Chan et al.'s parallel update (module docstring)."""
+  dtype = moments.mean.dtype
+  x_b = x_b.astype(dtype)
+  n_b = jnp.asarray(x_b.size, dtype)
+  mean_b = jnp.mean(x_b)
+  m2_b = jnp.sum(jnp.square(x_b - mean_b))
+  n = moments.count + n_b
+  delta = mean_b - moments.mean
+  return RunningMoments(count=n, mean=moments.mean + delta * n_b / n,
+                        m2=moments.m2 + m2_b + jnp.square(delta) * moments.count * n_b / n)
+
+
+def normalize_scores(scores_b: jax.Array, moments: RunningMoments, eps: float = 1e-8) -> jax.Array:
+  """(B,) (s - mean) / sqrt(var + eps) by the running statistics (which should include these scores)."""
+  return (scores_b.astype(jnp.float32) - moments.mean) * jax.lax.rsqrt(moments.var + eps)
 
 
 def leave_one_out(scores_b: jax.Array, group_size: int) -> jax.Array:

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.model.transformer import Transformer, unbox
+from rlhf_jax.rl import advantages as advantages_lib
 
 
 @flax.struct.dataclass
@@ -153,7 +154,9 @@ class PPOState:
   step () int32: iterations done. params, opt_state: dicts with "actor" and, for a separate critic,
   "critic". kl_coef () float32: the current beta. ema: an exponential moving average of the actor's params,
   or None. reward: the reward model's params (and "opt_state") when iterated rounds retrain it, else None.
-  rng: the run's root key.
+  rng: the run's root key. score_moments: the running count, mean and M2 of the rollouts' scores
+  (`advantages.RunningMoments`, float32 scalars) with ppo.reward_norm, else None -- so a checkpoint of a run
+  without it has the same tree as before the field existed.
   """
   step: jax.Array
   params: Any
@@ -162,14 +165,16 @@ class PPOState:
   ema: Any
   reward: Any
   rng: jax.Array
+  score_moments: Any = None
 
 
 def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax.Array, kl_coef: float,
                      ema: bool = False, reward: Optional[Any] = None, reward_tx=None,
-                     rules=mesh_lib.RULES) -> tuple[PPOState, PPOState]:
+                     rules=mesh_lib.RULES, reward_norm: bool = False) -> tuple[PPOState, PPOState]:
   """A sharded PPOState from pretrained `params` (keyed like `models`: "actor" and maybe "critic"), with
   fresh optimizer states, and the matching tree of shardings. `reward` (params of the reward model) is
-  carried with its optimizer state `reward_tx` when the run retrains it."""
+  carried with its optimizer state `reward_tx` when the run retrains it; `reward_norm` adds empty running
+  moments of the scores (replicated scalars)."""
   replicated = mesh_lib.replicated(mesh)
   p_shardings, opt_shardings, abstract = {}, {}, {}
   for name, model in models.items():
@@ -183,8 +188,10 @@ def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax
     r_opt_abstract = jax.eval_shape(reward_tx.init, reward)
     reward_shardings = {"params": r_shardings, "opt_state": optax.tree_map_params(
         reward_tx, lambda _, s: s, r_opt_abstract, r_shardings, transform_non_params=lambda _: replicated)}
+  moments = advantages_lib.init_running_moments() if reward_norm else None
   shardings = PPOState(step=replicated, params=p_shardings, opt_state=opt_shardings, kl_coef=replicated,
-                       ema=p_shardings["actor"] if ema else None, reward=reward_shardings, rng=replicated)
+                       ema=p_shardings["actor"] if ema else None, reward=reward_shardings, rng=replicated,
+                       score_moments=jax.tree.map(lambda _: replicated, moments))
 
   def build(given, reward_params):
     # Copies: the state is donated to the update, and must not share buffers with the frozen reference or
@@ -195,7 +202,8 @@ def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax
     rw = None if reward_params is None else {"params": reward_params, "opt_state": reward_tx.init(reward_params)}
     ema_params = jax.tree.map(jnp.copy, given["actor"]) if ema else None
     return PPOState(step=jnp.zeros((), jnp.int32), params=given, opt_state=opt,
-                    kl_coef=jnp.asarray(kl_coef, jnp.float32), ema=ema_params, reward=rw, rng=rng)
+                    kl_coef=jnp.asarray(kl_coef, jnp.float32), ema=ema_params, reward=rw, rng=rng,
+                    score_moments=advantages_lib.init_running_moments() if reward_norm else None)
 
   with mesh_lib.activate(mesh, rules):
     params = jax.device_put({k: params[k] for k in models}, p_shardings)

@@ -203,21 +203,31 @@ class PPOSettings:
   ptx_coef: float = 0.0
   ema_decay: float = 0.0
   critic_free: bool = False
+  critic_warmup: int = 0
+  reward_norm: bool = False
 
   @classmethod
   def from_config(cls, ppo) -> "PPOSettings":
     return cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)})
 
 
-def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
-  """Rollout -> (PPOBatch, statistics of the rollout): KL-shaped rewards (the score less the mean of the other
-  answers to its prompt with a group baseline), GAE, optional whitening."""
+def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
+                moments: Optional[advantages_lib.RunningMoments] = None):
+  """Rollout -> (PPOBatch, statistics of the rollout): the score -- normalised by the running `moments` of the
+  scores with `settings.reward_norm` (they must already include this rollout's), then clipped to
+  [-reward_clip, reward_clip] when reward_clip > 0, then less the mean of the other answers to its prompt with
+  a group baseline -- in KL-shaped rewards, GAE, optional whitening."""
   mask_bn = rollout.mask
   kl_bn = advantages_lib.kl_estimate(rollout.log_probs, rollout.ref_log_probs, mask_bn, settings.kl_estimator)
   scores_b = rollout.scores
+  if settings.reward_norm:
+    if moments is None:
+      raise ValueError("reward_norm: pass the running moments of the scores (PPOState.score_moments)")
+    scores_b = advantages_lib.normalize_scores(scores_b, moments)
+  scores_b = advantages_lib.clip_scores(scores_b, settings.reward_clip)
   if settings.group_baseline:  # Rows come in groups of samples_per_prompt answers to one prompt.
     scores_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
-  rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef, settings.reward_clip)
+  rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef)
   values_bn, lam = rollout.values, settings.lam
   if settings.critic_free:  # No value estimates: lambda < 1 would only discount the score for early tokens.
     values_bn, lam = jnp.zeros_like(rollout.values), 1.0
@@ -241,6 +251,8 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings):
       # 1 - Var[R - V] / Var[R] over response tokens: how much of the returns the critic predicted.
       "ppo/value_explained_variance": 1.0 - residual_var / jnp.maximum(returns_var, 1e-8),
   }
+  if settings.reward_norm:
+    stats.update({"ppo/score_mean_running": moments.mean, "ppo/score_std_running": moments.std})
   batch = PPOBatch(prompt=rollout.prompt, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens, mask=mask_bn,
                    old_log_probs=rollout.log_probs, old_values=values_bn, advantages=adv_bn,
                    returns=returns_bn)
@@ -257,6 +269,16 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       critic: clipped value loss; its own optimizer
     beta <- the KL controller (fixed or adaptive); EMA of the actor's weights when asked.
 
+  `settings.reward_norm`: the scores' running moments in `state.score_moments` take in this rollout's scores
+  before its targets are made (rl/advantages.py). `settings.critic_warmup` N > 0: critic pre-training (PPO-max
+  of Zheng et al. 2023 and AI2's EasyLM PPO train the critic with the policy frozen first, so that the first
+  policy updates see advantages from a critic fitted to this policy's returns rather than to the RM's scores):
+  while `state.step` < N the actor's minibatch updates are skipped by a `lax.cond` -- its params, its
+  optimizer state (Adam moments, and the step count its learning-rate schedule reads, so the schedule starts
+  with the actor's first real update), its EMA and beta stay exactly as they were -- and only the critic
+  learns; the actor's loss diagnostics (ppo/policy_loss, ppo/entropy, train/loss, ...) then read 0, and
+  ppo/critic_warmup reads 1.
+
   `critic` None means the actor has a value head (shared trunk), or, with `settings.critic_free`, that there
   is no critic: the rollout's values are 0 and nothing learns them. `ptx` is an LMBatch whose rows split into
   epochs x minibatches equal parts, or None when ptx_coef is 0. `txs` maps "actor" (and "critic") to
@@ -268,6 +290,9 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   shared = critic is None and not s.critic_free
   if shared and "value" not in actor.heads:
     raise ValueError("a shared critic needs the actor to have a value head")
+  if s.critic_warmup > 0 and critic is None:
+    raise ValueError("critic_warmup: needs a separate critic (a shared trunk cannot learn values with the actor "
+                     "frozen, and critic_free has none)")
 
   def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch]):
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
@@ -304,11 +329,22 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     params = optax.apply_updates(state.params[name], updates)
     return state.replace(params={**state.params, name: params}, opt_state={**state.opt_state, name: opt_state})
 
-  def minibatch_step(state, inputs):
-    mb, ptx = inputs
+  def actor_step(state, mb: PPOBatch, ptx: Optional[LMBatch]):
     (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx)
     metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
-    state = apply("actor", grads, state)
+    return apply("actor", grads, state), metrics
+
+  def actor_frozen(state, mb: PPOBatch, ptx: Optional[LMBatch]):
+    """Critic warm-up: the state as it is, and zeros for the actor's diagnostics (nothing is computed)."""
+    shapes = jax.eval_shape(actor_step, state, mb, ptx)[1]
+    return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+  def minibatch_step(state, inputs):
+    mb, ptx = inputs
+    if s.critic_warmup > 0:  # One program for both phases: the iteration count picks the branch.
+      state, metrics = jax.lax.cond(state.step < s.critic_warmup, actor_frozen, actor_step, state, mb, ptx)
+    else:
+      state, metrics = actor_step(state, mb, ptx)
     if critic is not None:
       (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.params["critic"], mb)
       metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
@@ -316,7 +352,13 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     return state, metrics
 
   def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array):
-    batch, stats = ppo_targets(rollout, state.kl_coef, s)
+    moments = state.score_moments
+    if s.reward_norm:
+      if moments is None:
+        raise ValueError("reward_norm: the state carries no running moments (create_ppo_state(..., "
+                         "reward_norm=True))")
+      moments = advantages_lib.update_running_moments(moments, rollout.scores)
+    batch, stats = ppo_targets(rollout, state.kl_coef, s, moments)
     rows = batch.tokens.shape[0]
     split = lambda x: x.reshape(s.epochs, s.minibatches, x.shape[0] // (s.epochs * s.minibatches), *x.shape[1:])
     ptx_em = None if ptx is None else jax.tree.map(split, ptx)
@@ -328,6 +370,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
                               batch)
       return jax.lax.scan(minibatch_step, state, (shuffled, ptx_m))
 
+    warming_up = state.step < s.critic_warmup
     state, metrics = jax.lax.scan(epoch, state, (jnp.arange(s.epochs), ptx_em))
     metrics = jax.tree.map(jnp.mean, metrics)
     kl_coef = kl_control.update_kl_coef(state.kl_coef, stats["ppo/kl"], rows, adaptive=s.adaptive_kl,
@@ -335,7 +378,11 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     ema = state.ema
     if ema is not None:
       ema = jax.tree.map(lambda e, p: s.ema_decay * e + (1.0 - s.ema_decay) * p, ema, state.params["actor"])
-    state = state.replace(step=state.step + 1, kl_coef=kl_coef, ema=ema)
+    if s.critic_warmup > 0:  # The policy has not moved: beta and the EMA wait for it.
+      kl_coef = jnp.where(warming_up, state.kl_coef, kl_coef)
+      ema = jax.tree.map(lambda new, old: jnp.where(warming_up, old, new), ema, state.ema)
+      metrics["ppo/critic_warmup"] = warming_up.astype(jnp.float32)
+    state = state.replace(step=state.step + 1, kl_coef=kl_coef, ema=ema, score_moments=moments)
     return state, {**metrics, **stats}
 
   return update
