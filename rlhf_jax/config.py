@@ -140,7 +140,14 @@ def base_config() -> ConfigDict:
       num_docs=20000,  # Pretraining documents (a further 5% are generated for validation).
       num_sft=4000,  # Demonstrations for SFT.
       num_val_sft=400,  # Held-out demonstrations (held-out instances) for the SFT validation loss.
-      error_rate=0.2,  # How often the demonstrators write a flawed answer.
+      # The demonstrators (toyworld.demonstrate): how often they write a flawed answer (a wrong sum, a swapped
+      # word, ...), comply with a request they should decline, break an instruction's constraint, and pad an
+      # answer with filler. Their own gold is 0.856-0.876 with these rates on worlds 0-3 (SFT's summary reports
+      # it): about today's 0.875, with the errors moved from content to habits RLHF can fix (toyworld.py).
+      error_rate=0.02,
+      comply_rate=0.5,  # Of the indirectly phrased requests to decline (the direct ones are always declined).
+      constraint_error_rate=0.2,
+      filler_rate=0.45,  # Of the answers to the open-ended tasks (reviews and lists).
       num_eval_prompts=250,  # Held-out prompts on which samples are scored by the gold scorer.
       # Comparison data the InstructGPT way: K samples of the SFT policy per prompt, ranked by an annotator.
       num_comparisons=2000,  # Training prompts (each with K ranked responses).
@@ -157,6 +164,9 @@ def base_config() -> ConfigDict:
       margin=1.0,  # margin: r_w - r_l must exceed margin x (rank gap).
       threshold=1.0,  # per_token: the score difference each aligned response position must clear.
       max_responses=9,  # K of a comparison may be 2..max_responses; batches are padded to the data's largest K.
+      # > 0: train for this many passes over the training comparisons (train.steps is then derived from the
+      # number kept); 0: train.steps as given. InstructGPT trains its RM for one epoch.
+      epochs=0.0,
       norm_samples=512,  # SFT samples on training prompts used to fit the score's gain and bias.
       # w > 0: the score adds w x the response's mean log-likelihood under the RM's own LM head, and the head
       # starts at zero, so the untrained RM ranks by the SFT model's likelihood (model/transformer.py).
@@ -191,12 +201,21 @@ def base_config() -> ConfigDict:
       # critic-free estimators of RLOO (Ahmadian et al. 2024) and GRPO (Shao et al. 2024) inside PPO's clipped
       # update.
       critic_free=False,
+      # Critic pre-training (PPO-max of Zheng et al. 2023, "Secrets of RLHF"; AI2's EasyLM PPO): the first N
+      # iterations update only the critic, the policy frozen (its params, Adam state, EMA and beta unchanged);
+      # the actor's learning-rate schedule starts at its first real update and spans the train.steps - N
+      # iterations after. Needs a separate critic (not critic_free, not shared_critic); 0 = off.
+      critic_warmup=0,
       kl_coef=0.05,  # beta: the per-token reward is -beta * KL(pi || pi_SFT) estimate.
       kl_estimator="k1",  # k1 | k3
       adaptive_kl=False,  # Ziegler et al. 2019: adapt beta towards kl_target over kl_horizon samples.
       kl_target=6.0,  # Nats per response.
       kl_horizon=10000,
-      reward_clip=0.0,  # Clip the (normalised) score to [-c, c]; 0 = off.
+      # Normalise each score by the running mean and std of all scores so far, this rollout's included
+      # (PPO-max's reward normalisation; the statistics are in the PPO state, so checkpoints carry them):
+      # the score (RM or gold, less the unfinished penalty) before reward_clip, the group baseline and the KL.
+      reward_norm=False,
+      reward_clip=0.0,  # Clip the score (after reward_norm, before the group baseline) to [-c, c]; 0 = off.
       unfinished_penalty=1.0,  # Subtracted from the score of a response that hits max_new_tokens unended.
       whiten_advantages=True,
       # K answers per prompt: each iteration samples train.batch_size / K prompts K times each. With
@@ -393,6 +412,15 @@ def finalize(config: ConfigDict) -> ConfigDict:
     raise UserError(f"config key 'ppo.temperature' must be > 0, got {ppo.temperature}")
   if not 0.0 <= ppo.ema_decay < 1.0:
     raise UserError(f"config key 'ppo.ema_decay' must be in [0, 1), got {ppo.ema_decay}")
+  if ppo.critic_warmup > 0 and (ppo.critic_free or ppo.shared_critic):
+    other = "ppo.critic_free" if ppo.critic_free else "ppo.shared_critic"
+    raise UserError(f"config keys 'ppo.critic_warmup' and '{other}': critic pre-training trains a separate "
+                    f"critic with the policy frozen; set ppo.critic_warmup=0 or {other}=False")
+  if not 0 <= ppo.critic_warmup < config.train.steps:
+    raise UserError(f"config key 'ppo.critic_warmup' must be in [0, train.steps={config.train.steps}) (the policy "
+                    f"would never train), got {ppo.critic_warmup}")
+  if ppo.reward_clip < 0:
+    raise UserError(f"config key 'ppo.reward_clip' must be >= 0 (0 = off), got {ppo.reward_clip}")
   optim, train = config.optim, config.train
   if optim.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "

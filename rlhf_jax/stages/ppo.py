@@ -2,12 +2,15 @@
 
   actor, reference <- init_from (the SFT model);   reward model, critic <- ppo.reward_from (the RM)
                     (ppo.shared_critic: the value head on the actor's trunk; ppo.critic_free: no critic)
+                    the critic's bias takes in the mean of the RM's likelihood term on SFT samples
+  each of the first ppo.critic_warmup iterations updates the critic alone (critic pre-training)
   prompts <- ppo.prompts_path (JSONL {"prompt"} / {"messages"}) or toyworld training prompts
   ptx     <- ppo.ptx_path, or the toyworld pretraining corpus (only when ppo.ptx_coef > 0)
   each iteration (one step of the one training loop, so it resumes, checkpoints and stops like the others):
     rollout:  sample train.batch_size prompts at ppo.temperature (KV cache, early exit)
               -> policy and reference log-probs, values and the RM score in one jitted pass
-    update:   KL-shaped rewards, GAE, whitening; epochs x minibatches of clipped PPO (+ ptx);
+    update:   scores normalised by their running moments (ppo.reward_norm) and clipped (ppo.reward_clip);
+              KL-shaped rewards, GAE, whitening; epochs x minibatches of clipped PPO (+ ptx);
               adaptive or fixed beta; one jitted program (train/steps.py make_ppo_update)
     rounds:   every ppo.round_every iterations (if set), label the policy's samples with the simulated
               annotator and train the reward model further on all comparisons so far
@@ -31,11 +34,12 @@ from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
-from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
+from rlhf_jax.model.transformer import Transformer
+from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate, response_token_ids
-from rlhf_jax.stages import common, comparisons, reward
+from rlhf_jax.stages import common, comparisons, pretrain, reward
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
@@ -72,33 +76,70 @@ def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
           Prompts(*encode([as_messages(i.prompt) for i in heldout]), heldout))
 
 
-def ptx_streams(config, tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
-  """(training, validation) pretraining token streams -- documents as BOS + text + EOS, concatenated -- for
-  PPO-ptx and for measuring how much PPO regresses the pretraining loss: `ppo.ptx_path` (its last
-  data.val_fraction of documents held out), or the toyworld corpus and its validation documents (those of
-  the pretraining stage). None when there is no pretraining text."""
-  from rlhf_jax.stages.pretrain import load_documents
+SFT_COLD_TEMPERATURE = 0.5
+
+
+def ptx_documents(config) -> tuple[list[str], list[str]] | None:
+  """(training, validation) pretraining documents for PPO-ptx and for measuring how much PPO regresses the
+  pretraining loss: `ppo.ptx_path` (its last data.val_fraction of documents held out), or the toyworld corpus
+  and its validation documents (those of the pretraining stage). None when there is no pretraining text."""
   if config.ppo.ptx_path:
     source = sources.open_source(config.ppo.ptx_path, "pretrain")
     texts = [source[i]["text"] for i in range(len(source))]
     cut = max(1, int(round(len(texts) * (1.0 - config.data.val_fraction))))
-    train, val = texts[:cut], texts[cut:] or texts[-1:]
-  elif config.data.source == "toyworld":
-    train, val = load_documents(config)
-  else:
+    return texts[:cut], texts[cut:] or texts[-1:]
+  if config.data.source == "toyworld":
+    return pretrain.load_documents(config)
+  return None
+
+
+def ptx_streams(config, tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
+  """`ptx_documents` as token streams: documents as BOS + text + EOS, concatenated."""
+  docs = ptx_documents(config)
+  if docs is None:
     return None
   encode = lambda texts: np.concatenate([pipelines.document_ids(tokenizer, text) for text in texts])
-  return encode(train), encode(val)
+  return encode(docs[0]), encode(docs[1])
 
 
-def critic_params_from_reward(rm_params: dict) -> dict:
+def critic_params_from_reward(rm_params: dict, likelihood_mean: float = 0.0) -> dict:
   """The critic starts as the reward model: its trunk, and a value head that reads the (normalised) reward
   head, so the first values are the RM's score of each prefix (InstructGPT: "the value function is
-  initialized from the RM"). A reward model's likelihood term has no counterpart in a value head: the
-  critic starts from the head's other part."""
+  initialized from the RM").
+
+  A reward model with a likelihood term scores gain * (h . v + w * L) + bias, L the response's mean
+  log-likelihood under its own LM head. A value head has no L: it is gain * (h . v) + bias + likelihood_mean,
+  with likelihood_mean = gain * w * E[L], the term's mean on SFT samples (`make_likelihood_mean`). The bias
+  was fitted so that SFT samples score mean 0, and with w L far below 0 (log-probabilities) it is large:
+  without the term's mean the critic would start at -gain * w * E[L] on every token (+2.2 on toyworld's RM)
+  where the returns have mean about 0. With it, the critic's values of SFT samples at their scored tokens
+  average exactly what the samples score (0 on the samples the RM was normalised on). A reward model without
+  the term needs nothing (likelihood_mean 0)."""
   head = rm_params["reward_head"]
-  value_head = {"kernel": head["gain"] * head["kernel"], "bias": head["bias"]}
+  value_head = {"kernel": head["gain"] * head["kernel"], "bias": head["bias"] + np.float32(likelihood_mean)}
   return {**{k: v for k, v in rm_params.items() if k not in ("reward_head", "lm_head")}, "value_head": value_head}
+
+
+def make_likelihood_mean(reward_model: Transformer, *, end_of_turn_id: int, reward_id: int | None, pad_id: int):
+  """`likelihood_mean(rm_params, prompt (B, P), prompt_mask (B, P), sample) -> ()`, jitted: the mean over the
+  sampled responses of the likelihood term's part of their score, gain * w * L -- the score less the head's
+  other part gain * (h . v) + bias at the same (scored) token -- with each response read as the rollout reads
+  it (`rollout.reward_inputs`). 0 for a reward model without the term."""
+
+  @jax.jit
+  def likelihood_mean(rm_params, prompt_bp, prompt_mask_bp, sample):
+    seq_bs, positions_bs, segments_bs, end_b = rollout_lib.reward_inputs(
+        prompt_bp, prompt_mask_bp, sample.tokens, sample.mask.astype(jnp.float32), sample.ended,
+        end_of_turn_id=end_of_turn_id, reward_id=reward_id, pad_id=pad_id)
+    start_b = jnp.full(seq_bs.shape[:1], prompt_bp.shape[1], jnp.int32)  # The response follows the prompt.
+    out = reward_model.apply({"params": rm_params}, seq_bs, positions_bs, segments_bs, response_start_b=start_b)
+    scores_b = jnp.take_along_axis(out.rewards, end_b[:, None], axis=1)[:, 0]
+    hidden_bd = jnp.take_along_axis(out.hidden, end_b[:, None, None], axis=1)[:, 0].astype(jnp.float32)
+    head = rm_params["reward_head"]
+    head_b = head["gain"] * (hidden_bd @ head["kernel"]) + head["bias"]
+    return jnp.mean(scores_b - head_b)
+
+  return likelihood_mean
 
 
 def initial_comparisons(reward_from: str, val_fraction: float) -> list[dict]:
@@ -240,29 +281,7 @@ def run(config, workdir: str) -> dict:
 
   reference = actor.clone(heads=("lm",))
   ref_params = {k: v for k, v in sft_params.items() if k != "value_head"}
-  models, params = {"actor": actor}, {"actor": sft_params}
-  if ppo.critic_free and ppo.shared_critic:
-    raise UserError("config keys 'ppo.critic_free' and 'ppo.shared_critic': choose one (no critic, or a value "
-                    "head on the actor's trunk)")
-  critic = None
-  if not ppo.shared_critic and not ppo.critic_free:
-    critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
-    models["critic"] = critic
-    params["critic"] = critic_params_from_reward(rm_params)
-  updates_total = train.steps * ppo.epochs * ppo.minibatches
-  txs, schedules = {}, {}
-  txs["actor"], schedules["actor"] = state_lib.make_optimizer(config.optim, updates_total)
-  if critic is not None:
-    critic_optim = config.optim.copy_and_resolve_references()
-    critic_optim.lr = ppo.critic_lr
-    txs["critic"], _ = state_lib.make_optimizer(critic_optim, updates_total)
   lm = actor.clone(heads=("lm",))
-  rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
-  state, shardings = state_lib.create_ppo_state(models, txs, params, mesh, jax.random.PRNGKey(config.seed),
-                                                ppo.kl_coef, ema=ppo.ema_decay > 0,
-                                                reward=rm_params if rounds else None,
-                                                reward_tx=rounds.tx if rounds else None)
-  del params, sft_params
 
   world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
@@ -273,16 +292,60 @@ def run(config, workdir: str) -> dict:
   data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
                                 streams[0] if ptx_rows else None, ptx_rows, ppo.ptx_seq_len,
                                 ppo.samples_per_prompt)
-  pretrain_eval = None
-  if streams is not None:  # The pretraining loss on held-out text: how far PPO moved from the LM.
-    pretrain_eval = make_lm_evaluator(
-        actor.clone(heads=("lm",)), mesh, lambda: pipelines.window_eval_batches(streams[1], ppo.ptx_seq_len,
-                                                                                train.batch_size),
-        train.batch_size, prefix="eval/pretrain")
+
+  def make_batch(rows):
+    batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
+    if "ptx" in rows:
+      batch["ptx"] = mesh_lib.shard_batch(pipelines.to_lm_batch({"tokens": rows["ptx"]}), mesh)
+    return batch
 
   reward_id = tokenizer.reward_id if spec.get("reward_token") else None
   generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
                            stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+
+  models, params = {"actor": actor}, {"actor": sft_params}
+  if ppo.critic_free and ppo.shared_critic:
+    raise UserError("config keys 'ppo.critic_free' and 'ppo.shared_critic': choose one (no critic, or a value "
+                    "head on the actor's trunk)")
+  critic = None
+  if not ppo.shared_critic and not ppo.critic_free:
+    critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
+    models["critic"] = critic
+    likelihood_mean = 0.0
+    if rm_model.reward_likelihood > 0:  # Measured on the SFT policy's answers to the first training batch.
+      first = make_batch(next(iter(data)))
+      sample = generate(ref_params, first["prompt"], first["prompt_mask"], jax.random.PRNGKey(config.seed + 12))
+      measure = make_likelihood_mean(rm_model, end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id,
+                                     pad_id=tokenizer.pad_id)
+      likelihood_mean = float(measure(rm_params, first["prompt"], first["prompt_mask"], sample))
+      if jax.process_index() == 0:
+        print(f"ppo: the critic's bias takes in the reward model's likelihood term, {likelihood_mean:+.3f} on "
+              f"average over {train.batch_size} SFT samples")
+    params["critic"] = critic_params_from_reward(rm_params, likelihood_mean)
+  # The actor's schedule counts its own updates: none during the critic's warm-up.
+  updates_total = train.steps * ppo.epochs * ppo.minibatches
+  txs, schedules = {}, {}
+  txs["actor"], schedules["actor"] = state_lib.make_optimizer(
+      config.optim, (train.steps - ppo.critic_warmup) * ppo.epochs * ppo.minibatches)
+  if critic is not None:
+    critic_optim = config.optim.copy_and_resolve_references()
+    critic_optim.lr = ppo.critic_lr
+    txs["critic"], _ = state_lib.make_optimizer(critic_optim, updates_total)
+  rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
+  state, shardings = state_lib.create_ppo_state(models, txs, params, mesh, jax.random.PRNGKey(config.seed),
+                                                ppo.kl_coef, ema=ppo.ema_decay > 0,
+                                                reward=rm_params if rounds else None,
+                                                reward_tx=rounds.tx if rounds else None,
+                                                reward_norm=ppo.reward_norm)
+  del params, sft_params
+
+  pretrain_eval = None
+  docs = ptx_documents(config)
+  if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
+    pretrain_eval = pretrain.heldout_lm_evaluator(actor.clone(heads=("lm",)), mesh, tokenizer, docs[1],
+                                                  train.seq_len, train.batch_size, config.seed,
+                                                  prefix="eval/pretrain")
+
   collect = make_collect(actor, reference, critic, rm_model, temperature=ppo.temperature,
                          end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
                          unfinished_penalty=ppo.unfinished_penalty)
@@ -329,23 +392,27 @@ def run(config, workdir: str) -> dict:
       metrics["ppo/gold"] = float(gold.mean())
     return state, metrics
 
-  def make_batch(rows):
-    batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
-    if "ptx" in rows:
-      batch["ptx"] = mesh_lib.shard_batch(pipelines.to_lm_batch({"tokens": rows["ptx"]}), mesh)
-    return batch
-
   evaluator = PolicyEvaluator(actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params,
                               rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens,
                               prompt_mask=eval_prompts.mask, sampling=config.sampling,
                               max_new_tokens=ppo.max_new_tokens, batch_size=train.batch_size,
                               seed=config.seed + 11, reward_token=reward_id is not None, world=world,
                               instances=eval_prompts.instances)
+  # The free baseline PPO must beat: the SFT model sampled colder (the December 2026 PPO audit: T 0.5, not 0.7, gave
+  # +0.06 gold at a KL of 0.26), on the same prompts with the same keys.
+  cold_sampling = config.sampling.copy_and_resolve_references()
+  cold_sampling.temperature = SFT_COLD_TEMPERATURE
+  cold = PolicyEvaluator(
+      actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params, rm_params=rm_params,
+      tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens, prompt_mask=eval_prompts.mask,
+      sampling=cold_sampling, max_new_tokens=ppo.max_new_tokens, batch_size=train.batch_size,
+      seed=config.seed + 11, reward_token=reward_id is not None, world=world, instances=eval_prompts.instances)
   baseline = {}
 
   def evaluate(state) -> dict:
     if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
       baseline["sft"] = evaluator.sample(ref_params)
+      baseline["sft_cold"] = cold.sample(ref_params)
       if pretrain_eval is not None:
         baseline["sft/pretrain"] = pretrain_eval(types.SimpleNamespace(params=ref_params))
     params = state.ema if state.ema is not None else state.params["actor"]
@@ -363,6 +430,7 @@ def run(config, workdir: str) -> dict:
                                   state.params["actor"])})
   if "sft" in baseline:
     summary.update(evaluator.metrics(baseline["sft"], prefix="sft"))
+    summary.update(evaluator.metrics(baseline["sft_cold"], baseline["sft"], prefix=f"sft_t{SFT_COLD_TEMPERATURE}"))
     summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
   summary.update(eval_history(read_metrics(workdir)))
   summary["complete"] = True
