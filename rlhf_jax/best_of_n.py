@@ -46,7 +46,7 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   reward.check_shared_tokenizer(reward_dir, rm_tokenizer, policy, tokenizer)
 
   world = toyworld.make_world(world_seed)
-  instances = toyworld.sample_instances(world, num_prompts, world_seed + 2, split="heldout")
+  instances = toyworld.eval_instances(world, num_prompts)
   sampling = base_config().sampling  # The evaluations' settings, at the asked temperature and batch size.
   sampling.temperature, sampling.batch_size = temperature, batch_size
   texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed)

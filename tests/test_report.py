@@ -102,3 +102,18 @@ def test_sweep_table_plot_with_nan(tmp_path):
   assert (tmp_path / "results.md").exists() and _png(tmp_path / "results.png")
   sweep.write_table(str(tmp_path / "x"), [])  # No rows: nothing is written, nothing fails.
   assert not (tmp_path / "x").exists()
+
+
+def test_one_evaluator_for_the_pretraining_loss_and_ppo_baselines(toyworld_smoke, toyworld_ppo_smoke, stage_dirs,
+                                                                   tmp_path):
+  """The held-out pretraining loss of the SFT model is the same figure whether the SFT stage or PPO's
+  evaluation reports it (one function, stages/pretrain.py:heldout_lm_evaluator); PPO's paired gold gain is
+  the difference of the two means; the report's PPO table has the free baseline and best-of-4 columns."""
+  sft, ppo = toyworld_smoke["sft"][1], toyworld_ppo_smoke[1]
+  assert np.isfinite(sft["eval/pretrain/loss"])
+  assert ppo["sft/pretrain/loss"] == pytest.approx(sft["eval/pretrain/loss"], rel=1e-5)
+  assert ppo["eval/gold_gain"] == pytest.approx(ppo["eval/gold/all"] - ppo["sft/gold/all"], abs=1e-9)
+  assert 0.0 <= ppo["sft_t0.5/gold/all"] <= 1.0 and "sft_t0.5/win_rate_gold" in ppo
+  report.write_report(str(tmp_path), stage_dirs)
+  header = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| | PPO |"))
+  assert "SFT at T 0.5" in header and "RM's best of 4" in header and "gold's best of 4" in header

@@ -9,7 +9,8 @@ because the policies do. Per prompt:
           unbiased estimate of KL(pi || pi_ref) per response, in nats;
   gold    toyworld's gold score in [0, 1];
   win     against a baseline's response to the same prompt: 1 if better, 0.5 if equal, 0 if worse, judged by
-          gold or by the reward model.
+          gold or by the reward model;
+  gain    gold minus the baseline's gold on the same prompt (the paired difference, `gold_gain`).
 
 Means come with the half-width of a 95% normal confidence interval, 1.96 x standard error.
 """
@@ -131,4 +132,7 @@ class PolicyEvaluator:
       if samples.gold is not None:
         wins = win_outcomes(samples.gold, baseline.gold)
         out[f"{prefix}/win_rate_gold"], out[f"{prefix}/win_rate_gold_ci"] = mean_ci(wins)
+        # The paired difference: both policies answered the same prompts with the same keys, so its interval
+        # is narrower than the two means' intervals suggest.
+        out[f"{prefix}/gold_gain"], out[f"{prefix}/gold_gain_ci"] = mean_ci(samples.gold - baseline.gold)
     return out

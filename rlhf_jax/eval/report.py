@@ -227,7 +227,15 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
         tables["reward"].append(f"| {n} | " + " | ".join(cells) + " |")
   if "ppo" in summaries:
     s = summaries["ppo"]
-    lines = ["| | PPO | SFT (same prompts and keys) |", "|---|---|---|"]
+    # PPO against what a user gets without RL, on the same held-out prompts: SFT (same keys), SFT sampled colder
+    # (the free baseline), and best-of-4 SFT answers picked by the reward model and by gold (the reward stage's).
+    bon = summaries.get("reward", {})
+    cold = next((k.split("/")[0] for k in s if k.startswith("sft_t") and k.endswith("/gold/all")), None)
+    extra = [(f"SFT at T {cold[5:]}", "ppo", f"{cold}/")] if cold else []
+    if "best_of_n/4/gold" in bon:
+      extra += [("RM's best of 4", "reward", "best_of_n/4/"), ("gold's best of 4", "reward", "best_of_n/4/oracle_")]
+    lines = ["| | PPO | SFT (same prompts and keys) | " + " | ".join(e[0] for e in extra) + " |",
+             "|---|---|---|" + "---|" * len(extra)]
     rows = [(f"gold score: {task}", f"gold/{task}") for task in _tasks(s, "eval/gold/")]
     rows += [("reward-model score", "rm_score"), ("KL to SFT (nats)", "kl"),
              ("held-out pretraining loss", "pretrain/loss"), ("end-of-turn rate", "end_of_turn_rate")]
@@ -235,11 +243,16 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
       if f"eval/{key}" in s or f"sft/{key}" in s:
         cells = [_fmt(get("ppo", f"{side}/{key}"), get("ppo", f"{side}/{key}_ci") if f"{side}/{key}_ci" in s else None)
                  for side in ("eval", "sft")]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        for _, stage, prefix in extra:
+          name = prefix + ("gold" if stage == "reward" and key == "gold/all" else key)
+          cells.append(_fmt(get(stage, name)) if key.startswith("gold/") and name in summaries[stage] else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     for label, key in (("win rate vs SFT, by gold", "eval/win_rate_gold"),
-                       ("win rate vs SFT, by the RM", "eval/win_rate_rm")):
+                       ("win rate vs SFT, by the RM", "eval/win_rate_rm"),
+                       ("gold gain over SFT, paired", "eval/gold_gain")):
       if key in s:
-        lines.append(f"| {label} (± 95% CI) | {_fmt(get('ppo', key), get('ppo', key + '_ci'))} | 0.5 |")
+        lines.append(f"| {label} (± 95% CI) | {_fmt(get('ppo', key), get('ppo', key + '_ci'))} | "
+                     + ("0.5" if "win" in key else "0") + " |" + " |" * len(extra))
     tables["ppo"] = lines
   return tables, numbers
 
@@ -259,8 +272,8 @@ def default_prompts(config: dict, num: int = NUM_SAMPLE_PROMPTS):
   if config.get("data", {}).get("source") != "toyworld":
     return None
   seed = config["toyworld"]["seed"]
-  return toyworld.make_world(seed), toyworld.sample_instances(toyworld.make_world(seed), num, seed + 2,
-                                                             split="heldout")
+  world = toyworld.make_world(seed)
+  return world, toyworld.eval_instances(world, num)
 
 
 def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sampling) -> dict:

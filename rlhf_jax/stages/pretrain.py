@@ -40,8 +40,24 @@ def tokenizer_texts(config, train_docs: list[str]) -> list[str]:
   if config.data.source != "toyworld":
     return train_docs
   tw = config.toyworld
-  examples = toyworld.sft_examples(toyworld.make_world(tw.seed), tw.num_sft, tw.seed, tw.error_rate)
+  examples = toyworld.sft_examples(toyworld.make_world(tw.seed), tw.num_sft, tw.seed, tw.error_rate,
+                                   **toyworld.demonstrator_rates(tw))
   return train_docs + [m["content"] for ex in examples for m in ex["messages"]]
+
+
+def heldout_lm_evaluator(model, mesh, tokenizer, docs: list[str], seq_len: int, batch_size: int, seed: int,
+                         prefix: str = "eval"):
+  """The held-out pretraining loss as the pretraining stage measures it: documents (BOS + text + EOS) packed
+  into rows of `seq_len` with segment ids, so no document attends to another, each token predicted once.
+  SFT and PPO report the loss on the same documents through this function, so the alignment tax compares
+  with pretraining's own figure (a stream cut into windows scores the same model far worse: the windows
+  cross document boundaries the model never attended across, and cut documents mid-way)."""
+  if model.config.position == "learned":  # A model with a position table reads no further than it.
+    seq_len = min(seq_len, model.config.max_len)
+  val = [pipelines.document_ids(tokenizer, d) for d in docs]
+  return make_lm_evaluator(model, mesh, lambda: pipelines.packed_pipeline(val, seq_len, batch_size, seed,
+                                                                          repeat=False),
+                           batch_size, prefix=prefix)
 
 
 def run(config, workdir: str) -> dict:
@@ -61,7 +77,7 @@ def run(config, workdir: str) -> dict:
     make_data = functools.partial(pipelines.packed_pipeline, encode(train_docs), t, b)
     val = encode(val_docs)
     eval_batches = lambda: pipelines.packed_pipeline(val, t, b, config.seed, repeat=False)
-  lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
+  lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)  # = heldout_lm_evaluator for packed documents.
   summary = common.train_lm(config, workdir, model=model, mesh=mesh, make_data=make_data,
                             eval_batches=eval_batches, evaluate=lambda state, seed: lm_eval(state),
                             desc="pretrain")

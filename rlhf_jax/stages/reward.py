@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jax
@@ -97,12 +98,8 @@ def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str],
 
 
 def best_of_n_metrics(rows: list[dict]) -> dict:
-  """Summary keys best_of_n/N/{gold, oracle_gold, rm_score, kl_bound} (and per task for the largest N)."""
-  metrics = {}
-  for row in rows:
-    keys = [k for k in row if k != "n" and ("/" not in k or row is rows[-1])]
-    metrics.update({f"best_of_n/{row['n']}/{k}": row[k] for k in keys})
-  return metrics
+  """Summary keys best_of_n/N/{gold, oracle_gold, rm_score, kl_bound}, and gold per task, for every N."""
+  return {f"best_of_n/{row['n']}/{k}": v for row in rows for k, v in row.items() if k != "n"}
 
 
 def normalize_params(params: dict, fit: dict) -> dict:
@@ -169,8 +166,7 @@ def run(config, workdir: str) -> dict:
   bon_instances = bon_texts = None
   if rcfg.best_of_n > 0 and config.data.source == "toyworld":  # Sampled now, scored by the trained RM below.
     world = toyworld.make_world(config.toyworld.seed)
-    bon_instances = toyworld.sample_instances(world, config.toyworld.num_eval_prompts, config.toyworld.seed + 2,
-                                              split="heldout")
+    bon_instances = toyworld.eval_instances(world, config.toyworld.num_eval_prompts)
     bon_texts = best_of_n_samples(sft, sft_params, tokenizer, bon_instances, config.sampling,
                                   rcfg.best_of_n, config.seed + 8)
   del sft_params
@@ -187,7 +183,12 @@ def run(config, workdir: str) -> dict:
     metrics, _ = rm_eval.comparison_metrics(rm_eval.score_examples(scorer, state.params, val_examples), val_records)
     return metrics
 
-  final_params, loop_summary = _train(config, workdir, model, mesh, rm_params, train_examples, k_max, evaluate)
+  # One epoch by default (InstructGPT: "multiple epochs overfit quickly"; Gao et al. 2022: fresh data beats
+  # repeated data): the number of steps follows the comparisons kept, which only the data knows.
+  num_steps = train.steps if rcfg.epochs <= 0 else max(1, math.ceil(rcfg.epochs * len(train_examples)
+                                                                    / train.batch_size))
+  final_params, loop_summary = _train(config, workdir, model, mesh, rm_params, train_examples, k_max, evaluate,
+                                      num_steps)
 
   # Normalisation: gain and bias such that SFT samples on training prompts score mean 0, std 1.
   if norm_pairs is not None:
@@ -224,11 +225,12 @@ def run(config, workdir: str) -> dict:
                           reward_token)
     metrics.update(best_of_n_metrics(rows))
   writer = MetricsWriter(workdir)
-  writer.write(train.steps, metrics)
+  writer.write(num_steps, metrics)
   writer.close()
   summary = {**loop_summary, **data_stats, **metrics, "calibration": table, "reward_loss": rcfg.loss,
              "reward/likelihood_weight": weight,
              "comparisons/train_prompts": len(train_records), "comparisons/heldout_prompts": len(val_records),
+             "reward/steps": num_steps,
              "complete": True}
   write_summary(workdir, summary)
   print(common.result_line("reward", summary, ["train/loss", "eval/label_accuracy", "eval/gold_accuracy/all",
@@ -236,19 +238,19 @@ def run(config, workdir: str) -> dict:
   return summary
 
 
-def _train(config, workdir, model, mesh, params, examples, k_max, evaluate):
-  """The reward model's run of the one loop. Returns (final params, loop summary)."""
+def _train(config, workdir, model, mesh, params, examples, k_max, evaluate, num_steps):
+  """The reward model's run of the one loop, `num_steps` steps. Returns (final params, loop summary)."""
   from rlhf_jax.train import state as state_lib
   from rlhf_jax.train import steps
   from rlhf_jax.train.loop import LoopConfig, train_loop
 
   train, rcfg = config.train, config.reward
-  tx, schedule = state_lib.make_optimizer(config.optim, train.steps)
+  tx, schedule = state_lib.make_optimizer(config.optim, num_steps)
   state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
   example = pipelines.to_rm_batch({k: np.stack([v] * train.batch_size) for k, v in examples[0].items()})
   step = steps.jit_step(steps.make_rm_step(model, tx, schedule, config.optim.grad_accum_steps, rcfg.loss,
                                            rcfg.margin, rcfg.threshold), shardings, example, mesh)
-  loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
+  loop = LoopConfig(total_steps=num_steps, log_every=train.log_every, eval_every=train.eval_every,
                     checkpoint_every=train.checkpoint_every,
                     tokens_per_step=train.batch_size * k_max * train.seq_len,
                     keep_checkpoints=train.keep_checkpoints, desc="reward")

@@ -15,7 +15,7 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval.gold import gold_evaluation
 from rlhf_jax.eval.lm import make_lm_evaluator
-from rlhf_jax.stages import common
+from rlhf_jax.stages import common, pretrain
 
 
 def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
@@ -23,8 +23,10 @@ def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)
-    train = toyworld.sft_examples(world, tw.num_sft, tw.seed, tw.error_rate, split="train")
-    val = toyworld.sft_examples(world, tw.num_val_sft, tw.seed + 1, tw.error_rate, split="heldout")
+    train = toyworld.sft_examples(world, tw.num_sft, tw.seed, tw.error_rate, split="train",
+                                   **toyworld.demonstrator_rates(tw))
+    val = toyworld.sft_examples(world, tw.num_val_sft, tw.seed + 1, tw.error_rate, split="heldout",
+                                 **toyworld.demonstrator_rates(tw))
     return [ex["messages"] for ex in train], [ex["messages"] for ex in val]
   source = sources.open_source(config.data.path, "sft")
   conversations = [source[i]["messages"] for i in range(len(source))]
@@ -54,10 +56,14 @@ def run(config, workdir: str) -> dict:
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)
-    heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
+    heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
+
+    # The held-out pretraining loss, as pretraining measured it: what instruction tuning costs the LM.
+    pretrain_eval = pretrain.heldout_lm_evaluator(model, mesh, tokenizer, pretrain.load_documents(config)[1],
+                                                  config.train.seq_len, b, config.seed, prefix="eval/pretrain")
 
     def evaluate_with_gold(state, seed):
-      metrics = lm_eval(state)
+      metrics = {**lm_eval(state), **pretrain_eval(state)}
       gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, seed)
       return {**metrics, **{f"eval/{k}": v for k, v in gold.items()}}
 
@@ -65,7 +71,8 @@ def run(config, workdir: str) -> dict:
 
     # The demonstrators' own gold score on the same prompts: what imitating them perfectly would give.
     rng = np.random.default_rng(tw.seed + 3)
-    demos = [toyworld.demonstrate(world, inst, rng, tw.error_rate) for inst in heldout]
+    demos = [toyworld.demonstrate(world, inst, rng, tw.error_rate, **toyworld.demonstrator_rates(tw))
+             for inst in heldout]
     extra = {f"demonstrator/{k}": v for k, v in toyworld.mean_gold_by_task(world, heldout, demos).items()}
 
   summary = common.train_lm(config, workdir, model=model, mesh=mesh, make_data=make_data,
