@@ -43,6 +43,7 @@ def get_config(arg=None):
   config.optim.warmup_steps = 30
   config.optim.b2 = 0.99
   if arg == "smoke":  # Seconds on a CPU; init_from must name a toyworld_pretrain.py:smoke workdir.
+    config.toyworld.num_docs = 300  # As toyworld_pretrain.py:smoke: the same held-out pretraining documents.
     config.toyworld.num_sft = 100
     config.toyworld.num_val_sft = 20
     config.toyworld.num_eval_prompts = 10

@@ -35,3 +35,21 @@ def test_kl_coef_sweep_writes_one_row_per_variant(toyworld_smoke, toyworld_rewar
   assert capsys.readouterr().out.count("already finished") == len(variants)
   with open(tmp_path / "results.csv") as f:
     assert list(csv.DictReader(f)) == rows
+
+
+def test_rm_data_sweep_trains_one_epoch_per_size(toyworld_smoke, tmp_path):
+  """ablations/rm_data.py:smoke: a comparisons run and a reward model per size, each reward model trained for
+  one epoch of its own comparisons (reward.epochs 1: ceil(kept prompts / batch) steps), one row each."""
+  path = os.path.join(ROOT, "experiments", "ablations", "rm_data.py")
+  sizes = load_module(path, "ablation").SMOKE_SIZES
+  argv = [f"{path}:smoke", "--workdir", str(tmp_path), BATCH, "--config.reward.epochs=1",
+          f"--config.init_from={toyworld_smoke['sft'][0]}"]
+  assert sweep.main(argv) == 0
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [row["run"] for row in rows] == [f"rm_{n}" for n in sizes]
+  for row in rows:
+    kept = int(float(row["comparisons/train_prompts"]))
+    assert 0 < kept <= int(row["run"].split("_")[1])
+    assert int(float(row["reward/steps"])) == -(-kept // 8)  # BATCH: 8 prompts a step.
+    assert 0.0 <= float(row["best_of_n/4/gold"]) <= 1.0

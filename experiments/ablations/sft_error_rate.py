@@ -3,8 +3,10 @@
   python -m rlhf_jax.sweep experiments/ablations/sft_error_rate.py --workdir runs/ablations/sft_error_rate \
       --config.init_from=runs/toyworld/pretrain
 
-Runs experiments/toyworld_sft.py from the same pretrained model with toyworld.error_rate 0.0, 0.2 (the
-default) and 0.4: how often a demonstrator writes a flawed answer. Each run trains train.seeds = 4 SFT
+Runs experiments/toyworld_sft.py from the same pretrained model with toyworld.error_rate 0.0, 0.2 and
+0.4: how often a demonstrator writes a flawed answer, with its habits (filler, compliance, broken
+constraints; toyworld.py) switched off so that the content errors are all there is (the figures below were
+measured before the habits existed). Each run trains train.seeds = 4 SFT
 models as one compiled program (jax.vmap over seeds, stages/common.py:train_lm): they start from the same
 pretrained weights and differ in data order and evaluation sampling (seeds 0..3). The table gives the mean
 over the 4 models and its spread (`/seed_std`, the sample standard deviation over seeds) of the held-out gold
@@ -52,5 +54,7 @@ def sweep(arg, workdir):
   for rate in ERROR_RATES:
     config = get_config(arg)
     config.toyworld.error_rate = rate
+    # Content errors alone, as before the demonstrators had habits (filler, compliance, broken constraints).
+    config.toyworld.filler_rate = config.toyworld.comply_rate = config.toyworld.constraint_error_rate = 0.0
     runs.append((f"error_{rate}", config))
   return runs
