@@ -93,15 +93,6 @@ def ptx_documents(config) -> tuple[list[str], list[str]] | None:
   return None
 
 
-def ptx_streams(config, tokenizer) -> tuple[np.ndarray, np.ndarray] | None:
-  """`ptx_documents` as token streams: documents as BOS + text + EOS, concatenated."""
-  docs = ptx_documents(config)
-  if docs is None:
-    return None
-  encode = lambda texts: np.concatenate([pipelines.document_ids(tokenizer, text) for text in texts])
-  return encode(docs[0]), encode(docs[1])
-
-
 def critic_params_from_reward(rm_params: dict, likelihood_mean: float = 0.0) -> dict:
   """The critic starts as the reward model: its trunk, and a value head that reads the (normalised) reward
   head, so the first values are the RM's score of each prefix (InstructGPT: "the value function is
@@ -285,13 +276,15 @@ def run(config, workdir: str) -> dict:
 
   world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
-  streams = ptx_streams(config, tokenizer)
+  docs = ptx_documents(config)
   ptx_rows = ppo.ptx_batch * ppo.epochs * ppo.minibatches if ppo.ptx_coef > 0 else 0
-  if ptx_rows and streams is None:
+  if ptx_rows and docs is None:
     raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
+  # PPO-ptx reads the training documents as one token stream (BOS + text + EOS each, concatenated).
+  ptx_stream = (np.concatenate([pipelines.document_ids(tokenizer, text) for text in docs[0]]) if ptx_rows
+                else None)
   data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
-                                streams[0] if ptx_rows else None, ptx_rows, ppo.ptx_seq_len,
-                                ppo.samples_per_prompt)
+                                ptx_stream, ptx_rows, ppo.ptx_seq_len, ppo.samples_per_prompt)
 
   def make_batch(rows):
     batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
@@ -340,9 +333,8 @@ def run(config, workdir: str) -> dict:
   del params, sft_params
 
   pretrain_eval = None
-  docs = ptx_documents(config)
   if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
-    pretrain_eval = pretrain.heldout_lm_evaluator(actor.clone(heads=("lm",)), mesh, tokenizer, docs[1],
+    pretrain_eval = pretrain.heldout_lm_evaluator(lm, mesh, tokenizer, docs[1],
                                                   train.seq_len, train.batch_size, config.seed,
                                                   prefix="eval/pretrain")
 
@@ -392,21 +384,17 @@ def run(config, workdir: str) -> dict:
       metrics["ppo/gold"] = float(gold.mean())
     return state, metrics
 
-  evaluator = PolicyEvaluator(actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params,
-                              rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens,
-                              prompt_mask=eval_prompts.mask, sampling=config.sampling,
-                              max_new_tokens=ppo.max_new_tokens, batch_size=train.batch_size,
-                              seed=config.seed + 11, reward_token=reward_id is not None, world=world,
-                              instances=eval_prompts.instances)
-  # The free baseline PPO must beat: the SFT model sampled colder (the December 2026 PPO audit: T 0.5, not 0.7, gave
-  # +0.06 gold at a KL of 0.26), on the same prompts with the same keys.
+  on_eval_prompts = dict(actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params,
+                         rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens,
+                         prompt_mask=eval_prompts.mask, max_new_tokens=ppo.max_new_tokens,
+                         batch_size=train.batch_size, seed=config.seed + 11, reward_token=reward_id is not None,
+                         world=world, instances=eval_prompts.instances)
+  evaluator = PolicyEvaluator(sampling=config.sampling, **on_eval_prompts)
+  # The free baseline PPO must beat: the SFT model sampled colder (the December 2026 PPO audit: T 0.5, not 0.7,
+  # gave +0.06 gold at a KL of 0.26), on the same prompts with the same keys.
   cold_sampling = config.sampling.copy_and_resolve_references()
   cold_sampling.temperature = SFT_COLD_TEMPERATURE
-  cold = PolicyEvaluator(
-      actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params, rm_params=rm_params,
-      tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens, prompt_mask=eval_prompts.mask,
-      sampling=cold_sampling, max_new_tokens=ppo.max_new_tokens, batch_size=train.batch_size,
-      seed=config.seed + 11, reward_token=reward_id is not None, world=world, instances=eval_prompts.instances)
+  cold = PolicyEvaluator(sampling=cold_sampling, **on_eval_prompts)
   baseline = {}
 
   def evaluate(state) -> dict:
