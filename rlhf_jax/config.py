@@ -208,6 +208,10 @@ def base_config() -> ConfigDict:
       critic_warmup=0,
       kl_coef=0.05,  # beta: the per-token reward is -beta * KL(pi || pi_SFT) estimate.
       kl_estimator="k1",  # k1 | k3
+      # > 0 adds kl_loss_coef x the exact KL(pi || pi_SFT) over the vocabulary, averaged over the response
+      # tokens, to the actor's loss (losses.exact_kl; one more forward of the reference a minibatch): a pull
+      # back to SFT at every visited state with no sampling noise, beside or instead of the KL in the reward.
+      kl_loss_coef=0.0,
       adaptive_kl=False,  # Ziegler et al. 2019: adapt beta towards kl_target over kl_horizon samples.
       kl_target=6.0,  # Nats per response.
       kl_horizon=10000,
@@ -397,6 +401,8 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.reward == "gold" and config.data.source != "toyworld":
     raise UserError("config key 'ppo.reward': 'gold' scores with toyworld's gold scorer; it needs "
                     "data.source='toyworld'")
+  if ppo.kl_loss_coef < 0:
+    raise UserError(f"config key 'ppo.kl_loss_coef' must be >= 0 (0 = off), got {ppo.kl_loss_coef}")
   if ppo.kl_estimator not in ("k1", "k3"):
     raise UserError(f"config key 'ppo.kl_estimator': {ppo.kl_estimator!r} is not one of k1, k3")
   if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:

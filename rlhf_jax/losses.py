@@ -149,6 +149,19 @@ def ppo_value_loss(values_bn: jax.Array, old_values_bn: jax.Array, returns_bn: j
   return jnp.sum(loss_bn * mask_bn), jnp.sum(mask_bn), aux
 
 
+def exact_kl(logits_bnv: jax.Array, ref_logits_bnv: jax.Array, mask_bn: jax.Array):
+  """KL(softmax(logits) || softmax(ref_logits)) summed over the whole vocabulary at each token -- the exact
+  per-state divergence, not an estimate from the sampled token: (sum over counted tokens, count). Pass
+  logits / temperature for both policies. Its gradient moves every token's distribution back towards the
+  reference's directly, with no sampling noise (the KL in the reward reaches the policy only through the
+  policy-gradient estimator)."""
+  log_p_bnv = jax.nn.log_softmax(logits_bnv.astype(jnp.float32), axis=-1)
+  log_q_bnv = jax.nn.log_softmax(ref_logits_bnv.astype(jnp.float32), axis=-1)
+  kl_bn = jnp.sum(jnp.exp(log_p_bnv) * (log_p_bnv - log_q_bnv), axis=-1)
+  mask_bn = mask_bn.astype(jnp.float32)
+  return jnp.sum(kl_bn * mask_bn), jnp.sum(mask_bn)
+
+
 def entropy(logits_bnv: jax.Array, mask_bn: jax.Array):
   """Entropy of softmax(logits) per token (pass logits / temperature for the sampling policy): (sum, count)."""
   log_p_bnv = jax.nn.log_softmax(logits_bnv.astype(jnp.float32), axis=-1)

@@ -17,11 +17,13 @@ import pytest
 from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.data import pipelines
+from rlhf_jax import losses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.model.transformer import Transformer, unbox
 from rlhf_jax.rl import advantages as advantages_lib
 from rlhf_jax.rl import kl_control
+from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect, reward_inputs
 from rlhf_jax.sampling import SampleOutput, make_generate
 from rlhf_jax.stages import reward as reward_stage
@@ -103,6 +105,27 @@ def test_collect_log_probs_match_the_sampler(models):
   np.testing.assert_allclose(rollout.log_probs, sample.log_probs * sample.mask, atol=2e-5)
   assert float(jnp.abs(rollout.log_probs).sum()) > 0
   np.testing.assert_array_equal(rollout.log_probs, rollout.ref_log_probs)
+
+
+def test_collect_reference_at_its_own_temperature(models):
+  """`ref_temperature`: the same model as policy at T 0.5 and reference at T 1 -- the reference's log-probs are
+  log softmax(z / 1) of the sampled tokens (NumPy), the policy's log softmax(z / 0.5), and their KL per
+  response is positive, where without it the two would be identical."""
+  (prompt, mask), _ = _prompts()
+  generate = make_generate(models["actor"], max_new_tokens=5, temperature=0.5, stop_ids=(EOT,), pad_id=PAD)
+  params = _randomise(models["actor_params"], 6, scale=0.1)
+  sample = generate(params, prompt, mask, jax.random.PRNGKey(4))
+  collect = make_collect(models["actor"], models["actor"], None, models["rm"], temperature=0.5, end_of_turn_id=EOT,
+                         reward_id=None, pad_id=PAD, ref_temperature=1.0)
+  rollout = collect(params, None, params, models["rm_params"], prompt, mask, sample)
+  _, z, _ = jax.jit(rollout_lib.policy_outputs, static_argnums=(0, 6))(
+      models["actor"], params, prompt, mask, sample.tokens, sample.mask.astype(jnp.float32), 1.0)
+  z = np.asarray(z, np.float64)
+  logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
+  expected = np.take_along_axis(logp, np.asarray(sample.tokens)[..., None], -1)[..., 0] * np.asarray(sample.mask)
+  np.testing.assert_allclose(rollout.ref_log_probs, expected, atol=2e-5)
+  np.testing.assert_allclose(rollout.log_probs, sample.log_probs * sample.mask, atol=2e-5)
+  assert float(jnp.sum(rollout.log_probs - rollout.ref_log_probs)) > 0.05
 
 
 @pytest.mark.parametrize("reward_token,likelihood", [(False, 0.0), (True, 0.0), (False, 0.8)])
@@ -354,6 +377,63 @@ def test_critic_of_a_likelihood_reward_model_starts_at_the_scores_mean(models):
   assert mean_value["fixed"][0] == pytest.approx(0.0, abs=1e-4)
   assert mean_value["unfixed"][0] == pytest.approx(-likelihood_mean, abs=1e-4) and -likelihood_mean > 1.0
   assert abs(mean_value["fixed"][1]) < 0.25 * abs(mean_value["unfixed"][1])  # Over all response tokens.
+
+
+def test_exact_kl_matches_numpy():
+  """losses.exact_kl: sum over counted tokens of sum_v p_v (log p_v - log q_v), against NumPy."""
+  rng = np.random.default_rng(0)
+  z, zr = rng.normal(size=(2, 3, 7)) * 2, rng.normal(size=(2, 3, 7)) * 2
+  mask = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  logq = zr - np.log(np.exp(zr).sum(-1, keepdims=True))
+  per_token = (np.exp(logp) * (logp - logq)).sum(-1)
+  total, count = losses.exact_kl(jnp.asarray(z), jnp.asarray(zr), jnp.asarray(mask))
+  assert float(count) == 3
+  assert float(total) == pytest.approx(float((per_token * mask).sum()), rel=1e-5)
+  same, _ = losses.exact_kl(jnp.asarray(z), jnp.asarray(z), jnp.asarray(mask))
+  assert float(same) == 0.0
+
+
+def test_kl_loss_pulls_the_actor_back_to_the_reference(models):
+  """ppo.kl_loss_coef: with every advantage 0 (equal scores, no KL in the reward) the only gradient is the
+  exact KL's, so an update lowers the exact KL to the reference on the rollout's tokens and reports it; with
+  the actor equal to the reference the term adds exactly nothing; without ref_params the update refuses."""
+  _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
+  rollout = rollout.replace(scores=jnp.zeros(3))
+  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, critic_free=True, epochs=1,
+                               minibatches=1, kl_loss_coef=1.0)
+  txs = {"actor": optax.sgd(0.5)}
+  state_of = lambda p: PPOState(step=jnp.int32(0), params={"actor": p}, opt_state={"actor": txs["actor"].init(p)},
+                                kl_coef=jnp.float32(0.0), ema=None, reward=None, rng=jax.random.PRNGKey(0))
+  update = jax.jit(steps.make_ppo_update(models["actor"], None, txs, settings, reference=models["actor"]))
+
+  def kl_to_ref(params):
+    _, z, _ = rollout_policy(params)
+    _, zr, _ = rollout_policy(models["ref_params"])
+    total, count = losses.exact_kl(z, zr, rollout.mask)
+    return float(total / count)
+
+  rollout_policy = lambda p: jax.jit(rollout_lib.policy_outputs, static_argnums=(0, 6))(
+      models["actor"], p, rollout.prompt, rollout.prompt_mask, rollout.tokens, rollout.mask, 1.0)
+  before = kl_to_ref(models["actor_params"])
+  new_state, metrics = update(state_of(models["actor_params"]), rollout, None, jax.random.PRNGKey(2),
+                              models["ref_params"])
+  assert float(metrics["ppo/kl_loss"]) == pytest.approx(before, rel=1e-4)
+  after = kl_to_ref(new_state.params["actor"])
+  assert before > 0.005 and after < 0.9 * before
+
+  # At the reference itself the KL term's gradient is exactly 0: the update is the one without the term.
+  plain = jax.jit(steps.make_ppo_update(models["actor"], None, txs,
+                                        steps.PPOSettings(**{**settings.__dict__, "kl_loss_coef": 0.0})))
+  scored = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
+  with_term, _ = update(state_of(models["ref_params"]), scored, None, jax.random.PRNGKey(2), models["ref_params"])
+  without, _ = plain(state_of(models["ref_params"]), scored, None, jax.random.PRNGKey(2))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), with_term.params["actor"],
+               without.params["actor"])
+  with pytest.raises(ValueError, match="ref_params"):
+    update(state_of(models["actor_params"]), rollout, None, jax.random.PRNGKey(2))
+  with pytest.raises(ValueError, match="reference"):
+    steps.make_ppo_update(models["actor"], None, txs, settings)
 
 
 def test_reward_norm_normalises_by_moments_with_this_batch_then_clips(models):

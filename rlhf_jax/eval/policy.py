@@ -69,13 +69,15 @@ class PolicyEvaluator:
 
   `instances` (toyworld, one per prompt) enables gold scores. Sampling uses `sampling.temperature`,
   top_k/top_p and `max_new_tokens`, in chunks of `batch_size` prompts (the last chunk padded), key
-  fold_in(PRNGKey(seed), chunk): the same for every policy evaluated.
+  fold_in(PRNGKey(seed), chunk): the same for every policy evaluated. The KL to the reference compares
+  the policy at that temperature with the reference at `ref_temperature` (default: the same).
   """
 
   def __init__(self, *, actor: Transformer, reference: Transformer, reward_model: Transformer, ref_params,
                rm_params, tokenizer: Tokenizer, mesh, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
                sampling, max_new_tokens: int, batch_size: int, seed: int, reward_token: bool,
-               world: Optional[toyworld.World] = None, instances: Optional[Sequence[toyworld.Instance]] = None):
+               world: Optional[toyworld.World] = None, instances: Optional[Sequence[toyworld.Instance]] = None,
+               ref_temperature: Optional[float] = None):
     self.mesh, self.tokenizer, self.batch_size, self.seed = mesh, tokenizer, batch_size, seed
     self.prompt_tokens, self.prompt_mask = prompt_tokens, prompt_mask
     self.world, self.instances = world, instances
@@ -86,7 +88,8 @@ class PolicyEvaluator:
                                    stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
     self._collect = make_collect(self.lm, reference, None, reward_model, temperature=sampling.temperature,
                                  end_of_turn_id=tokenizer.end_of_turn_id,
-                                 reward_id=tokenizer.reward_id if reward_token else None, pad_id=tokenizer.pad_id)
+                                 reward_id=tokenizer.reward_id if reward_token else None, pad_id=tokenizer.pad_id,
+                                 ref_temperature=ref_temperature)
 
   def sample(self, params) -> PolicySamples:
     params = {k: v for k, v in params.items() if k != "value_head"}

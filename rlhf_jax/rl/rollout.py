@@ -135,11 +135,15 @@ def reward_inputs(prompt_bp, prompt_mask_bp, tokens_bn, mask_bn, ended_b, *, end
 
 def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Transformer],
                  reward_model: Transformer, *, temperature: float, end_of_turn_id: int,
-                 reward_id: Optional[int], pad_id: int, unfinished_penalty: float = 0.0):
+                 reward_id: Optional[int], pad_id: int, unfinished_penalty: float = 0.0,
+                 ref_temperature: Optional[float] = None):
   """`collect(actor_params, critic_params, ref_params, rm_params, prompt, prompt_mask, sample) -> Rollout`,
   jitted. `critic` None means the actor carries the value head (a shared trunk), or, for an actor without
   one, that values are not wanted (they are zeros); `sample` is the `SampleOutput` of the policy on these
-  prompts."""
+  prompts. `ref_temperature` (default: `temperature`) is the reference's: an evaluation of a policy sampled
+  at another temperature than the reference it is compared with (SFT at T 0.5 against SFT at T 0.7) gets
+  its true KL."""
+  ref_temperature = temperature if ref_temperature is None else ref_temperature
 
   def collect(actor_params, critic_params, ref_params, rm_params, prompt_bp, prompt_mask_bp, sample) -> Rollout:
     mask_bn = sample.mask.astype(jnp.float32)
@@ -147,7 +151,7 @@ def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Tr
     log_probs_bn, _, values_bn = policy_outputs(actor, actor_params, prompt_bp, prompt_mask_bp, tokens_bn,
                                                 mask_bn, temperature)
     ref_log_probs_bn, _, _ = policy_outputs(reference, ref_params, prompt_bp, prompt_mask_bp, tokens_bn,
-                                            mask_bn, temperature)
+                                            mask_bn, ref_temperature)
     if critic is not None:
       values_bn = critic_values(critic, critic_params, prompt_bp, prompt_mask_bp, tokens_bn, mask_bn)
     elif values_bn is None:  # Scoring only (evaluation): no critic at all.

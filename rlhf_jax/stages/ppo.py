@@ -342,7 +342,7 @@ def run(config, workdir: str) -> dict:
                          end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
                          unfinished_penalty=ppo.unfinished_penalty)
   settings = steps.PPOSettings.from_config(ppo)
-  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings), donate_argnums=(0,))
+  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings, reference), donate_argnums=(0,))
   strip_value = lambda p: {k: v for k, v in p.items() if k != "value_head"}
 
   def ppo_step(state, batch, rng):
@@ -374,7 +374,8 @@ def run(config, workdir: str) -> dict:
     new_tokens = float(host_sample.lengths.sum())
     ptx = batch.get("ptx")
     started = time.time()
-    state, metrics = update(state, rollout, ptx, jax.random.fold_in(rng, 1))
+    state, metrics = update(state, rollout, ptx, jax.random.fold_in(rng, 1),
+                            ref_params if ppo.kl_loss_coef > 0 else None)
     metrics = jax.block_until_ready(metrics)
     update_s = time.time() - started
     metrics = {**metrics, **round_metrics, "perf/rollout_s": rollout_s, "perf/update_s": update_s,
@@ -394,7 +395,8 @@ def run(config, workdir: str) -> dict:
   # gave +0.06 gold at a KL of 0.26), on the same prompts with the same keys.
   cold_sampling = config.sampling.copy_and_resolve_references()
   cold_sampling.temperature = SFT_COLD_TEMPERATURE
-  cold = PolicyEvaluator(sampling=cold_sampling, **on_eval_prompts)
+  # Its KL: the colder policy against the reference at the evaluation's own temperature.
+  cold = PolicyEvaluator(sampling=cold_sampling, ref_temperature=config.sampling.temperature, **on_eval_prompts)
   baseline = {}
 
   def evaluate(state) -> dict:

@@ -8,6 +8,7 @@ draws exactly the same dropout masks as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax
@@ -205,6 +206,7 @@ class PPOSettings:
   critic_free: bool = False
   critic_warmup: int = 0
   reward_norm: bool = False
+  kl_loss_coef: float = 0.0
 
   @classmethod
   def from_config(cls, ppo) -> "PPOSettings":
@@ -259,13 +261,17 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
   return batch, stats
 
 
-def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict, settings: PPOSettings):
-  """`update(state, rollout, ptx, rng) -> (state, metrics)`: PPO on one rollout, as one compiled program.
+def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict, settings: PPOSettings,
+                    reference: Optional[Transformer] = None):
+  """`update(state, rollout, ptx, rng, ref_params=None) -> (state, metrics)`: PPO on one rollout, as one
+  compiled program.
 
     targets: per-token reward -beta*KL (+ score at the last token), GAE, whitened advantages
     for each of `epochs` epochs (lax.scan), rows shuffled, for each of `minibatches` minibatches (lax.scan):
       actor:  clipped surrogate - ent_coef * entropy (+ vf_coef * clipped value loss with a shared critic)
-              + ptx_coef * the pretraining LM loss on that minibatch's ptx rows; its own optimizer
+              + ptx_coef * the pretraining LM loss on that minibatch's ptx rows
+              + kl_loss_coef * the exact KL to `reference` (`ref_params`) over the vocabulary, averaged over
+                the minibatch's response tokens (losses.exact_kl); its own optimizer
       critic: clipped value loss; its own optimizer
     beta <- the KL controller (fixed or adaptive); EMA of the actor's weights when asked.
 
@@ -290,11 +296,13 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   shared = critic is None and not s.critic_free
   if shared and "value" not in actor.heads:
     raise ValueError("a shared critic needs the actor to have a value head")
+  if s.kl_loss_coef > 0 and reference is None:
+    raise ValueError("kl_loss_coef: pass the reference model (the KL in the loss needs its logits)")
   if s.critic_warmup > 0 and critic is None:
     raise ValueError("critic_warmup: needs a separate critic (a shared trunk cannot learn values with the actor "
                      "frozen, and critic_free has none)")
 
-  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch]):
+  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
         actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
     pg_sum, count, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
@@ -315,6 +323,12 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       ptx_loss = lm_sum / jnp.maximum(lm_count, 1.0)
       loss = loss + s.ptx_coef * ptx_loss
       metrics["ppo/ptx_loss"] = ptx_loss
+    if s.kl_loss_coef > 0:
+      _, ref_scaled_bnv, _ = rollout_lib.policy_outputs(reference, jax.lax.stop_gradient(ref_params), mb.prompt,
+                                                        mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
+      kl_sum, _ = losses.exact_kl(scaled_bnv, ref_scaled_bnv, mb.mask)
+      loss = loss + s.kl_loss_coef * kl_sum / denom
+      metrics["ppo/kl_loss"] = kl_sum / denom
     return loss, metrics
 
   def critic_loss(params, mb: PPOBatch):
@@ -329,29 +343,33 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     params = optax.apply_updates(state.params[name], updates)
     return state.replace(params={**state.params, name: params}, opt_state={**state.opt_state, name: opt_state})
 
-  def actor_step(state, mb: PPOBatch, ptx: Optional[LMBatch]):
-    (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx)
+  def actor_step(state, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
+    (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx,
+                                                                         ref_params)
     metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
     return apply("actor", grads, state), metrics
 
-  def actor_frozen(state, mb: PPOBatch, ptx: Optional[LMBatch]):
+  def actor_frozen(state, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
     """Critic warm-up: the state as it is, and zeros for the actor's diagnostics (nothing is computed)."""
-    shapes = jax.eval_shape(actor_step, state, mb, ptx)[1]
+    shapes = jax.eval_shape(actor_step, state, mb, ptx, ref_params)[1]
     return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
-  def minibatch_step(state, inputs):
+  def minibatch_step(state, inputs, ref_params):
     mb, ptx = inputs
     if s.critic_warmup > 0:  # One program for both phases: the iteration count picks the branch.
-      state, metrics = jax.lax.cond(state.step < s.critic_warmup, actor_frozen, actor_step, state, mb, ptx)
+      state, metrics = jax.lax.cond(state.step < s.critic_warmup, actor_frozen, actor_step, state, mb, ptx,
+                                    ref_params)
     else:
-      state, metrics = actor_step(state, mb, ptx)
+      state, metrics = actor_step(state, mb, ptx, ref_params)
     if critic is not None:
       (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.params["critic"], mb)
       metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
       state = apply("critic", c_grads, state)
     return state, metrics
 
-  def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array):
+  def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array, ref_params=None):
+    if s.kl_loss_coef > 0 and ref_params is None:
+      raise ValueError("kl_loss_coef: pass ref_params (the reference's params) to the update")
     moments = state.score_moments
     if s.reward_norm:
       if moments is None:
@@ -368,7 +386,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       order = jax.random.permutation(jax.random.fold_in(rng, e), rows)
       shuffled = jax.tree.map(lambda x: x[order].reshape(s.minibatches, rows // s.minibatches, *x.shape[1:]),
                               batch)
-      return jax.lax.scan(minibatch_step, state, (shuffled, ptx_m))
+      return jax.lax.scan(functools.partial(minibatch_step, ref_params=ref_params), state, (shuffled, ptx_m))
 
     warming_up = state.step < s.critic_warmup
     state, metrics = jax.lax.scan(epoch, state, (jnp.arange(s.epochs), ptx_em))
