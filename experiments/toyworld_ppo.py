@@ -8,7 +8,9 @@ four evaluations take about 5 minutes. Rollouts: 64 training prompts an iteratio
 temperature 0.7 (the temperature every evaluation samples at) with up to 32 new tokens; each answer is
 scored against the mean of the other three (leave-one-out, the RLOO estimator, Ahmadian et al. 2024) and
 there is no critic (the December 2026 audit found one bought nothing here; `ppo.critic_free=false` brings
-it back, with `ppo.critic_warmup` iterations of critic pre-training). beta 0.1, k1 KL in the reward.
+it back, with `ppo.critic_warmup` iterations of critic pre-training). KL to SFT twice: beta 0.1 x the k1
+estimate in the reward, and the exact per-token KL over the vocabulary in the loss (`ppo.kl_loss_coef` 1:
+the same gold gain at about a third to a half of the KL, experiments/NOTES.md).
 Batch arithmetic: 256 answers x 1 epoch in 4 minibatches of 64 = 4 actor updates an iteration at lr 5e-5
 (the audit: 2e-4 lowers the likelihood of every sampled answer, rewarded ones included); 100 iterations =
 25,600 episodes. Evaluation: the 250 held-out prompts at temperature 0.7, against the SFT model's answers to
@@ -46,6 +48,7 @@ def get_config(arg=None):
   config.ppo.group_baseline = True
   config.ppo.critic_free = True
   config.ppo.kl_coef = 0.1
+  config.ppo.kl_loss_coef = 1.0  # The exact KL in the loss: it stops the drift the sampled estimate lets through.
   config.ppo.temperature = 0.7  # The temperature every evaluation samples at.
   config.ppo.max_new_tokens = 32
   config.ppo.prompt_len = 40

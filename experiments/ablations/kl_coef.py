@@ -3,7 +3,8 @@
   python -m rlhf_jax.sweep experiments/ablations/kl_coef.py --workdir runs/ablations/kl_coef \
       --config.init_from=runs/quickstart/sft --config.ppo.reward_from=runs/quickstart/reward
 
-Runs experiments/toyworld_ppo.py with beta = 0, 0.03, 0.1 (the default), 0.3 and 1 held fixed, and with
+Runs experiments/toyworld_ppo.py with beta = 0 (and no KL in the loss either), 0.03, 0.1 (the default), 0.3
+and 1 held fixed (the exact KL in the loss at its default otherwise), and with
 the adaptive controller of Ziegler et al. 2019 (from 0.1, towards 1 nat per response, horizon 2,500
 samples). The reward model is a proxy for the gold scorer, fitted on comparisons of SFT samples; without
 the KL penalty the policy is free to move wherever the proxy is wrong, so its RM score keeps rising while
@@ -43,6 +44,8 @@ def sweep(arg, workdir):
   for name, beta, adaptive in variants:
     config = get_config(arg)
     config.ppo.kl_coef = beta
+    if beta == 0:  # No KL at all: the exact KL in the loss goes too (over-optimisation needs a free policy).
+      config.ppo.kl_loss_coef = 0.0
     config.ppo.adaptive_kl = adaptive
     # Adaptive: towards 1 nat per response, correcting within about 2,500 samples (10 iterations of 256).
     config.ppo.kl_target, config.ppo.kl_horizon = 1.0, 2500
