@@ -131,6 +131,9 @@ def base_config() -> ConfigDict:
       tokenizer="sentencepiece",
       tokenizer_vocab_size=1024,
       val_fraction=0.1,
+      # Invalid records of data.path (SFT and reward stages) that may be left out, each named as a warning
+      # and in the summary (data/bad_records); one more stops the run. 0: the first invalid record stops it.
+      max_bad_records=0,
   ))
   # The run this one starts from: a workdir of ours, a `python -m rlhf_jax.convert from-hf` output, or a
   # Hugging Face GPT-2/Llama directory (SFT starts from pretraining, the reward model from SFT, ...).
@@ -381,6 +384,9 @@ def finalize(config: ConfigDict) -> ConfigDict:
       raise UserError(f"config key 'data.{key}': {config.data[key]!r} is not one of {', '.join(choices)}")
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserError(f"config key 'data.val_fraction' must be in (0, 1), got {config.data.val_fraction}")
+  if config.data.max_bad_records < 0:
+    raise UserError(f"config key 'data.max_bad_records' must be >= 0 (0 = every record must be valid), got "
+                    f"{config.data.max_bad_records}")
   reward_losses = ("pairwise", "margin", "per_token", "reward_token")
   if config.reward.loss not in reward_losses:
     raise UserError(f"config key 'reward.loss': {config.reward.loss!r} is not one of {', '.join(reward_losses)}")
@@ -448,11 +454,14 @@ def to_json(config: ConfigDict) -> str:
 
 
 def write_config(config: ConfigDict, workdir: str) -> str:
-  """Writes the resolved config to `workdir/config.json` atomically (a crash never leaves half a file)."""
+  """Writes the resolved config to `workdir/config.json` atomically: a new file, flushed to disk, renamed over
+  the old one (a crash never leaves half a file). The stages call it only for a run that will start."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(to_json(config) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
   os.replace(tmp, path)
   return path

@@ -3,15 +3,19 @@
   python -m rlhf_jax.main --config experiments/NAME.py[:ARG] --workdir DIR [--config.a.b=value ...]
 
 Loads the experiment's locked config, applies the overrides (an unknown key or a wrongly typed value stops
-here with one line naming the key), starts multi-host JAX if configured, writes the resolved config to
-DIR/config.json and runs `config.stage`. Re-running the same command on the same DIR resumes that run.
-Bad input of any kind ends with one `error: ...` line on stderr and exit status 2.
+here with one line naming the key), starts multi-host JAX if configured and runs `config.stage`, which writes
+the resolved config to DIR/config.json once its data, model and checkpoint have been checked: a re-run that is
+refused leaves DIR as it was. Re-running the same command on the same DIR resumes that run.
+Bad input of any kind ends with one `error: ...` line on stderr and exit status 2. SIGTERM ends a run with
+status 143 (128 + 15) in any phase: in the training loop after a checkpoint at the current step (train/loop.py),
+elsewhere at once, the finished files intact.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -73,22 +77,41 @@ def run(argv: Sequence[str]) -> dict:
                     f"(available: {', '.join(STAGE_MODULES)}, pipeline)")
   from rlhf_jax import mesh as mesh_lib  # Imports jax: after the cheap checks, before any device use.
   mesh_lib.maybe_initialize_distributed(config.mesh)
-  import jax
-  if jax.process_index() == 0:
-    config_lib.write_config(config, args.workdir)
   stage = importlib.import_module(STAGE_MODULES[config.stage])
   return stage.run(config, args.workdir)
 
 
+class Terminated(Exception):
+  """SIGTERM outside the training loop (loading data, compiling, a final evaluation after the loop): the run
+  stops where it is; its checkpoints and finished files are intact, and a re-run continues from them."""
+
+  def __init__(self, signum: int):
+    self.signum = signum
+    super().__init__(f"stopped by {signal.Signals(signum).name} outside the training loop; the workdir's "
+                     "checkpoints are intact. Re-run the same command to resume.")
+
+
+def _terminate(signum, frame):
+  raise Terminated(signum)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  # Inside the training loop its own handler takes over (a checkpoint at the current step, then `Preempted`).
+  try:
+    previous = signal.signal(signal.SIGTERM, _terminate)
+  except ValueError:  # Not the main thread: no signal handling there.
+    previous = None
   try:
     run(sys.argv[1:] if argv is None else argv)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except Preempted as e:
+  except (Preempted, Terminated) as e:
     print(str(e), file=sys.stderr)
     return 128 + e.signum  # The shell's convention for "ended by this signal".
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
   return 0
 
 

@@ -49,7 +49,6 @@ def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[di
     config_lib.finalize(config)
     run_dir = os.path.join(workdir, name)
     mesh_lib.maybe_initialize_distributed(config.mesh)
-    config_lib.write_config(config, run_dir)
     print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}")
     summaries.append((name, importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)))
   rows = table_rows(summaries, module.COLUMNS)

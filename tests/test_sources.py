@@ -1,4 +1,5 @@
-"""Data sources: every malformed input stops with one line naming its file and line; good input comes back
+"""Data sources: every malformed input stops with one line naming its file and line, unless
+data.max_bad_records lets a run leave it out (named in a warning and the summary); good input comes back
 normalised, by random access, from JSONL, text, ArrayRecord and TFDS."""
 
 import json
@@ -10,8 +11,11 @@ import grain
 import numpy as np
 import pytest
 
+from conftest import BATCH, ROOT
+from rlhf_jax import main as main_lib
 from rlhf_jax.data import sources
 from rlhf_jax.errors import UserError
+from rlhf_jax.tokenizer import load_tokenizer
 
 USER = {"role": "user", "content": "hi"}
 ASSISTANT = {"role": "assistant", "content": "hello"}
@@ -86,11 +90,9 @@ MALFORMED = {
     "HH not a transcript": ("comparisons", {"chosen": "just text",
                                             "rejected": hh(("Human", "hi"), ("Assistant", "b"))},
                             '"chosen" does not start with a "Human:" or "Assistant:" turn'),
-    "HH prompts differ": ("comparisons", {"chosen": hh(("Human", "hi"), ("Assistant", "x"), ("Human", "q"),
-                                                       ("Assistant", "a")),
-                                          "rejected": hh(("Human", "hi"), ("Assistant", "y"), ("Human", "q"),
-                                                         ("Assistant", "b"))},
-                          "different prompts (they differ from turn 2)"),
+    "HH share no turn": ("comparisons", {"chosen": hh(("Human", "hi"), ("Assistant", "a")),
+                                         "rejected": hh(("Human", "hello"), ("Assistant", "b"))},
+                         'the "chosen" and "rejected" transcripts differ from their first turn'),
 }
 
 VALID = {
@@ -109,6 +111,15 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path, case):
     sources.open_jsonl(path, kind)
   assert message in str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_unterminated_string_on_the_last_line_reads_once_at(tmp_path):
+  """json's own message ends in "starting at": the error says "at character N" once, not "at at"."""
+  path = tmp_path / "data.jsonl"
+  path.write_bytes(b'{"text": "a"}\n{"text": "b')  # No newline at the end: the string runs to the end of input.
+  with pytest.raises(UserError) as error:
+    sources.open_jsonl(path, "pretrain")
+  assert str(error.value) == f"{path}:2: bad JSON: Unterminated string starting at character 10"
 
 
 @pytest.mark.parametrize("contents, says", [(b"", "the file is empty"),
@@ -321,3 +332,221 @@ def test_tfds_source_maps_fields(tmp_path):
     sources.tfds_source("tiny_chats", "train", tmp_path, kind="pretrain", fields={"text": "txt"})
   with pytest.raises(UserError, match="tfds:tiny_chats/test: cannot open: "):
     sources.tfds_source("tiny_chats", "test", tmp_path, kind="pretrain")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Deep nesting, HH transcripts that part before their final turn, and data.max_bad_records (issue 18).
+
+
+def test_deeply_nested_json_names_file_and_line(tmp_path):
+  """JSON nested 100,000 deep stops with one line at the bracket past MAX_JSON_DEPTH, not a RecursionError."""
+  path = write_jsonl(tmp_path / "deep.jsonl", [VALID["pretrain"], '{"text": "a", "meta": ' + "[" * 100_000
+                                               + "]" * 100_000 + "}"])
+  with pytest.raises(UserError) as error:
+    sources.open_jsonl(path, "pretrain")
+  # The object is level 1; the 100th "[" (character 22 + 100) is level 101.
+  assert str(error.value) == f"{path}:2: bad JSON: arrays and objects nested more than 100 deep (at character 122)"
+
+
+def test_nesting_up_to_the_limit_and_brackets_in_strings_are_read(tmp_path):
+  depth = sources.MAX_JSON_DEPTH - 1  # Arrays inside the record's object.
+  path = write_jsonl(tmp_path / "ok.jsonl", ['{"text": "a", "meta": ' + "[" * depth + "]" * depth + "}",
+                                             {"text": "[{" * 1000 + '\\"'}])
+  source = sources.open_jsonl(path, "pretrain")
+  assert [source[i]["text"] for i in range(2)] == ["a", "[{" * 1000 + '\\"']
+
+
+def _files(*roots: pathlib.Path) -> dict:
+  """Every file under `roots` (or the root itself) -> its bytes; a missing root -> None."""
+  out = {}
+  for root in roots:
+    if root.is_file():
+      out[root] = root.read_bytes()
+    elif root.is_dir():
+      out.update({p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()})
+    else:
+      out[root] = None
+  return out
+
+
+def _main(capsys, argv: list) -> tuple[int, list[str]]:
+  """Runs the command line in-process: (exit status, stderr lines that are not progress bars)."""
+  capsys.readouterr()
+  status = main_lib.main([str(arg) for arg in argv])
+  lines = capsys.readouterr().err.splitlines()
+  return status, [line for line in lines if line.startswith(("error: ", "warning: "))]
+
+
+def test_cli_deeply_nested_json_exits_2_and_writes_nothing(tmp_path, capsys):
+  path = write_jsonl(tmp_path / "deep.jsonl", [VALID["pretrain"], '{"text": ' + "[" * 5000 + "]" * 5000 + "}"])
+  workdir = tmp_path / "run"
+  before = _files(path, workdir)
+  status, err = _main(capsys, ["--config", f"{ROOT}/experiments/shakespeare_char.py:smoke", "--workdir", workdir,
+                               BATCH, f"--config.data.path={path}"])
+  assert status == 2
+  assert err == [f"error: {path}:2: bad JSON: arrays and objects nested more than 100 deep (at character 109)"]
+  assert _files(path, workdir) == before
+
+
+# (chosen turns, rejected turns, the normalised record): where the transcripts part before their final turns,
+# the prompt is the turns they share and each response the rest of its transcript.
+HH_PARTING = {
+    "two Assistant turns in a row at the end": (
+        [("Human", "Hi"), ("Assistant", "Hello."), ("Human", "A pun?"), ("Assistant", "Lettuce pray.")],
+        [("Human", "Hi"), ("Assistant", "Hello."), ("Human", "A pun?"), ("Assistant", "No."), ("Assistant", "Bye.")],
+        {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                    {"role": "user", "content": "A pun?"}],
+         "responses": ["Lettuce pray.", "No.\n\nAssistant: Bye."], "ranking": [0, 1]}),
+    "two Assistant turns in a row mid-conversation": (
+        [("Human", "Hi"), ("Assistant", "Hello."), ("Human", "A pun?"), ("Assistant", "Lettuce pray.")],
+        [("Human", "Hi"), ("Assistant", "Hello."), ("Assistant", "Hm."), ("Human", "A pun?"), ("Assistant", "No.")],
+        {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+         "responses": ["Human: A pun?\n\nAssistant: Lettuce pray.", "Hm.\n\nHuman: A pun?\n\nAssistant: No."],
+         "ranking": [0, 1]}),
+    "one transcript begins the other": (  # Each keeps at least its last turn.
+        [("Human", "Hi"), ("Assistant", "Hello.")],
+        [("Human", "Hi"), ("Assistant", "Hello."), ("Assistant", "Bye.")],
+        {"prompt": [{"role": "user", "content": "Hi"}], "responses": ["Hello.", "Hello.\n\nAssistant: Bye."],
+         "ranking": [0, 1]}),
+}
+
+
+@pytest.mark.parametrize("case", HH_PARTING)
+def test_hh_transcripts_that_part_before_their_final_turn(tmp_path, case):
+  chosen, rejected, record = HH_PARTING[case]
+  path = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": hh(*chosen), "rejected": hh(*rejected)}])
+  assert sources.open_jsonl(path, "comparisons")[0] == record
+
+
+def _with_bad_lines(path: pathlib.Path) -> pathlib.Path:
+  """Six lines: records "0" to "2" at lines 1, 3 and 6, invalid records at lines 2, 4 and 5."""
+  return write_jsonl(path, [{"text": "0"}, '{"text": "1"', {"text": "1"}, {"txt": "x"}, {"text": ""}, {"text": "2"}])
+
+
+def test_bad_records_left_out_up_to_the_limit(tmp_path):
+  path = _with_bad_lines(tmp_path / "docs.jsonl")
+  bad = sources.BadRecords(3)
+  source = sources.open_jsonl(path, "pretrain", bad)
+  assert [source[i]["text"] for i in range(len(source))] == ["0", "1", "2"]
+  assert pickle.loads(pickle.dumps(source))[2] == {"text": "2"}
+  assert bad.summary() == {"data/bad_records": 3, "data/bad_record_list": [
+      f"{path}:2: bad JSON: Expecting ',' delimiter at character 14", f'{path}:4: missing key "text"',
+      f'{path}:5: "text" is empty']}
+  assert bad.warnings()[0] == (f"warning: {path}:2: bad JSON: Expecting ',' delimiter at character 14; left out, "
+                               "invalid record 1 of the 3 that config key 'data.max_bad_records' allows")
+
+
+def test_bad_records_past_the_limit_name_the_limit_and_the_first(tmp_path):
+  path = _with_bad_lines(tmp_path / "docs.jsonl")
+  with pytest.raises(UserError) as error:
+    sources.open_source(path, "pretrain", bad=sources.BadRecords(2))
+  assert str(error.value) == (f"{path}:5: \"text\" is empty; more invalid records than config key "
+                              f"'data.max_bad_records' (2) allows, the first at {path}:2")
+
+
+def test_bad_records_limit_counts_over_array_record_files(tmp_path):
+  a = tmp_path / "a.array_record"
+  b = tmp_path / "b.array_record"
+  sources.write_array_record(a, [{"text": "0"}, {"txt": "x"}])
+  sources.write_array_record(b, [{"text": ""}, {"text": "1"}])
+  bad = sources.BadRecords(2)
+  source = sources.open_array_record([a, b], "pretrain", bad)
+  assert [source[i] for i in range(len(source))] == [{"text": "0"}, {"text": "1"}]
+  assert bad.skipped == [f'{a}: record 1: missing key "text"', f'{b}: record 0: "text" is empty']
+  with pytest.raises(UserError, match=rf"{b}: record 0: .* \(1\) allows, the first at {a}: record 1$"):
+    sources.open_array_record([a, b], "pretrain", sources.BadRecords(1))
+
+
+def test_a_file_of_only_bad_records_has_none_left(tmp_path):
+  path = write_jsonl(tmp_path / "docs.jsonl", [{"txt": "x"}, "[]"])
+  with pytest.raises(UserError) as error:
+    sources.open_jsonl(path, "pretrain", sources.BadRecords(5))
+  assert str(error.value) == (f"{path}: no records left: all 2 were invalid (skipped under config key "
+                              "'data.max_bad_records')")
+
+
+def test_negative_max_bad_records_is_refused(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  status, err = _main(capsys, ["--config", f"{ROOT}/experiments/shakespeare_char.py:smoke", "--workdir", workdir,
+                               "--config.data.max_bad_records=-1"])
+  assert status == 2 and not workdir.exists()
+  assert err == ["error: config key 'data.max_bad_records' must be >= 0 (0 = every record must be valid), got -1"]
+
+
+def _hh_file_with_bad_records(path: pathlib.Path) -> pathlib.Path:
+  """Eight HH comparisons, two of whose rejected transcripts end in two Assistant turns, and two invalid
+  records: bad JSON at line 3, nesting too deep at line 6."""
+  lines = []
+  for i in range(8):
+    prompt = [("Human", f"Question {i}?"), ("Assistant", "Which kind?"), ("Human", "Any.")]
+    rejected = [("Assistant", "No."), ("Assistant", "Bye.")] if i in (1, 5) else [("Assistant", "No.")]
+    lines.append({"chosen": hh(*prompt, ("Assistant", f"Answer {i}.")), "rejected": hh(*prompt, *rejected)})
+  lines.insert(2, '{"chosen": "\\n\\nHuman: hi", "rejected": }')
+  lines.insert(5, '{"chosen": ' + "[" * 500 + "]" * 500 + "}")
+  return write_jsonl(path, lines)
+
+
+def _reward_argv(workdir, *extra):
+  return ["--config", f"{ROOT}/experiments/toyworld_reward.py:smoke", "--workdir", workdir, BATCH, *extra]
+
+
+def test_reward_run_leaves_out_bad_records_and_names_them(toyworld_smoke, tmp_path, capsys):
+  """A comparison file with two invalid records trains with data.max_bad_records=2: one warning line each,
+  and the summary counts and lists them by file:line."""
+  path = _hh_file_with_bad_records(tmp_path / "hh.jsonl")
+  data = path.read_bytes()
+  workdir = tmp_path / "reward"
+  status, err = _main(capsys, _reward_argv(workdir, f"--config.init_from={toyworld_smoke['sft'][0]}",
+                                           f"--config.data.path={path}", "--config.data.source=text",
+                                           "--config.data.max_bad_records=2", "--config.reward.norm_samples=8"))
+  assert status == 0
+  skipped = [f"{path}:3: bad JSON: Expecting value at character 41",
+             f"{path}:6: bad JSON: arrays and objects nested more than 100 deep (at character 111)"]
+  assert err == [f"warning: {line}; left out, invalid record {i} of the 2 that config key 'data.max_bad_records' "
+                 "allows" for i, line in enumerate(skipped, start=1)]
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["data/bad_records"] == 2 and summary["data/bad_record_list"] == skipped
+  assert summary["comparisons/train_prompts"] + summary["comparisons/heldout_prompts"] == 8
+  assert summary["complete"] is True and path.read_bytes() == data
+
+
+def test_reward_run_refuses_past_max_bad_records(toyworld_smoke, tmp_path, capsys):
+  """One invalid record more than data.max_bad_records: one line naming the limit and the first bad record;
+  the data file and an earlier run's workdir are left as they were."""
+  path = _hh_file_with_bad_records(tmp_path / "hh.jsonl")
+  workdir = tmp_path / "reward"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"earlier": "run"}\n')
+  before = _files(path, workdir)
+  status, err = _main(capsys, _reward_argv(workdir, f"--config.init_from={toyworld_smoke['sft'][0]}",
+                                           f"--config.data.path={path}", "--config.data.source=text",
+                                           "--config.data.max_bad_records=1"))
+  assert status == 2
+  assert err == [f"error: {path}:6: bad JSON: arrays and objects nested more than 100 deep (at character 111); "
+                 f"more invalid records than config key 'data.max_bad_records' (1) allows, the first at {path}:3"]
+  assert _files(path, workdir) == before
+
+
+def test_reward_run_says_data_tokenizer_is_unused(toyworld_smoke, tmp_path, capsys):
+  """--config.data.tokenizer=char on a reward run from a sentencepiece SFT model: one warning line that the
+  SFT model's tokenizer is used. (train.seq_len past the model's positions then stops the run untrained.)"""
+  sft = toyworld_smoke["sft"][0]
+  workdir = tmp_path / "reward"
+  status, err = _main(capsys, _reward_argv(workdir, f"--config.init_from={sft}", "--config.data.tokenizer=char",
+                                           "--config.train.seq_len=4096"))
+  assert status == 2 and not workdir.exists()
+  assert err == [f"warning: config key 'data.tokenizer' ('char') is not used: the reward model reads text with its "
+                 f"SFT model's tokenizer (sentencepiece, {load_tokenizer(sft).vocab_size} tokens; init_from {sft})",
+                 f"error: config key 'train.seq_len': 4096 is longer than the model's 64 learned positions ({sft})"]
+
+
+def test_sft_run_refuses_past_max_bad_records(toyworld_smoke, tmp_path, capsys):
+  """The SFT stage reads data.path under the same limit, before it writes anything."""
+  path = write_jsonl(tmp_path / "sft.jsonl", [VALID["sft"], {"messages": [USER]}, VALID["sft"], {"prompt": "hi"}])
+  workdir = tmp_path / "sft"
+  status, err = _main(capsys, ["--config", f"{ROOT}/experiments/toyworld_sft.py:smoke", "--workdir", workdir, BATCH,
+                               f"--config.init_from={toyworld_smoke['pretrain'][0]}", f"--config.data.path={path}",
+                               "--config.data.source=text", "--config.data.max_bad_records=1"])
+  assert status == 2 and not workdir.exists()
+  assert err == [f'error: {path}:4: missing key "response"; more invalid records than config key '
+                 f"'data.max_bad_records' (1) allows, the first at {path}:2"]

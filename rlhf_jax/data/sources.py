@@ -31,15 +31,26 @@ of the j-th best response, best first, a permutation of 0..K-1 (no ties; a repea
 error); it is normalised to the equivalent ranking.
 
 Anthropic HH transcripts ("\\n\\nHuman: ...\\n\\nAssistant: ...") are split at the "\\n\\nHuman:" and
-"\\n\\nAssistant:" markers, each turn's content stripped of surrounding whitespace. The final turn must be an
-assistant turn: it is the response; the turns before it are the prompt, which both transcripts must share.
+"\\n\\nAssistant:" markers, each turn's content stripped of surrounding whitespace; each must end with an
+assistant turn. The prompt is the turns both transcripts share, from the first (the longest common prefix of
+whole turns, short enough that each transcript keeps at least one turn: TRL's `extract_prompt` reads them so),
+and each response is the rest of its transcript. Usually that is the final assistant turn alone; where one
+transcript has two Assistant turns in a row, the two part earlier, and a response of several turns is written
+as the transcript writes it ("first reply\\n\\nAssistant: second reply"), less the marker of an opening
+Assistant turn, which the chat template's assistant header stands for.
 
 Errors. Opening a source reads and validates every record once, so a malformed record stops the run before
 training starts, never hours into it. Each error is a `UserError` whose one line names the file and the
 1-based line ("data/sft.jsonl:17: missing key "messages""), or for ArrayRecord and TFDS the 0-based record
-index ("data/rm.array_record: record 5: ..."). Only byte offsets (JSONL) or nothing (ArrayRecord, TFDS) are
+index ("data/rm.array_record: record 5: ..."). Arrays and objects may nest at most MAX_JSON_DEPTH deep, so
+parsing never recurses without bound. Only byte spans (JSONL) or nothing (ArrayRecord, TFDS) are
 kept: a record is re-read and re-parsed when it is asked for, so a multi-GB file is never held in memory.
 Plain text is the exception: `read_text` returns its documents, for corpora that fit in memory.
+
+Skipping bad records. Public data sets hold a few broken records. A `BadRecords(limit)` passed to a source
+(config key `data.max_bad_records`) lets it leave out up to `limit` invalid records, over every file it is
+shared by, listing each as "file:line: reason"; one more stops the run with one line naming the limit and
+the first record skipped. The default, limit 0, stops at the first invalid record with its own message.
 """
 
 import array
@@ -76,6 +87,11 @@ _BOM = codecs.BOM_UTF8
 # Records the ArrayRecord validation pass reads per call: large enough to amortise the call, small enough
 # to keep memory flat on big files.
 _READ_CHUNK = 1024
+# How deep arrays and objects may nest in a record. Ours nest three deep ({"messages": [{...}]}); 100 leaves
+# room for metadata, and keeps json.loads, which recurses once a level, far from Python's recursion limit
+# (1,000 frames: deeper nesting ends in a RecursionError), in whichever thread reads the record.
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _SOURCE_FORMS = ("a .jsonl file, .array_record file(s) (a glob is fine), tfds:NAME/SPLIT, or for pretraining "
                  "a .txt file or a directory of .txt files")
 
@@ -236,8 +252,8 @@ _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
-def _split_hh(transcript: str, key: str, where: str) -> tuple[Messages, str]:
-  """An HH transcript -> (the turns before the final assistant turn, the final assistant turn's text)."""
+def _hh_turns(transcript: str, key: str, where: str) -> Messages:
+  """An HH transcript -> its turns, checked to end with an assistant turn that follows at least one other."""
   if not transcript.strip():
     raise UserError(f'{where}: "{key}" is empty')
   # Each turn starts with "\n\nHuman:" or "\n\nAssistant:"; leading blank lines vary between dumps, so the
@@ -251,19 +267,31 @@ def _split_hh(transcript: str, key: str, where: str) -> tuple[Messages, str]:
     raise UserError(f'{where}: "{key}" transcript has no final "Assistant:" turn')
   if len(turns) == 1:
     raise UserError(f'{where}: "{key}" transcript has no turn before its final "Assistant:" turn')
-  return turns[:-1], turns[-1]["content"]
+  return turns
+
+
+def _hh_response(turns: Messages) -> str:
+  """The turns of a transcript after the prompt as one response: as the transcript writes them, less the
+  marker of an opening assistant turn (the chat template's assistant header takes its place)."""
+  speakers = {role: speaker for speaker, role in _HH_ROLES.items()}
+  lines = [f'{speakers[turn["role"]]}: {turn["content"]}' for turn in turns]
+  if turns[0]["role"] == "assistant":
+    lines[0] = turns[0]["content"]
+  return "\n\n".join(lines)
 
 
 def _hh_comparison(obj: Mapping[str, Any], where: str) -> Record:
-  chosen_prompt, chosen = _split_hh(_string(_get(obj, "chosen", where), where, '"chosen"'), "chosen", where)
-  rejected_prompt, rejected = _split_hh(_string(_get(obj, "rejected", where), where, '"rejected"'), "rejected",
-                                        where)
-  if chosen_prompt != rejected_prompt:
-    turn = next((i for i, (a, b) in enumerate(zip(chosen_prompt, rejected_prompt)) if a != b),
-                min(len(chosen_prompt), len(rejected_prompt)))
-    raise UserError(f'{where}: the "chosen" and "rejected" transcripts have different prompts (they differ from '
-                    f"turn {turn + 1}); a comparison needs one shared prompt")
-  return {"prompt": chosen_prompt, "responses": [chosen, rejected], "ranking": [0, 1]}
+  """The shared turns as the prompt, the rest of each transcript as its response (module docstring)."""
+  chosen = _hh_turns(_string(_get(obj, "chosen", where), where, '"chosen"'), "chosen", where)
+  rejected = _hh_turns(_string(_get(obj, "rejected", where), where, '"rejected"'), "rejected", where)
+  shared, most = 0, min(len(chosen), len(rejected)) - 1  # Each keeps at least one turn to score.
+  while shared < most and chosen[shared] == rejected[shared]:
+    shared += 1
+  if not shared:
+    raise UserError(f'{where}: the "chosen" and "rejected" transcripts differ from their first turn; a '
+                    "comparison needs a prompt they share")
+  return {"prompt": chosen[:shared], "responses": [_hh_response(chosen[shared:]), _hh_response(rejected[shared:])],
+          "ranking": [0, 1]}
 
 
 def _simulated_labels(obj: Mapping[str, Any], k: int, where: str) -> Record:
@@ -336,11 +364,28 @@ def _decode(data: bytes, where: str, file_offset: int | None) -> str:
     raise UserError(f"{where}: invalid UTF-8: byte 0x{data[e.start]:02x} at {position}") from None
 
 
+def _check_depth(data: bytes, where: str) -> None:
+  """Stops a record whose arrays and objects nest deeper than MAX_JSON_DEPTH, before json.loads recurses."""
+  if data.count(b"[") + data.count(b"{") <= MAX_JSON_DEPTH:
+    return  # Too few brackets to nest that deep: all a usual record costs.
+  # Brackets inside strings do not nest: blank the strings out, keeping every offset.
+  code = np.frombuffer(_JSON_STRING.sub(lambda m: b" " * len(m[0]), data), np.uint8)
+  step = ((code == ord("[")) | (code == ord("{"))).astype(np.int64) - ((code == ord("]")) | (code == ord("}")))
+  too_deep = np.flatnonzero(np.cumsum(step) > MAX_JSON_DEPTH)
+  if too_deep.size:
+    character = len(data[:too_deep[0]].decode("utf-8")) + 1  # A bracket: never inside a multi-byte character.
+    raise UserError(f"{where}: bad JSON: arrays and objects nested more than {MAX_JSON_DEPTH} deep (at "
+                    f"character {character})")
+
+
 def _parse_object(data: bytes, where: str, file_offset: int | None) -> dict[str, Any]:
+  text = _decode(data, where, file_offset)
+  _check_depth(data, where)
   try:
-    obj = json.loads(_decode(data, where, file_offset))
+    obj = json.loads(text)
   except json.JSONDecodeError as e:
-    raise UserError(f"{where}: bad JSON: {e.msg} at character {e.pos + 1}") from None
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Unterminated string starting at": no "at at".
+    raise UserError(f"{where}: bad JSON: {msg} at character {e.pos + 1}") from None
   if not isinstance(obj, dict):
     raise UserError(f"{where}: expected a JSON object, got {_json_type(obj)}")
   return obj
@@ -352,6 +397,47 @@ def _check_index(index: int, length: int) -> int:
   if not -length <= index < length:
     raise IndexError(f"record index {index} out of range for {length} records")
   return index % length
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Invalid records left out.
+
+
+class BadRecords:
+  """The invalid records that sources may leave out: at most `limit` (config key `data.max_bad_records`) over
+  every source it is given to, listed in `skipped` as "file:line: reason". With limit 0, the first invalid
+  record stops the run with its own message, as it would without skipping."""
+
+  def __init__(self, limit: int = 0):
+    self.limit = limit
+    self.skipped: list[str] = []
+    self._first = ""
+
+  def skip(self, where: str, error: UserError) -> None:
+    """Leaves out the record at `where`, which failed with `error`; raises past the limit."""
+    if len(self.skipped) >= self.limit:
+      if not self.limit:
+        raise error
+      raise UserError(f"{error}; more invalid records than config key 'data.max_bad_records' ({self.limit}) "
+                      f"allows, the first at {self._first}")
+    self._first = self._first or where
+    self.skipped.append(str(error))
+
+  def warnings(self) -> list[str]:
+    """One line for the log per record left out."""
+    return [f"warning: {entry}; left out, invalid record {i + 1} of the {self.limit} that config key "
+            "'data.max_bad_records' allows" for i, entry in enumerate(self.skipped)]
+
+  def summary(self) -> dict[str, Any]:
+    """The summary's account of the records left out: how many, and which ("file:line: reason")."""
+    return {"data/bad_records": len(self.skipped), "data/bad_record_list": list(self.skipped)}
+
+
+def _kept(total: int, bad_indices: Sequence[int]) -> np.ndarray | None:
+  """The indices of the records left after the invalid ones, or None when there were none to leave out."""
+  if not bad_indices:
+    return None
+  return np.setdiff1d(np.arange(total, dtype=np.int64), np.asarray(bad_indices, np.int64))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -414,19 +500,21 @@ class TextSource:
 
 
 class JsonlSource:
-  """Random access to the validated records of a JSONL file, holding only each record's byte offset.
+  """Random access to the validated records of a JSONL file, holding only each record's byte span.
 
-  Opening reads the file once, validating every non-blank line with `validate`; `__getitem__` re-reads
-  and re-validates one line by its offset, so memory stays at 16 bytes a record whatever the file's size.
-  Each read opens the file afresh: that is thread-safe, and the source pickles for grain's worker processes.
+  Opening reads the file once, validating every non-blank line with `validate` (leaving out invalid ones
+  while `bad` allows); `__getitem__` re-reads and re-validates one line by its span, so memory stays at 24
+  bytes a record whatever the file's size. Each read opens the file afresh: that is thread-safe, and the
+  source pickles for grain's worker processes.
   """
 
-  def __init__(self, path: PathLike, validate: Validator):
+  def __init__(self, path: PathLike, validate: Validator, bad: BadRecords | None = None):
     self.path = os.fspath(path)
     self._validate = validate
-    # starts[i] is where record i begins; its bytes run to starts[i + 1] (the last entry is the file size).
-    # Blank lines between records fall inside that span as JSON whitespace, which json.loads ignores.
-    starts, lines = array.array("q"), array.array("q")
+    bad = BadRecords() if bad is None else bad
+    skipped = len(bad.skipped)
+    # Record i is the bytes starts[i]:ends[i] of line lines[i] (1-based).
+    starts, ends, lines = array.array("q"), array.array("q"), array.array("q")
     try:
       file = open(self.path, "rb")
     except OSError as e:
@@ -441,14 +529,22 @@ class JsonlSource:
         if not line.strip(_JSON_SPACE):
           continue
         where = f"{self.path}:{number}"
-        validate(_parse_object(line, where, begin), where)
+        try:
+          validate(_parse_object(line, where, begin), where)
+        except UserError as e:
+          bad.skip(where, e)
+          continue
         starts.append(begin)
+        ends.append(offset)
         lines.append(number)
     if not lines:
+      if len(bad.skipped) > skipped:
+        raise UserError(f"{self.path}: no records left: all {len(bad.skipped) - skipped} were invalid (skipped "
+                        "under config key 'data.max_bad_records')")
       contents = "is empty" if offset == 0 else "holds only blank lines"
       raise UserError(f"{self.path}: no records: the file {contents}")
-    starts.append(offset)
     self._starts = np.array(starts, dtype=np.int64)
+    self._ends = np.array(ends, dtype=np.int64)
     self._lines = np.array(lines, dtype=np.int64)
 
   def __len__(self) -> int:
@@ -456,7 +552,7 @@ class JsonlSource:
 
   def __getitem__(self, index: int) -> Record:
     index = _check_index(index, len(self))
-    start, end = int(self._starts[index]), int(self._starts[index + 1])
+    start, end = int(self._starts[index]), int(self._ends[index])
     with open(self.path, "rb") as file:
       file.seek(start)
       data = file.read(end - start)
@@ -467,9 +563,9 @@ class JsonlSource:
     return f"JsonlSource({self.path!r}, {len(self)} records)"
 
 
-def open_jsonl(path: PathLike, kind: str) -> JsonlSource:
+def open_jsonl(path: PathLike, kind: str, bad: BadRecords | None = None) -> JsonlSource:
   """A JSONL file of records of `kind` ("pretrain", "sft", "prompts" or "comparisons")."""
-  return JsonlSource(path, _validator(kind))
+  return JsonlSource(path, _validator(kind), bad)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -489,44 +585,58 @@ def _expand(paths: PathLike | Sequence[PathLike]) -> list[str]:
   return [os.fspath(path) for path in paths]
 
 
-def _validate_array_record(path: str, validate: Validator) -> int:
-  """Validates every record of one ArrayRecord file, reading it front to back; returns the record count."""
+def _validate_array_record(path: str, validate: Validator, bad: BadRecords) -> tuple[int, list[int]]:
+  """Validates every record of one ArrayRecord file, reading it front to back; returns the record count and
+  the indices of the invalid records `bad` let through."""
   if not os.path.isfile(path):
     raise UserError(f"{path}: no such file")
   reader = ArrayRecordReader(path)
   if not reader.ok():  # Not closed: close() would raise the reader's own error instead of ours.
     raise UserError(f"{path}: not an ArrayRecord file")
+  invalid = []
   try:
     count = reader.num_records()
     for begin in range(0, count, _READ_CHUNK):
       for i, data in enumerate(reader.read(begin, min(begin + _READ_CHUNK, count)), start=begin):
         where = f"{path}: record {i}"
-        validate(_parse_object(data, where, None), where)
+        try:
+          validate(_parse_object(data, where, None), where)
+        except UserError as e:
+          bad.skip(where, e)
+          invalid.append(i)
   finally:
     reader.close()
-  return count
+  return count, invalid
 
 
 class ArrayRecordSource:
   """Random access to validated records stored as UTF-8 JSON objects in ArrayRecord files.
 
   Reads go through `grain.sources.ArrayRecordDataSource`, which treats the files as one sequence in the
-  given order; errors name the file and the record's 0-based index inside it.
+  given order; errors name the file and the record's 0-based index inside it. Invalid records that `bad`
+  lets through are left out of the sequence.
   """
 
-  def __init__(self, paths: PathLike | Sequence[PathLike], validate: Validator):
+  def __init__(self, paths: PathLike | Sequence[PathLike], validate: Validator, bad: BadRecords | None = None):
     self.paths = _expand(paths)
     if not self.paths:
       raise UserError("an ArrayRecord source needs at least one file")
     self._validate = validate
-    counts = [_validate_array_record(path, validate) for path in self.paths]
-    if not sum(counts):
-      raise UserError(f"{', '.join(self.paths)}: no records")
-    self._ends = np.cumsum(counts)  # Record i lives in the first file whose end exceeds i.
+    bad = BadRecords() if bad is None else bad
+    counts, invalid = [], []
+    for path in self.paths:
+      count, file_invalid = _validate_array_record(path, validate, bad)
+      invalid += [sum(counts) + i for i in file_invalid]
+      counts.append(count)
+    if sum(counts) == len(invalid):
+      left = f" left: all {len(invalid)} were invalid" if invalid else ""
+      raise UserError(f"{', '.join(self.paths)}: no records{left}")
+    self._ends = np.cumsum(counts)  # Record i of the files lives in the first file whose end exceeds i.
+    self._kept = _kept(int(self._ends[-1]), invalid)
     self._source = grain.sources.ArrayRecordDataSource(self.paths)
 
   def __len__(self) -> int:
-    return int(self._ends[-1])
+    return int(self._ends[-1]) if self._kept is None else len(self._kept)
 
   def _where(self, index: int) -> str:
     file = int(np.searchsorted(self._ends, index, side="right"))
@@ -535,6 +645,8 @@ class ArrayRecordSource:
 
   def __getitem__(self, index: int) -> Record:
     index = _check_index(index, len(self))
+    if self._kept is not None:
+      index = int(self._kept[index])
     where = self._where(index)
     return self._validate(_parse_object(self._source[index], where, None), where)
 
@@ -542,9 +654,10 @@ class ArrayRecordSource:
     return f"ArrayRecordSource({self.paths!r}, {len(self)} records)"
 
 
-def open_array_record(paths: PathLike | Sequence[PathLike], kind: str) -> ArrayRecordSource:
+def open_array_record(paths: PathLike | Sequence[PathLike], kind: str,
+                      bad: BadRecords | None = None) -> ArrayRecordSource:
   """ArrayRecord file(s) — a path, a glob or a list — of records of `kind`."""
-  return ArrayRecordSource(paths, _validator(kind))
+  return ArrayRecordSource(paths, _validator(kind), bad)
 
 
 def write_array_record(path: PathLike, records: Iterable[Mapping[str, Any]]) -> int:
@@ -601,11 +714,12 @@ class TfdsSource:
 
   `fields` maps each record key of ours to the dataset's feature name, e.g. {"text": "content"}; without it
   the features are used under their own names. The dataset is not downloaded here: build it first (`tfds
-  build NAME --file_format=array_record`), so that a training run never starts a download.
+  build NAME --file_format=array_record`), so that a training run never starts a download. Invalid records
+  that `bad` lets through are left out.
   """
 
   def __init__(self, name: str, split: str, validate: Validator, data_dir: PathLike | None = None,
-               fields: Mapping[str, str] | None = None):
+               fields: Mapping[str, str] | None = None, bad: BadRecords | None = None):
     self.spec = f"tfds:{name}/{split}"
     try:
       import tensorflow_datasets as tfds
@@ -620,8 +734,17 @@ class TfdsSource:
       raise UserError(f"{self.spec}: cannot open: {reason}") from None
     if not len(self._source):
       raise UserError(f"{self.spec}: no records")
+    bad = BadRecords() if bad is None else bad
+    invalid = []
     for index in range(len(self._source)):
-      self._load(index)
+      try:
+        self._load(index)
+      except UserError as e:
+        bad.skip(f"{self.spec}: record {index}", e)
+        invalid.append(index)
+    if len(invalid) == len(self._source):
+      raise UserError(f"{self.spec}: no records left: all {len(invalid)} were invalid")
+    self._kept = _kept(len(self._source), invalid)
 
   def _record(self, element: Mapping[str, Any], where: str) -> dict[str, Any]:
     if self._fields is None:
@@ -634,23 +757,24 @@ class TfdsSource:
     return record
 
   def __len__(self) -> int:
-    return len(self._source)
+    return len(self._source) if self._kept is None else len(self._kept)
 
   def _load(self, index: int) -> Record:
     where = f"{self.spec}: record {index}"
     return self._validate(self._record(self._source[index], where), where)
 
   def __getitem__(self, index: int) -> Record:
-    return self._load(_check_index(index, len(self)))
+    index = _check_index(index, len(self))
+    return self._load(index if self._kept is None else int(self._kept[index]))
 
   def __repr__(self) -> str:
     return f"TfdsSource({self.spec!r}, {len(self)} records)"
 
 
 def tfds_source(name: str, split: str, data_dir: PathLike | None = None, *, kind: str,
-                fields: Mapping[str, str] | None = None) -> TfdsSource:
+                fields: Mapping[str, str] | None = None, bad: BadRecords | None = None) -> TfdsSource:
   """The TFDS dataset `name`, split `split`, as records of `kind`, features renamed by `fields`."""
-  return TfdsSource(name, split, _validator(kind), data_dir=data_dir, fields=fields)
+  return TfdsSource(name, split, _validator(kind), data_dir=data_dir, fields=fields, bad=bad)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -660,8 +784,9 @@ Source = JsonlSource | ArrayRecordSource | TfdsSource | TextSource
 
 
 def open_source(path_or_spec: PathLike, kind: str, *, fields: Mapping[str, str] | None = None,
-                data_dir: PathLike | None = None) -> Source:
-  """Opens any supported input as a source of `kind` records, chosen by its form:
+                data_dir: PathLike | None = None, bad: BadRecords | None = None) -> Source:
+  """Opens any supported input as a source of `kind` records, chosen by its form (`bad`: the invalid records
+  it may leave out; plain text has no records to leave out):
 
     *.jsonl                       JsonlSource
     *.array_record* (or a glob)   ArrayRecordSource (TFDS's "x.array_record-00000-of-00004" shards too)
@@ -674,13 +799,13 @@ def open_source(path_or_spec: PathLike, kind: str, *, fields: Mapping[str, str] 
     name, _, split = spec[len("tfds:"):].rpartition("/")
     if not name or not split:
       raise UserError(f"{spec}: expected tfds:NAME/SPLIT, e.g. tfds:imdb_reviews/train")
-    return TfdsSource(name, split, validate, data_dir=data_dir, fields=fields)
+    return TfdsSource(name, split, validate, data_dir=data_dir, fields=fields, bad=bad)
   if fields is not None or data_dir is not None:
     raise UserError(f"{spec}: fields and data_dir apply only to tfds:NAME/SPLIT sources")
   if spec.endswith(".jsonl"):
-    return JsonlSource(spec, validate)
+    return JsonlSource(spec, validate, bad)
   if ".array_record" in os.path.basename(spec):
-    return ArrayRecordSource(spec, validate)
+    return ArrayRecordSource(spec, validate, bad)
   if spec.endswith(".txt") or os.path.isdir(spec):
     if kind != "pretrain":
       raise UserError(f"{spec}: plain text is pretraining data; {kind} data must be JSONL, ArrayRecord or TFDS")

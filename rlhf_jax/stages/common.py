@@ -52,7 +52,7 @@ def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterabl
 
 def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
   """The model the config describes, with `model.vocab_size` 0 resolved to the tokenizer's size and every
-  derived value (head_dim) written back to config.json."""
+  derived value (head_dim) written back to the config (and so to config.json, when the run starts)."""
   if config.model.vocab_size == 0:
     config.model.vocab_size = tokenizer.vocab_size
   elif config.model.vocab_size < tokenizer.vocab_size:
@@ -81,9 +81,14 @@ RUNTIME_KEYS = ("dtype", "remat", "scan_layers", "attention_impl", "dropout")
 
 
 def record_model(config, workdir: str, model_config: TransformerConfig) -> None:
-  """Makes `config.model` (and config.json) say which model the run really uses."""
+  """Makes `config.model` say which model the run really uses. config.json is written from it only when the
+  run is known to start (`train_loop`'s `config`, or `write_run_config`), never by a run that is refused."""
   for key, value in model_config.to_dict().items():
     config.model[key] = value
+
+
+def write_run_config(config, workdir: str) -> None:
+  """Writes config.json for a stage without a training loop, once its inputs have been checked."""
   if jax.process_index() == 0:
     config_lib.write_config(config, workdir)
 
@@ -122,12 +127,12 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
       raise UserError(f"{path}: this workdir holds {seeds} models (config.json has train.seeds={seeds}); start "
                       "from a run with train.seeds=1 (rerun it with --config.train.seeds=1 --config.seed=S)")
     checkpoints = Checkpointer(os.path.join(path, "checkpoints"))
-    step = checkpoints.latest_step()
-    if step is None:
-      raise UserError(f"{path}/checkpoints: no checkpoint to start from")
-    abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads)), mesh)
-    params = checkpoints.restore_params(step, abstract, shardings, checkpoints.policy_path(step))
-    checkpoints.close()
+    try:
+      step = checkpoints.latest_intact_step(path)  # Its final model, or one line on what is damaged.
+      abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads)), mesh)
+      params = checkpoints.restore_params(step, abstract, shardings, checkpoints.policy_path(step))
+    finally:
+      checkpoints.close()
   elif os.path.exists(os.path.join(path, "config.json")):
     model_config, params = hf.load_hf(path)
   else:
@@ -195,5 +200,5 @@ def train_lm(config, workdir: str, *, model: Transformer, mesh, make_data: Calla
   _, summary = train_loop(
       loop, workdir=workdir, state=state, shardings=shardings, step_fn=step, rng=rng, data=data,
       make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh, seed_axis=train.seeds > 1),
-      evaluate=run_evaluation, extra_summary=extra)
+      evaluate=run_evaluation, extra_summary=extra, config=config)
   return summary

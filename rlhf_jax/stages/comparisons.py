@@ -99,17 +99,18 @@ def ensure_comparisons(config, directory: str, model, params, tokenizer) -> dict
   return stats
 
 
-def read_comparisons(path: str, val_fraction: float) -> tuple[list[dict], list[dict]]:
+def read_comparisons(path: str, val_fraction: float,
+                     bad: sources.BadRecords | None = None) -> tuple[list[dict], list[dict]]:
   """(training, held-out) comparison records from `path`: a directory holding train.jsonl and heldout.jsonl
   (as this stage writes them), or any comparison source (JSONL, ArrayRecord, TFDS), whose last
-  `val_fraction` is held out."""
+  `val_fraction` is held out. `bad`: the invalid records that may be left out (by default none)."""
   if os.path.isdir(path) and os.path.exists(os.path.join(path, FILES["train"])):
     splits = []
     for name in (FILES["train"], FILES["heldout"]):
-      source = sources.open_source(os.path.join(path, name), "comparisons")
+      source = sources.open_source(os.path.join(path, name), "comparisons", bad=bad)
       splits.append([source[i] for i in range(len(source))])
     return splits[0], splits[1]
-  source = sources.open_source(path, "comparisons")
+  source = sources.open_source(path, "comparisons", bad=bad)
   records = [source[i] for i in range(len(source))]
   cut = max(1, int(round(len(records) * (1.0 - val_fraction))))
   return records[:cut], records[cut:] or records[-1:]
@@ -129,6 +130,7 @@ def run(config, workdir: str) -> dict:
   model, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
   tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  common.write_run_config(config, workdir)
   stats = ensure_comparisons(config, workdir, model, params, tokenizer)
   summary = {**stats, "complete": True, "wall_time_s": stats["comparisons/seconds"]}
   write_summary(workdir, summary)

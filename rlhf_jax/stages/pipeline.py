@@ -18,8 +18,6 @@ import os
 import time
 from typing import Sequence
 
-import jax
-
 from rlhf_jax import config as config_lib
 from rlhf_jax.errors import UserError
 
@@ -96,8 +94,6 @@ def run_pipeline(spec: str, workdir: str, overrides: Sequence[str] = ()) -> dict
   for i, (name, config) in enumerate(stages):
     run_dir = os.path.join(workdir, name)
     print(f"[{i + 1}/{len(stages)}] {name} ({config.stage}) -> {run_dir}", flush=True)
-    if jax.process_index() == 0:
-      config_lib.write_config(config, run_dir)
     summary = importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)
     results.append({"name": name, "stage": config.stage, "wall_time_s": summary.get("wall_time_s")})
     if config.stage in REPORTED:  # The report reads the last run of each kind of stage.

@@ -136,17 +136,19 @@ def make_likelihood_mean(reward_model: Transformer, *, end_of_turn_id: int, rewa
 def initial_comparisons(reward_from: str, val_fraction: float) -> list[dict]:
   """The comparisons the reward model in `reward_from` was trained on: its `data.path` (config.json) when it
   was given one -- a comparisons stage's directory, say -- else the ones it sampled into its workdir; [] when
-  neither can be found (a reward model from elsewhere)."""
+  neither can be found (a reward model from elsewhere). The invalid records its data.max_bad_records let it
+  leave out are left out again."""
   path = os.path.join(reward_from, "comparisons")
   config_path = os.path.join(reward_from, "config.json")
+  limit = 0
   if os.path.exists(config_path):
     with open(config_path) as f:
-      given = json.load(f).get("data", {}).get("path") or ""
-    path = given or path
+      data = json.load(f).get("data", {})
+    path, limit = data.get("path") or path, data.get("max_bad_records", 0)
   if not os.path.exists(path) or (os.path.isdir(path) and
                                   not os.path.exists(os.path.join(path, comparisons.FILES["train"]))):
     return []
-  return comparisons.read_comparisons(path, val_fraction)[0]
+  return comparisons.read_comparisons(path, val_fraction, sources.BadRecords(limit))[0]
 
 
 class RewardRounds:
@@ -417,7 +419,7 @@ def run(config, workdir: str) -> dict:
   state, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=ppo_step,
                               rng=jax.random.PRNGKey(config.seed + 1), data=iter(data), make_batch=make_batch,
                               evaluate=evaluate, extra_summary={"num_params/actor": state_lib.count_params(
-                                  state.params["actor"])})
+                                  state.params["actor"])}, config=config)
   if "sft" in baseline:
     summary.update(evaluator.metrics(baseline["sft"], prefix="sft"))
     summary.update(evaluator.metrics(baseline["sft_cold"], baseline["sft"], prefix=f"sft_t{SFT_COLD_TEMPERATURE}"))

@@ -21,18 +21,20 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 import jax
 import numpy as np
 
 from rlhf_jax import convert
 from rlhf_jax import mesh as mesh_lib
-from rlhf_jax.data import pipelines, toyworld
+from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import best_of_n as bon
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval.gold import sample_responses
 from rlhf_jax.stages import common, comparisons
+from rlhf_jax.tokenizer import CharTokenizer
 from rlhf_jax.train.loop import read_summary, write_summary
 from rlhf_jax.train.metrics import MetricsWriter
 
@@ -40,14 +42,24 @@ MODEL_DIR = "reward_model"
 SPEC_FILE = "reward.json"
 
 
-def load_comparisons(config, workdir: str, policy, params, tokenizer) -> tuple[list[dict], list[dict], dict]:
-  """(training records, held-out records, statistics of generated data)."""
-  if config.data.path:
-    train, heldout = comparisons.read_comparisons(config.data.path, config.data.val_fraction)
-    return train, heldout, {}
-  if config.data.source != "toyworld":
-    raise UserError("config key 'data.path': the reward stage needs comparisons (a JSONL file, or a "
-                    "directory with train.jsonl and heldout.jsonl); or set data.source='toyworld'")
+def read_path_comparisons(config) -> tuple[list[dict], list[dict], dict] | None:
+  """data.path's (training records, held-out records, account of the invalid records left out under
+  data.max_bad_records, each also a warning line); None for toyworld without a path (`sample_comparisons`)."""
+  if not config.data.path:
+    if config.data.source != "toyworld":
+      raise UserError("config key 'data.path': the reward stage needs comparisons (a JSONL file, or a "
+                      "directory with train.jsonl and heldout.jsonl); or set data.source='toyworld'")
+    return None
+  bad = sources.BadRecords(config.data.max_bad_records)
+  train, heldout = comparisons.read_comparisons(config.data.path, config.data.val_fraction, bad)
+  for line in bad.warnings():
+    print(line, file=sys.stderr)
+  return train, heldout, bad.summary()
+
+
+def sample_comparisons(config, workdir: str, policy, params, tokenizer) -> tuple[list[dict], list[dict], dict]:
+  """(training records, held-out records, statistics) of toyworld comparisons sampled from the SFT model and
+  ranked by the simulated annotator into WORKDIR/comparisons/ (read back when a run resumes)."""
   directory = os.path.join(workdir, "comparisons")
   stats = comparisons.ensure_comparisons(config, directory, policy, params, tokenizer)
   train, heldout = comparisons.read_comparisons(directory, config.data.val_fraction)
@@ -131,6 +143,18 @@ def check_shared_tokenizer(reward_path: str, rm_tokenizer, policy_path: str, tok
                     f"policy's ({policy_path}) {tokenizer.vocab_size}: they must share one tokenizer")
 
 
+def warn_unused_tokenizer(config, tokenizer) -> None:
+  """A reward model reads text as its SFT model does: `common.resolve_tokenizer` takes the tokenizer that came
+  with init_from (`tokenizer`; None when it had none) over data.tokenizer, so a data.tokenizer that names
+  another kind, or a file, is unused. One warning line says so."""
+  spec = config.data.tokenizer
+  kind = "char" if isinstance(tokenizer, CharTokenizer) else "sentencepiece"
+  if tokenizer is not None and spec != kind:
+    print(f"warning: config key 'data.tokenizer' ({spec!r}) is not used: the reward model reads text with its SFT "
+          f"model's tokenizer ({kind}, {tokenizer.vocab_size} tokens; init_from {config.init_from})",
+          file=sys.stderr)
+
+
 def run(config, workdir: str) -> dict:
   summary = read_summary(workdir)
   if summary is not None and summary.get("complete"):
@@ -138,19 +162,21 @@ def run(config, workdir: str) -> dict:
     return summary
   if not config.init_from:
     raise UserError("config key 'init_from': the reward model starts from an SFT model; name its workdir")
+  from_path = read_path_comparisons(config)  # First: bad data stops the run before anything is written.
   rcfg, train = config.reward, config.train
   mesh = common.make_mesh(config)
   policy, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model, heads=("lm", "reward"))
   common.record_model(config, workdir, policy.config)
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
-  common.check_vocab(tokenizer, policy.config, config.init_from)
+  warn_unused_tokenizer(config, tokenizer)
   if policy.config.position == "learned" and train.seq_len > policy.config.max_len:
     raise UserError(f"config key 'train.seq_len': {train.seq_len} is longer than the model's "
                     f"{policy.config.max_len} learned positions ({config.init_from})")
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)  # Saved in the workdir.
+  common.check_vocab(tokenizer, policy.config, config.init_from)
   sft = policy.clone(heads=("lm",))
   sft_params = {k: v for k, v in params.items() if k != "reward_head"}
 
-  train_records, val_records, data_stats = load_comparisons(config, workdir, sft, sft_params, tokenizer)
+  train_records, val_records, data_stats = from_path or sample_comparisons(config, workdir, sft, sft_params, tokenizer)
   k_max = max(len(r["responses"]) for r in train_records + val_records)
   if k_max > rcfg.max_responses:
     raise UserError(f"config key 'reward.max_responses': the comparisons have up to {k_max} responses per "
@@ -259,5 +285,5 @@ def _train(config, workdir, model, mesh, params, examples, k_max, evaluate, num_
       loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
       rng=jax.random.PRNGKey(config.seed + 1), data=iter(data),
       make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_rm_batch(rows), mesh), evaluate=evaluate,
-      extra_summary={"num_params": state_lib.count_params(state.params)})
+      extra_summary={"num_params": state_lib.count_params(state.params)}, config=config)
   return state.params, summary

@@ -9,6 +9,8 @@ assistant's tokens (InstructGPT section 3.5; the "SFT" box of Karpathy's "State 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from rlhf_jax.data import pipelines, sources, toyworld
@@ -18,8 +20,10 @@ from rlhf_jax.eval.lm import make_lm_evaluator
 from rlhf_jax.stages import common, pretrain
 
 
-def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
-  """(training conversations, held-out conversations), each a list of {"role", "content"} messages."""
+def load_conversations(config,
+                       bad: sources.BadRecords | None = None) -> tuple[list[list[dict]], list[list[dict]]]:
+  """(training conversations, held-out conversations), each a list of {"role", "content"} messages; `bad`:
+  the invalid records of data.path that may be left out."""
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)
@@ -28,7 +32,7 @@ def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
     val = toyworld.sft_examples(world, tw.num_val_sft, tw.seed + 1, tw.error_rate, split="heldout",
                                  **toyworld.demonstrator_rates(tw))
     return [ex["messages"] for ex in train], [ex["messages"] for ex in val]
-  source = sources.open_source(config.data.path, "sft")
+  source = sources.open_source(config.data.path, "sft", bad=bad)
   conversations = [source[i]["messages"] for i in range(len(source))]
   cut = max(1, int(round(len(conversations) * (1.0 - config.data.val_fraction))))
   return conversations[:cut], conversations[cut:] or conversations[-1:]
@@ -37,6 +41,10 @@ def load_conversations(config) -> tuple[list[list[dict]], list[list[dict]]]:
 def run(config, workdir: str) -> dict:
   if not config.init_from:
     raise UserError("config key 'init_from': SFT starts from a pretrained model; name its workdir or checkpoint")
+  bad = sources.BadRecords(config.data.max_bad_records)
+  train_convs, val_convs = load_conversations(config, bad)  # First: bad data stops the run before any write.
+  for line in bad.warnings():
+    print(line, file=sys.stderr)
   mesh = common.make_mesh(config)
   model, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
@@ -44,7 +52,6 @@ def run(config, workdir: str) -> dict:
   common.check_vocab(tokenizer, model.config, config.init_from)
   t, b = config.train.seq_len, config.train.batch_size
 
-  train_convs, val_convs = load_conversations(config)
   encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
@@ -52,7 +59,8 @@ def run(config, workdir: str) -> dict:
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
   lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
 
-  evaluate, extra = (lambda state, seed: lm_eval(state)), {}
+  evaluate = lambda state, seed: lm_eval(state)
+  extra = {} if config.data.source == "toyworld" else bad.summary()  # The records of data.path left out.
   if config.data.source == "toyworld":
     tw = config.toyworld
     world = toyworld.make_world(tw.seed)

@@ -5,14 +5,18 @@
     every eval_every:         evaluate(state)
     every checkpoint_every:   save state + data-iterator position (asynchronously)
 
-Resuming: if the workdir has a checkpoint, the state and the data iterator are restored from the latest one
-and the loop continues from its step; a run that already reached `total_steps` is not redone. Because the
-step folds the step number into the root key and the data iterator is restored exactly, a resumed run ends
-with the same parameters as one that was never interrupted.
+Resuming: if the workdir has a checkpoint, the state and the data iterator are restored from the newest intact
+one (a damaged step is skipped with a warning: train/checkpoint.py) and the loop continues from its step; a
+run that already reached `total_steps` and wrote its summary is not redone, and one that reached it but lost
+its summary (killed between its last checkpoint and summary.json) runs its final evaluation again and writes
+the same summary. Because the step folds the step number into the root key and the data iterator is
+restored exactly, a resumed run ends with the same parameters as one that was never interrupted. Nothing is
+written into the workdir -- config.json included -- before the checkpoint has been found to fit the config.
 
 Preemption: SIGTERM or SIGINT (TPU VMs are preempted with SIGTERM) finishes the current step, saves a
-checkpoint at it and raises `Preempted`; a second SIGINT aborts at once. Divergence: a non-finite loss raises
-`Diverged` before any checkpoint of the bad state is written, so the last good checkpoint stays intact.
+checkpoint at it and raises `Preempted` -- also when it comes during the last step's evaluation, whose summary
+is then left to the re-run; a second SIGINT aborts at once. Divergence: a non-finite loss raises `Diverged`
+before any checkpoint of the bad state is written, so the last good checkpoint stays intact.
 
 Seeds: a step over N stacked replicas (`train.seeds`, stages/common.py:train_lm) returns metrics of shape
 (N,); the loop logs their means and the loss's spread, `train/loss/seed_std`, and stops if any replica's
@@ -33,9 +37,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from rlhf_jax import config as config_lib
 from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.train.checkpoint import Checkpointer
-from rlhf_jax.train.metrics import MetricsWriter
+from rlhf_jax.train.metrics import MetricsWriter, read_metrics
 
 SUMMARY_FILE = "summary.json"
 
@@ -172,28 +177,59 @@ def _describe(metrics: dict) -> str:
   return ", ".join(parts)
 
 
+def last_logged(workdir: str, step: int) -> dict:
+  """The last training metrics that metrics.jsonl holds at or before `step` (what the loop logged last)."""
+  rows = [row for row in read_metrics(workdir) if "train/loss" in row and row.get("step", 0) <= step]
+  return {k: v for k, v in rows[-1].items() if k != "step"} if rows else {}
+
+
 def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, step_fn: Callable,
                rng: jax.Array, data: Iterator, make_batch: Callable[[Any], Any],
-               evaluate: Optional[Callable[[Any], dict]] = None, extra_summary: Optional[dict] = None):
-  """Runs (or resumes, or skips if finished) a training run. Returns (state, summary)."""
+               evaluate: Optional[Callable[[Any], dict]] = None, extra_summary: Optional[dict] = None,
+               config: Any = None):
+  """Runs (or resumes, or skips if finished) a training run. Returns (state, summary).
+
+  `config` (the stage's resolved config) is written to workdir/config.json once the run is known to start:
+  after the checkpoint it resumes from, if any, has been read and found to fit -- so a re-run that is refused
+  leaves the record of the earlier run as it was."""
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), keep=loop.keep_checkpoints)
-  start = checkpoints.latest_step() or 0
+  try:
+    start, state = checkpoints.restore_latest(state, shardings, data)
+  except BaseException:
+    checkpoints.close()
+    raise
   if start:
-    state, _ = checkpoints.restore(start, state, shardings, data)
     summary = read_summary(workdir)
     if start >= loop.total_steps and summary is not None:
       print(f"{loop.desc}: already finished at step {start} ({workdir}); nothing to do")
       checkpoints.close()
       return state, summary
-    print(f"{loop.desc}: resuming from the checkpoint at step {start}")
+    if start >= loop.total_steps:
+      print(f"{loop.desc}: finished at step {start}, but {os.path.join(workdir, SUMMARY_FILE)} is missing; "
+            "running the final evaluation again")
+    else:
+      print(f"{loop.desc}: resuming from the checkpoint at step {start}")
+  if config is not None and jax.process_index() == 0:
+    config_lib.write_config(config, workdir)
   writer = MetricsWriter(workdir, resume_step=start)
   window, last, eval_metrics = [], {}, {}
   last_good = start
   started = time.time()
   window_start, window_steps = time.time(), 0
   try:
-    with _SignalGuard() as guard, tqdm(total=loop.total_steps, initial=start, desc=loop.desc, unit="step",
-                                       dynamic_ncols=True, disable=jax.process_index() != 0) as bar:
+    with _SignalGuard() as guard, tqdm(total=loop.total_steps, initial=min(start, loop.total_steps),
+                                       desc=loop.desc, unit="step", dynamic_ncols=True,
+                                       disable=jax.process_index() != 0) as bar:
+      if start >= loop.total_steps:  # Finished, but its summary was lost: the same figures again.
+        last = last_logged(workdir, start)
+        if evaluate is not None:
+          eval_metrics = evaluate(state)
+          logged = [row for row in read_metrics(workdir) if row.get("step") == start]
+          if not any(set(eval_metrics) <= set(row) for row in logged):
+            writer.write(start, eval_metrics)
+          bar.write(f"{loop.desc} step {start}: " + _describe(eval_metrics))
+        if guard.stop_requested():
+          raise Preempted(start, guard.signum)
       for step in range(start, loop.total_steps):
         state, metrics = step_fn(state, make_batch(next(data)), rng)
         window.append(metrics)
@@ -229,14 +265,17 @@ def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, st
         if stopping:
           checkpoints.wait()
           raise Preempted(done, guard.signum)
-    checkpoints.wait()
+      checkpoints.wait()
+      # A signal during the last step's evaluation or save: its checkpoint is written, its summary is left to
+      # the re-run (which evaluates again), and the run ends as a preempted one.
+      if start < loop.total_steps and guard.stop_requested():
+        raise Preempted(loop.total_steps, guard.signum)
   finally:
     writer.close()
     checkpoints.close()
   wall = time.time() - started
-  steps_run = loop.total_steps - start
+  steps_run = max(loop.total_steps - start, 0)
   summary = {"step": loop.total_steps, "wall_time_s": wall, "steps_per_s": steps_run / wall if wall else 0.0,
              **{k: v for k, v in last.items()}, **eval_metrics, **(extra_summary or {})}
   write_summary(workdir, summary)
   return state, summary
-
