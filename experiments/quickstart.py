@@ -7,7 +7,7 @@ an interrupted one): `pretrain` (trains the tokenizer, then the 4-layer model on
 `sft` (instruction tuning on imperfect demonstrators), `comparisons` (4 SFT answers to each of 8,000 fresh
 prompts ranked by the simulated annotator), `reward` (one epoch over them, normalised on SFT samples, then
 best-of-n on the held-out prompts), `ppo` (30 iterations of 64 prompts x 4 answers, each answer scored
-against the other three, KL penalty 0.1, no critic: experiments/toyworld_ppo.py), then `report.md` with
+against the other three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toyworld_ppo.py), then `report.md` with
 plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
 gold's best of 4 SFT answers, per task) and `summary.json`.
 
@@ -15,11 +15,12 @@ Budgets: 1,000 of toyworld_pretrain's 1,200 steps (700 leave a model that cannot
 prompt), 500 of SFT's 600, 8,000 of the reward model's 24,000 prompts (one epoch, about 207 steps of 32),
 30 PPO iterations (7,680 episodes, 120 actor updates). `:smoke` runs every stage in seconds (the tests).
 
-Measured alone on a 2-core Intel Xeon (float32 matmul peak 276 GFLOP/s in the same session) on 2026-12-05,
+Measured alone on a 2-core Intel Xeon (float32 matmul peak 271-276 GFLOP/s in the same session) on 2026-12-05,
 world seed 0: 14 min 25 s wall -- pretrain 359 s, SFT 195 s, comparisons 53 s, reward 113 s, PPO 103 s, the
-rest start-up and the report. Held-out gold (250 prompts): SFT 0.598, SFT at T 0.5 0.638, the RM's best of 4
-SFT answers 0.723 (gold's own pick 0.802), PPO 0.664: +0.066 +- 0.032 over SFT (paired, 95%), win rate
-55.6% +- 3.3 by gold, KL 0.92. Other world seeds and the mean over seeds: the README.
+rest start-up and the report; PPO with the exact KL in its loss (today's default) then took 115 s alone, so
+about 14 min 37 s. Held-out gold (250 prompts): SFT 0.598, SFT at T 0.5 0.638 (KL 0.16), the RM's best of 4
+SFT answers 0.723 (gold's own pick 0.802), PPO 0.657: +0.059 +- 0.031 over SFT (paired, 95%), win rate
+54.6% +- 2.9 by gold, KL 0.31. Other world seeds and the mean over seeds: the README.
 """
 
 import os
