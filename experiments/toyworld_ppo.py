@@ -16,9 +16,9 @@ Batch arithmetic: 256 answers x 1 epoch in 4 minibatches of 64 = 4 actor updates
 25,600 episodes. Evaluation: the 250 held-out prompts at temperature 0.7, against the SFT model's answers to
 the same prompts with the same keys and against SFT sampled at temperature 0.5 (the free baseline).
 
-Expected: experiments/quickstart.py runs this stage for 30 iterations; its docstring and the README give
-the measured figures (mean and spread over world seeds). The history of the settings is in
-experiments/NOTES.md.
+Expected (2026-12-05, from world 0's quickstart SFT and RM, seeds 0-2, 347 s a run alone): held-out gold
+0.663 +- 0.002 against SFT 0.598 +- 0.017 on each seed's keys, gain +0.065 +- 0.019, KL 0.32, win rate 55.7%
+-- no more than the quickstart's 30 iterations give. The history: experiments/NOTES.md.
 """
 
 from rlhf_jax.config import base_config, model_config
