@@ -16,20 +16,11 @@ for the position encoding, which those settings leave open: rotary (RoPE, base 1
 by default, nanoGPT's learned table with `:nanogpt`.
 
 Hardware: a laptop or 2-core CPU. Runtime: 130 s alone on the 2-core Intel Xeon (16 it/s while training).
-Measured 2026-11-30, validation loss on the whole split (111,539 characters, each predicted once):
-  default (rotary)          1.7928 / 1.7845 / 1.7839   (seeds 1337 / 0 / 1)
-  :nanogpt (learned table)  1.9077 / 1.9002 / 1.9012   (seeds 1337 / 0 / 1; 1.9077 re-measured today to the digit)
-References in PyTorch, trained with the same recipe and scored the same way:
-  nanoGPT's own model and training loop (learned table, its 65-character vocabulary): 1.8988 / 1.9128
-  Hugging Face GPT2LMHeadModel (learned table, with biases): 1.9024 / 1.9045 / 1.8968 / 1.9074 / 1.8964
-  Hugging Face GPTNeoXForCausalLM (rotary, with biases): 1.7877 / 1.7783 / 1.7816   (seeds 1337 / 0 / 1)
-  (benchmarks/shakespeare_reference.py runs the Hugging Face ones; seeds and details are in its docstring.)
-So each position encoding lands where an implementation we did not write lands, and the 0.11 between the two
-is the encoding's. nanoGPT's README quotes about 1.88 for its model, an estimate on 20 random batches; on the
-whole split its own recipe scores 1.90 +- 0.01. tests/test_nanogpt_parity.py checks on `:nanogpt,smoke`
-(learned positions, smoke size) that our step equals nanoGPT's step for step from the same parameters and
-batches (losses and, after 40 steps, every parameter to 2e-5). nanoGPT's 65-character vocabulary instead of ours
-(the 9 special ids first) changes nothing measurable (:nanogpt 1.9044 / 1.9008 / 1.9050).
+Measured 2026-11-30, validation loss on the whole split (111,539 characters, each predicted once), seeds
+1337 / 0 / 1: rotary 1.7928 / 1.7845 / 1.7839, `:nanogpt` 1.9077 / 1.9002 / 1.9012 -- where the PyTorch
+references trained the same way land (Hugging Face GPTNeoX 1.78-1.79, GPT2 and nanoGPT itself 1.90 +- 0.01;
+experiments/NOTES.md has every figure). tests/test_nanogpt_parity.py checks `:nanogpt,smoke` step for step
+against nanoGPT's own training step.
 """
 
 from rlhf_jax.config import base_config, model_config
