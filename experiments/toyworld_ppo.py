@@ -55,7 +55,9 @@ def get_config(arg=None):
   config.ppo.epochs = 1  # 1 epoch x 4 minibatches of 64 rows: 4 actor updates an iteration.
   config.ppo.minibatches = 4
   if arg == "smoke":  # Seconds on a CPU; init_from / reward_from must name smoke SFT and reward workdirs.
-    config.toyworld.num_eval_prompts = 8
+    config.toyworld.num_eval_prompts = 8  # Evaluated as the smoke SFT and reward stages evaluate (eval/gold.py).
+    config.sampling.batch_size = 8
+    config.sampling.max_new_tokens = 8
     config.toyworld.num_docs = 300
     config.ppo.num_prompts = 32
     config.ppo.max_new_tokens = 6

@@ -49,7 +49,7 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   instances = toyworld.eval_instances(world, num_prompts)
   sampling = base_config().sampling  # The evaluations' settings, at the asked temperature and batch size.
   sampling.temperature, sampling.batch_size = temperature, batch_size
-  texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed)
+  texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed, mesh)
   return reward.best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world,
                                instances, texts, spec["seq_len"], bool(spec.get("reward_token")))
 

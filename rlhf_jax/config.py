@@ -179,8 +179,11 @@ def base_config() -> ConfigDict:
       # best_of_n answers next to the gold scorer's own pick (eval/best_of_n.py); 0 = off.
       best_of_n=8,
   ))
-  # How responses are sampled for evaluation (gold scores, win rates, comparisons).
-  config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64))
+  # How responses are sampled for evaluation (gold scores, win rates, best-of-n; eval/gold.py:sample_answers)
+  # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage
+  # and for every training seed, so one model gets one figure wherever it is evaluated.
+  config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64,
+                                    eval_seed=0))
   # PPO (stages/ppo.py). One iteration = one rollout of train.batch_size prompts, then `epochs` passes over it
   # in `minibatches` minibatches; train.steps counts iterations. The actor's optimizer is `optim`; the
   # critic's is the same with `critic_lr`.

@@ -130,6 +130,14 @@ def shard_batch(batch, mesh: Mesh, seed_axis: bool = False):
   return jax.tree.map(one, batch)
 
 
+def to_host(x) -> np.ndarray:
+  """A (possibly multi-host) global array as one numpy array on every host."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def process_batch_slice(global_batch_size: int) -> slice:
   """The rows of the global batch that this process reads."""
   n = jax.process_count()

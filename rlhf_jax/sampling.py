@@ -158,6 +158,17 @@ def _phase_ends(max_new_tokens: int, phase_steps: int = 16, max_phases: int = 8)
   return [min(max_new_tokens, 1 + size * (i + 1)) for i in range(phases)]
 
 
+def _keys_per_row(rng: jax.Array, batch: int) -> bool:
+  """Whether `rng` holds one key per row of a batch of `batch` (else it is one key); raises when neither."""
+  typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  one = 0 if typed else 1
+  if rng.ndim == one:
+    return False
+  if rng.ndim == one + 1 and rng.shape[0] == batch:
+    return True
+  raise ValueError(f"rng must be one key or one key per row ({batch} rows), got an array of shape {rng.shape}")
+
+
 def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, greedy: bool = False, stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID),
                   pad_id: int = PAD_ID):
@@ -168,6 +179,10 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
   gets position j - c and segment id 1 (padding: segment 0, invisible to every query). Step n uses the key
   fold_in(rng, n); `greedy` takes the arg-max and ignores rng, top_k and top_p. The KV cache is in the
   model's compute dtype.
+
+  `rng` is one key for the batch, or one key per row ((B, 2) raw or (B,) typed keys): then row b draws step n
+  from fold_in(rng[b], n) exactly as a batch of that row alone would, so its answer does not depend on which
+  rows share its batch (what the held-out evaluations need: `eval.gold.sample_answers`).
   """
   if "lm" not in model.heads:
     raise ValueError(f"generation needs the model's 'lm' head; it has {model.heads}")
@@ -196,11 +211,18 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     prompt_mask_bp = prompt_mask_bp.astype(bool)
     prompt_len_b = jnp.sum(prompt_mask_bp, axis=-1, dtype=jnp.int32)
     # fold_in(rng, n) for every step at once, outside the loops (one generator call instead of one a step).
-    step_keys = jax.vmap(lambda n: jax.random.fold_in(rng, n))(jnp.arange(max_new_tokens))
+    fold = lambda key: jax.vmap(lambda n: jax.random.fold_in(key, n))(jnp.arange(max_new_tokens))
+    if _keys_per_row(rng, b):  # (B, N, ...) keys: each row is drawn as a batch of one.
+      step_keys = jax.vmap(fold)(rng)
+      draw = lambda logits_bv, step: jax.tree.map(lambda x: x[:, 0], jax.vmap(
+          lambda logits_v, keys_n: sample(logits_v[None], keys_n[step]))(logits_bv, step_keys))
+    else:
+      step_keys = fold(rng)
+      draw = lambda logits_bv, step: sample(logits_bv, step_keys[step])
 
     def emit(state: _DecodeState, logits_bv) -> _DecodeState:
       """Samples column `step` from the logits after column step - 1, masking rows that have ended."""
-      token_b, log_prob_b = sample(logits_bv, step_keys[state.step])
+      token_b, log_prob_b = draw(logits_bv, state.step)
       live_b = ~state.ended_b
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)

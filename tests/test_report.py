@@ -117,3 +117,65 @@ def test_one_evaluator_for_the_pretraining_loss_and_ppo_baselines(toyworld_smoke
   report.write_report(str(tmp_path), stage_dirs)
   header = next(line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("| | PPO |"))
   assert "SFT at T 0.5" in header and "RM's best of 4" in header and "gold's best of 4" in header
+
+
+def test_one_evaluator_gives_every_stage_the_same_answers(stage_dirs, toyworld_smoke, toyworld_ppo_smoke):
+  """The SFT stage's gold evaluation, PPO's evaluator (its SFT baseline) and the reward stage's best-of-n all
+  sample through eval/gold.py:sample_answers with sampling.eval_seed: the same model gets the same answers
+  to the held-out prompts in each, best-of-n's first answer to a prompt included, so it has one figure."""
+  import types
+
+  from rlhf_jax.data import toyworld
+  from rlhf_jax.eval.gold import answer_keys, eval_seed, gold_evaluation, sample_answers
+  from rlhf_jax.eval.policy import PolicyEvaluator
+  from rlhf_jax.stages import reward
+
+  with open(os.path.join(stage_dirs["sft"], "config.json")) as f:
+    config = json.load(f)
+  sampling = types.SimpleNamespace(**config["sampling"])
+  mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  model, params, tokenizer = load_pretrained(stage_dirs["sft"], mesh)
+  world = toyworld.make_world(config["toyworld"]["seed"])
+  instances = toyworld.eval_instances(world, config["toyworld"]["num_eval_prompts"])
+  prompts = [inst.prompt for inst in instances]
+
+  metrics, sft_texts = gold_evaluation(model, params, tokenizer, world, instances, sampling, mesh=mesh)
+  assert len(set(sft_texts)) > 1  # The smoke model's answers vary, so equal lists below are no accident.
+  rm_model, rm_params, _, spec = reward.load_reward_model(stage_dirs["reward"], mesh)
+  evaluator = PolicyEvaluator(actor=model, reference=model.clone(heads=("lm",)), reward_model=rm_model,
+                              ref_params=params, rm_params=rm_params, tokenizer=tokenizer, mesh=mesh,
+                              prompts=prompts, sampling=sampling, seed=eval_seed(sampling),
+                              reward_token=bool(spec.get("reward_token")), world=world, instances=instances)
+  ppo_view = evaluator.sample(params)
+  assert ppo_view.texts == sft_texts
+  np.testing.assert_allclose(ppo_view.kl, 0.0, atol=1e-5)  # The reference itself.
+  best_of_3 = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, 3, eval_seed(sampling), mesh)
+  assert best_of_3[::3] == sft_texts and best_of_3[1::3] != sft_texts
+  # The stages' own summaries agree: PPO's SFT baseline is the SFT stage's last evaluation.
+  sft_summary, ppo_summary = toyworld_smoke["sft"][1], toyworld_ppo_smoke[1]
+  assert ppo_summary["sft/gold/all"] == pytest.approx(sft_summary["eval/gold/all"], abs=1e-12)
+  assert ppo_summary["sft/gold/all"] == pytest.approx(metrics["gold/all"], abs=1e-12)
+  # Another evaluation seed draws other answers; key (i, j) is the same whatever the number of answers.
+  other = sample_answers(model, params, tokenizer, prompts, sampling, seed=eval_seed(sampling) + 1, mesh=mesh)
+  assert other.texts != sft_texts
+  np.testing.assert_array_equal(answer_keys(3, 4, 2)[::2], answer_keys(3, 4, 1))
+
+
+def test_evaluate_cli_gives_the_stages_figures(stage_dirs, toyworld_ppo_smoke, toyworld_reward_smoke, tmp_path,
+                                               capsys):
+  """`python -m rlhf_jax.evaluate` re-evaluates a finished PPO run through the stages' own evaluator: the
+  figures are those of PPO's summary (its last evaluation and its SFT baselines) and of the reward stage's
+  best-of-n; a workdir that is not a PPO run is one line and exit status 2."""
+  from rlhf_jax import evaluate
+
+  out = tmp_path / "figures.json"
+  assert evaluate.main(["--ppo", stage_dirs["ppo"], "--out", str(out)]) == 0
+  figures = json.loads(out.read_text())
+  ppo, rm = toyworld_ppo_smoke[1], toyworld_reward_smoke[1]
+  for key in ("eval/gold/all", "eval/rm_score", "eval/kl", "eval/win_rate_rm", "sft/gold/all", "sft/rm_score",
+              "sft_t0.5/kl", "sft_t0.5/rm_score", "eval/response_length"):
+    assert figures[key] == pytest.approx(ppo[key], abs=1e-4), key
+  assert figures["best_of_n/4/oracle_gold"] == pytest.approx(rm["best_of_n/4/oracle_gold"], abs=1e-9)
+  assert "PPO - SFT" in capsys.readouterr().out
+  assert evaluate.main(["--ppo", stage_dirs["sft"]]) == 2
+  assert "not 'ppo'" in capsys.readouterr().err

@@ -219,3 +219,27 @@ def test_prompt_batch_and_argument_checks():
     make_generate(model, max_new_tokens=4, temperature=0.0)
   with pytest.raises(ValueError, match="top_p"):
     make_generate(model, max_new_tokens=4, top_p=0.0)
+
+
+def test_one_key_per_row_draws_each_row_as_a_batch_of_one():
+  """With a key per row, a row's answer is the one it gets alone with its key (so it does not depend on which
+  rows share its batch), permuting the rows permutes the answers, and typed keys work as raw ones."""
+  model, params = _model()
+  rows, prompt, mask = _prompts(model.config.vocab_size)
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(3), i))(jnp.arange(len(rows)))
+  sample = lambda p, m, k: generate(model, params, p, m, k, max_new_tokens=6, stop_ids=())
+  out = sample(prompt, mask, keys)
+  for r in range(len(rows)):
+    alone = sample(prompt[r:r + 1], mask[r:r + 1], keys[r:r + 1])
+    np.testing.assert_array_equal(np.asarray(out.tokens[r]), np.asarray(alone.tokens[0]))
+    np.testing.assert_allclose(np.asarray(out.log_probs[r]), np.asarray(alone.log_probs[0]), atol=1e-5)
+  order = np.array([2, 0, 3, 1])
+  permuted = sample(prompt[order], mask[order], keys[order])
+  np.testing.assert_array_equal(np.asarray(permuted.tokens), np.asarray(out.tokens)[order])
+  typed = sample(prompt, mask, jax.random.wrap_key_data(keys))
+  np.testing.assert_array_equal(np.asarray(typed.tokens), np.asarray(out.tokens))
+  # Different keys for the same prompt give different answers (the rows are not all drawn from one key).
+  same_prompt = np.repeat(prompt[:1], 4, axis=0), np.repeat(mask[:1], 4, axis=0)
+  assert len({tuple(t) for t in np.asarray(sample(*same_prompt, keys).tokens)}) > 1
+  with pytest.raises(ValueError, match="one key per row"):
+    sample(prompt, mask, keys[:3])

@@ -20,23 +20,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-import jax
 import numpy as np
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import toyworld
+from rlhf_jax.eval.gold import Prompt, sample_answers
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl.rollout import make_collect
-from rlhf_jax.sampling import make_generate, response_token_ids
 from rlhf_jax.tokenizer import Tokenizer
 
-
-def to_host(x):
-  """A (possibly multi-host) global array as one numpy array on every host."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
+to_host = mesh_lib.to_host
 
 
 def mean_ci(x: Sequence[float]) -> tuple[float, float]:
@@ -65,27 +58,22 @@ class PolicySamples:
 
 
 class PolicyEvaluator:
-  """Samples `prompt_tokens` (left-padded, (N, P)) with any params of `actor` and scores the answers.
+  """Samples `prompts` (user turns or conversations) with any params of `actor` and scores the answers.
 
-  `instances` (toyworld, one per prompt) enables gold scores. Sampling uses `sampling.temperature`,
-  top_k/top_p and `max_new_tokens`, in chunks of `batch_size` prompts (the last chunk padded), key
-  fold_in(PRNGKey(seed), chunk): the same for every policy evaluated. The KL to the reference compares
-  the policy at that temperature with the reference at `ref_temperature` (default: the same).
+  Sampling is the held-out evaluations' one sampler (`eval.gold.sample_answers`, keys from `seed`, settings
+  from `sampling`): the same for every policy evaluated, and a model's gold here is the figure the other
+  stages report for it. `instances` (toyworld, one per prompt) enables gold scores. The KL to the reference
+  compares the policy at `sampling.temperature` with the reference at `ref_temperature` (default: the same).
   """
 
   def __init__(self, *, actor: Transformer, reference: Transformer, reward_model: Transformer, ref_params,
-               rm_params, tokenizer: Tokenizer, mesh, prompt_tokens: np.ndarray, prompt_mask: np.ndarray,
-               sampling, max_new_tokens: int, batch_size: int, seed: int, reward_token: bool,
-               world: Optional[toyworld.World] = None, instances: Optional[Sequence[toyworld.Instance]] = None,
-               ref_temperature: Optional[float] = None):
-    self.mesh, self.tokenizer, self.batch_size, self.seed = mesh, tokenizer, batch_size, seed
-    self.prompt_tokens, self.prompt_mask = prompt_tokens, prompt_mask
-    self.world, self.instances = world, instances
+               rm_params, tokenizer: Tokenizer, mesh, prompts: Sequence[Prompt], sampling, seed: int,
+               reward_token: bool, world: Optional[toyworld.World] = None,
+               instances: Optional[Sequence[toyworld.Instance]] = None, ref_temperature: Optional[float] = None):
+    self.mesh, self.tokenizer, self.sampling, self.seed = mesh, tokenizer, sampling, seed
+    self.prompts, self.world, self.instances = list(prompts), world, instances
     self.ref_params, self.rm_params = ref_params, rm_params
     self.lm = actor.clone(heads=("lm",))
-    self._generate = make_generate(self.lm, max_new_tokens=max_new_tokens, temperature=sampling.temperature,
-                                   top_k=sampling.top_k, top_p=sampling.top_p,
-                                   stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
     self._collect = make_collect(self.lm, reference, None, reward_model, temperature=sampling.temperature,
                                  end_of_turn_id=tokenizer.end_of_turn_id,
                                  reward_id=tokenizer.reward_id if reward_token else None, pad_id=tokenizer.pad_id,
@@ -93,29 +81,20 @@ class PolicyEvaluator:
 
   def sample(self, params) -> PolicySamples:
     params = {k: v for k, v in params.items() if k != "value_head"}
-    n, b = len(self.prompt_tokens), self.batch_size
-    rows = mesh_lib.process_batch_slice(b)
-    texts, rm, kl, ended, lengths = [], [], [], [], []
-    with mesh_lib.activate(self.mesh):
-      for start in range(0, n, b):
-        idx = np.minimum(np.arange(start, start + b), n - 1)  # The last chunk repeats its last prompt.
-        batch = mesh_lib.shard_batch({"prompt": self.prompt_tokens[idx][rows],
-                                      "mask": self.prompt_mask[idx][rows]}, self.mesh)
-        out = self._generate(params, batch["prompt"], batch["mask"],
-                             jax.random.fold_in(jax.random.PRNGKey(self.seed), start))
-        rollout = self._collect(params, None, self.ref_params, self.rm_params, batch["prompt"], batch["mask"], out)
-        keep = min(b, n - start)
-        host = jax.tree.map(to_host, out)
-        texts.extend(self.tokenizer.decode(t) for t in response_token_ids(host, keep))
-        rm.append(to_host(rollout.rm_scores)[:keep])
-        kl.append(to_host((rollout.log_probs - rollout.ref_log_probs).sum(-1))[:keep])
-        ended.append(host.ended[:keep])
-        lengths.append(host.lengths[:keep])
-    result = PolicySamples(texts=texts, rm=np.concatenate(rm), kl=np.concatenate(kl), ended=np.concatenate(ended),
-                           lengths=np.concatenate(lengths))
+    rm, kl = [], []
+
+    def score(batch, out, keep):
+      rollout = self._collect(params, None, self.ref_params, self.rm_params, batch["prompt"], batch["mask"], out)
+      rm.append(to_host(rollout.rm_scores)[:keep])
+      kl.append(to_host((rollout.log_probs - rollout.ref_log_probs).sum(-1))[:keep])
+
+    answers = sample_answers(self.lm, params, self.tokenizer, self.prompts, self.sampling, seed=self.seed,
+                             mesh=self.mesh, on_batch=score)
+    result = PolicySamples(texts=answers.texts, rm=np.concatenate(rm), kl=np.concatenate(kl),
+                           ended=answers.ended, lengths=answers.lengths)
     if self.instances is not None:
       result.gold = np.asarray([toyworld.gold_score(self.world, inst, text)
-                                for inst, text in zip(self.instances, texts)])
+                                for inst, text in zip(self.instances, answers.texts)])
     return result
 
   def metrics(self, samples: PolicySamples, baseline: Optional[PolicySamples] = None, prefix: str = "eval") -> dict:

@@ -40,7 +40,6 @@ STAGES = ("pretrain", "sft", "reward", "ppo")
 TITLES = {"pretrain": "Pretraining", "sft": "Instruction tuning (SFT)", "reward": "Reward model", "ppo": "PPO"}
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
-SAMPLE_SEED = 0
 NUM_SAMPLE_PROMPTS = 5
 
 
@@ -282,7 +281,7 @@ def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sa
 
   from rlhf_jax import mesh as mesh_lib
   from rlhf_jax.data import toyworld
-  from rlhf_jax.eval.gold import sample_responses
+  from rlhf_jax.eval.gold import eval_seed, sample_answers
   from rlhf_jax.stages.common import load_pretrained
 
   out = {}
@@ -291,7 +290,8 @@ def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sa
     if stage not in stage_dirs:
       continue
     model, params, tokenizer = load_pretrained(stage_dirs[stage], mesh)
-    texts, _ = sample_responses(model, params, tokenizer, list(prompts), sampling, seed=SAMPLE_SEED)
+    texts = sample_answers(model, params, tokenizer, list(prompts), sampling, seed=eval_seed(sampling),
+                           mesh=mesh).texts
     gold = None if instances is None else [toyworld.gold_score(world, inst, t) for inst, t in zip(instances, texts)]
     out[stage] = (texts, gold)
   return out
@@ -371,9 +371,7 @@ def write_report(workdir: str, stage_dirs: dict[str, str], sample_prompts: Optio
         world, instances = found
         prompts = [inst.prompt for inst in instances]
     if prompts:
-      sampling = dict(config.get("sampling", {}))
-      if "ppo" in config and lm_stages[0] == "ppo":  # As PPO's evaluation samples.
-        sampling["max_new_tokens"] = config["ppo"]["max_new_tokens"]
+      sampling = dict(config.get("sampling", {}))  # As the held-out evaluations sample (eval/gold.py).
       sampling["batch_size"] = len(prompts)
       samples = stage_samples(stage_dirs, prompts, instances, world, types.SimpleNamespace(**sampling))
       for stage, (_, gold) in samples.items():
@@ -390,7 +388,8 @@ def write_report(workdir: str, stage_dirs: dict[str, str], sample_prompts: Optio
       lines += [f"![{caption}]({name})", "", f"*{caption}* (`{name}`)", ""]
   if samples:
     lines += ["## Sample answers", "",
-              f"Each model's answer to the same prompts, sampled with the same key (seed {SAMPLE_SEED}, temperature "
+              f"Each model's answer to the same prompts, sampled as the held-out evaluations sample, with the "
+              f"same keys (sampling.eval_seed {sampling.get('eval_seed', 0)}, temperature "
               f"{sampling['temperature']}, up to {sampling['max_new_tokens']} tokens)"
               + ("; gold score in parentheses." if instances is not None else "."), ""]
     lines += sample_section(samples, prompts)

@@ -34,7 +34,8 @@ from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
-from rlhf_jax.eval.policy import PolicyEvaluator, to_host
+from rlhf_jax.eval import gold as eval_gold
+from rlhf_jax.eval.policy import PolicyEvaluator, PolicySamples, to_host
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect
@@ -48,9 +49,11 @@ from rlhf_jax.train.metrics import read_metrics
 
 @dataclasses.dataclass
 class Prompts:
-  """Prompts as the policy sees them: left-padded ids, and the toyworld instances behind them (or None)."""
+  """Prompts as the policy sees them in rollouts (left-padded ids), as conversations (what the evaluations
+  sample from: `eval.gold.sample_answers`), and the toyworld instances behind them (or None)."""
   tokens: np.ndarray
   mask: np.ndarray
+  conversations: list
   instances: list | None = None
 
 
@@ -58,8 +61,9 @@ def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
   """(training prompts, evaluation prompts). toyworld: training instances, and the same held-out instances
   the SFT stage is evaluated on (so the figures compare); JSONL: the last data.val_fraction is held out."""
   ppo, tw = config.ppo, config.toyworld
-  encode = lambda conversations: pipelines.left_pad_prompts(
-      [pipelines.prompt_ids(tokenizer, c) for c in conversations], ppo.prompt_len, tokenizer.pad_id)
+  encode = lambda conversations: (*pipelines.left_pad_prompts(
+      [pipelines.prompt_ids(tokenizer, c) for c in conversations], ppo.prompt_len, tokenizer.pad_id),
+      conversations)
   as_messages = lambda text: [{"role": "user", "content": text}]
   if ppo.prompts_path:
     source = sources.open_source(ppo.prompts_path, "prompts")
@@ -71,7 +75,7 @@ def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
     raise UserError("config key 'ppo.prompts_path': PPO needs prompts (JSONL with {\"prompt\"} or "
                     "{\"messages\"} per line), or set data.source='toyworld'")
   train = toyworld.sample_instances(world, ppo.num_prompts, tw.seed + 6, split="train")
-  heldout = toyworld.sample_instances(world, tw.num_eval_prompts, tw.seed + 2, split="heldout")
+  heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
   return (Prompts(*encode([as_messages(i.prompt) for i in train]), train),
           Prompts(*encode([as_messages(i.prompt) for i in heldout]), heldout))
 
@@ -235,6 +239,28 @@ class RewardRounds:
     return {"params": params, "opt_state": state.opt_state}, metrics
 
 
+def make_evaluators(config, *, actor: Transformer, ref_params, rm_model: Transformer, rm_params, tokenizer, mesh,
+                    world, eval_prompts: Prompts, reward_token: bool) -> tuple[PolicyEvaluator, PolicyEvaluator]:
+  """PPO's held-out evaluators, both on `eval_prompts` with the evaluations' keys (`sampling.eval_seed`):
+  one samples at `sampling.temperature` (the policy, and the SFT model it is compared with), the other at
+  SFT_COLD_TEMPERATURE -- the free baseline PPO must beat (the December 2026 PPO audit: the SFT model
+  sampled at T 0.5, not 0.7, gave +0.06 gold at a KL of 0.26), its KL taken against the reference at the
+  evaluation's own temperature. `python -m rlhf_jax.evaluate` builds the same two."""
+  shared = dict(actor=actor, reference=actor.clone(heads=("lm",)), reward_model=rm_model, ref_params=ref_params,
+                rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompts=eval_prompts.conversations,
+                seed=eval_gold.eval_seed(config.sampling), reward_token=reward_token, world=world,
+                instances=eval_prompts.instances)
+  cold_sampling = types.SimpleNamespace(**dict(config.sampling.items(), temperature=SFT_COLD_TEMPERATURE))
+  return (PolicyEvaluator(sampling=config.sampling, **shared),
+          PolicyEvaluator(sampling=cold_sampling, ref_temperature=config.sampling.temperature, **shared))
+
+
+def baseline_metrics(evaluator: PolicyEvaluator, sft: PolicySamples, sft_cold: PolicySamples) -> dict:
+  """The summary's figures of the SFT model (`sft/...`) and of SFT sampled colder against it (`sft_t0.5/...`)."""
+  return {**evaluator.metrics(sft, prefix="sft"),
+          **evaluator.metrics(sft_cold, sft, prefix=f"sft_t{SFT_COLD_TEMPERATURE}")}
+
+
 def eval_history(rows: list[dict]) -> dict:
   """The best evaluation of the RM score and of gold, and the step it came at: over-optimisation shows as a
   gold peak before the end while the RM score keeps rising."""
@@ -387,18 +413,9 @@ def run(config, workdir: str) -> dict:
       metrics["ppo/gold"] = float(gold.mean())
     return state, metrics
 
-  on_eval_prompts = dict(actor=actor, reference=reference, reward_model=rm_model, ref_params=ref_params,
-                         rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompt_tokens=eval_prompts.tokens,
-                         prompt_mask=eval_prompts.mask, max_new_tokens=ppo.max_new_tokens,
-                         batch_size=train.batch_size, seed=config.seed + 11, reward_token=reward_id is not None,
-                         world=world, instances=eval_prompts.instances)
-  evaluator = PolicyEvaluator(sampling=config.sampling, **on_eval_prompts)
-  # The free baseline PPO must beat: the SFT model sampled colder (the December 2026 PPO audit: T 0.5, not 0.7,
-  # gave +0.06 gold at a KL of 0.26), on the same prompts with the same keys.
-  cold_sampling = config.sampling.copy_and_resolve_references()
-  cold_sampling.temperature = SFT_COLD_TEMPERATURE
-  # Its KL: the colder policy against the reference at the evaluation's own temperature.
-  cold = PolicyEvaluator(sampling=cold_sampling, ref_temperature=config.sampling.temperature, **on_eval_prompts)
+  evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
+                                    rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
+                                    eval_prompts=eval_prompts, reward_token=reward_id is not None)
   baseline = {}
 
   def evaluate(state) -> dict:
@@ -421,8 +438,7 @@ def run(config, workdir: str) -> dict:
                               evaluate=evaluate, extra_summary={"num_params/actor": state_lib.count_params(
                                   state.params["actor"])}, config=config)
   if "sft" in baseline:
-    summary.update(evaluator.metrics(baseline["sft"], prefix="sft"))
-    summary.update(evaluator.metrics(baseline["sft_cold"], baseline["sft"], prefix=f"sft_t{SFT_COLD_TEMPERATURE}"))
+    summary.update(baseline_metrics(evaluator, baseline["sft"], baseline["sft_cold"]))
     summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
   summary.update(eval_history(read_metrics(workdir)))
   summary["complete"] = True

@@ -32,7 +32,8 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import best_of_n as bon
 from rlhf_jax.eval import rm as rm_eval
-from rlhf_jax.eval.gold import sample_responses
+from rlhf_jax.eval import gold as eval_gold
+from rlhf_jax.eval.gold import sample_answers, sample_responses
 from rlhf_jax.stages import common, comparisons
 from rlhf_jax.tokenizer import CharTokenizer
 from rlhf_jax.train.loop import read_summary, write_summary
@@ -88,11 +89,11 @@ def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool
   return tokens, start, end
 
 
-def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, seed: int) -> list[str]:
-  """n answers per toyworld instance (instance-major) from the policy, for `best_of_n_rows`."""
-  texts, _ = sample_responses(model, params, tokenizer, [inst.prompt for inst in instances for _ in range(n)],
-                              sampling, seed)
-  return texts
+def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, seed: int, mesh=None) -> list[str]:
+  """n answers per toyworld instance (instance-major) from the policy, for `best_of_n_rows`: the held-out
+  evaluations' sampler, so each prompt's first answer is the one the other evaluations score."""
+  return sample_answers(model, params, tokenizer, [inst.prompt for inst in instances], sampling, seed=seed,
+                        num_samples=n, mesh=mesh).texts
 
 
 def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str], seq_len: int,
@@ -194,7 +195,7 @@ def run(config, workdir: str) -> dict:
     world = toyworld.make_world(config.toyworld.seed)
     bon_instances = toyworld.eval_instances(world, config.toyworld.num_eval_prompts)
     bon_texts = best_of_n_samples(sft, sft_params, tokenizer, bon_instances, config.sampling,
-                                  rcfg.best_of_n, config.seed + 8)
+                                  rcfg.best_of_n, eval_gold.eval_seed(config.sampling), mesh)
   del sft_params
 
   weight = float(rcfg.likelihood_weight)

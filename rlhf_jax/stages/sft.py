@@ -72,7 +72,8 @@ def run(config, workdir: str) -> dict:
 
     def evaluate_with_gold(state, seed):
       metrics = {**lm_eval(state), **pretrain_eval(state)}
-      gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, seed)
+      # The one evaluator: the same answers PPO's evaluation samples from this model (eval/gold.py).
+      gold, _ = gold_evaluation(model, state.params, tokenizer, world, heldout, config.sampling, mesh=mesh)
       return {**metrics, **{f"eval/{k}": v for k, v in gold.items()}}
 
     evaluate = evaluate_with_gold
