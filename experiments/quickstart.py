@@ -18,9 +18,10 @@ prompt), 500 of SFT's 600, 8,000 of the reward model's 24,000 prompts (one epoch
 Measured alone on a 2-core Intel Xeon (float32 matmul peak 271-276 GFLOP/s in the same session) on 2026-12-05,
 world seed 0: 14 min 25 s wall -- pretrain 359 s, SFT 195 s, comparisons 53 s, reward 113 s, PPO 103 s, the
 rest start-up and the report; PPO with the exact KL in its loss (today's default) then took 115 s alone, so
-about 14 min 37 s. Held-out gold (250 prompts): SFT 0.598, SFT at T 0.5 0.638 (KL 0.16), the RM's best of 4
-SFT answers 0.723 (gold's own pick 0.802), PPO 0.657: +0.059 +- 0.031 over SFT (paired, 95%), win rate
-54.6% +- 2.9 by gold, KL 0.31. Other world seeds and the mean over seeds: the README.
+about 14 min 37 s. Held-out gold (250 prompts, the one evaluator of eval/gold.py; a PPO stage rerun with it
+gave exactly these): SFT 0.619, SFT at T 0.5 0.653 (KL 0.21), the RM's best of 4 SFT answers 0.708 (gold's
+own pick 0.793), PPO 0.665: +0.045 +- 0.030 over SFT (paired, 95%), win rate 54.8% +- 3.1 by gold, KL 0.32.
+Other world seeds and the mean over seeds: the README.
 """
 
 import os
