@@ -4,14 +4,20 @@ Command:  python benchmarks/ppo_iteration.py [--quick] [--iterations N] [--break
 Needs TRL: pip install -c constraints.txt -r benchmarks/requirements-ppo.txt   (torch stays 2.13.0, CPU)
 
 Setting (both sides): a GPT-2 style policy with random weights, L=4 D=128 H=4 F=512 V=1024 (max_len 64), and
-a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 random
-tokens, no padding; 32 new tokens sampled at temperature 0.7 from the full vocabulary; KL penalty 0.05 (k1),
-GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value clip 0.2; 4 PPO epochs of 1 minibatch (all 64
-rows). Everything float32 (TRL's PPOConfig defaults to bf16: turned off). One iteration is:
-  ours  `make_generate` (KV-cache sampler) -> `make_collect` (actor, reference, critic and reward-model
-        forwards in one program) -> `make_ppo_update` (targets, then 4 epochs x 1 minibatch of actor and
-        critic AdamW steps in one program, state donated), each jitted once and compiled ahead of time; the
-        phases are timed to `block_until_ready` of their outputs, as `stages/ppo.py` runs them.
+a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 tokens, no
+padding (BOS, 13 random characters -- ids drawn from all but the 9 special ones --, the end of turn and the
+assistant's role token: `write_prompts`; TRL gets the same ids); 32 new tokens sampled at temperature 0.7
+from the full vocabulary; KL penalty 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value
+clip 0.2; 4 PPO epochs of 1 minibatch (all 64 rows). Everything float32 (TRL's PPOConfig defaults to bf16:
+turned off). One iteration is:
+  ours  what `stages/ppo.py:build_ppo` builds for a PPO run, from a config (`ppo_config`: the base config
+        with the numbers above) whose init_from and ppo.reward_from name random-weight stand-ins written to a
+        temporary directory (`write_models`: a converted checkpoint, a reward_model/ with its reward.json; the
+        critic then starts as the reward model, as in a run): its `generate` (KV-cache sampler) -> `collect`
+        (actor, reference, critic and reward-model forwards in one program) -> `update` (targets, then 4
+        epochs x 1 minibatch of actor and critic AdamW steps in one program, state donated), each compiled
+        ahead of time and called on the setup's own batches as its `step_fn` calls them; the phases are timed
+        to `block_until_ready` of their outputs, as `step_fn` times them.
   TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0, `trl.experimental.ppo`, the newest release with a
         PPO trainer): `generate` at temperature 0.7 with top_k 0 / top_p 1, reference, value and reward
         forwards, rewards, GAE, whitening, then 4 epochs of one policy+value backward and AdamW step over the
@@ -19,11 +25,12 @@ rows). Everything float32 (TRL's PPOConfig defaults to bf16: turned off). One it
         (see benchmarks/generate.py: with spin-waiting, torch's OpenMP threads stall whenever anything else
         wants a core). Gradient checkpointing, on by default in PPOConfig, is turned off: ours does not
         recompute activations either (model.remat="none"), so both sides do the same arithmetic.
-  Exactly 32 new tokens a row on both sides, as random weights never end a response on purpose: ours stops on
-  token id 1024, outside the vocabulary (so never sampled, but the early-exit test still runs every step as in
-  a real run); the reward model's view gets the end-of-turn token (id 1) appended, as for any response that
-  ran out of tokens. TRL gets no stop token (`stop_token=None`), so nothing is truncated, and a tokenizer whose
-  pad and EOS ids (1024, 1025) lie outside the model's vocabulary, so no sampled token is taken for padding.
+  Exactly 32 new tokens a row on both sides: ours stops on the tokenizer's end-of-turn and EOS ids, as a run
+  does, and the stand-in policy's weights hold their logits near -40 (`write_models`), so they are never
+  sampled, but the early-exit test still runs every step as in a real run; the reward model's view gets the
+  end-of-turn token appended, as for any response that ran out of tokens. TRL gets no stop token
+  (`stop_token=None`), so nothing is truncated, and a tokenizer whose pad and EOS ids (1024, 1025) lie outside
+  the model's vocabulary, so no sampled token is taken for padding.
   The policy's old log-probs: ours recomputes them with a full forward (`rl/rollout.py`: the first ratio is
   then exactly 1), TRL takes them from the sampler's scores; ours therefore runs one forward more.
 
@@ -53,6 +60,9 @@ Hardware: 2-core AMD EPYC (AVX-512) CPU shared with other jobs, jax 0.10.2, torc
 5.23.0, trl 1.12.0. Runtime 1.5-5 min, depending on how busy other jobs keep the cores (7 timed iterations a
 side; `--breakdown` adds ~20 s); `--quick` (2 timed iterations) ~1-3 min, a smoke test.
 
+The figures below predate issue 16, which builds ours through `build_ppo` instead of by hand; ours alone (no TRL:
+  not installed then) ran 2.69-2.74 s per iteration after the change and 2.66-2.69 s before it, one after the
+  other on a busy machine (load average 4 on the 2 cores).
 Measured alone on the machine (2026-11-30, two runs; s per iteration, median of 7): ours 1.25 s (generate
   0.082, collect 0.135, update 1.041) against TRL 2.40 s (rollout 0.925, of which generate 0.376; update
   1.464): 1.92x; again 1.32 s against 2.52 s: 1.90x. The target (>= 1.5x) is met side by side; note that
@@ -89,6 +99,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -98,16 +109,18 @@ import optax
 
 from machine import ForeignLoad
 from rlhf_jax import config as config_lib
-from rlhf_jax import losses
+from rlhf_jax import convert, losses
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.model.transformer import Transformer, TransformerConfig
 from rlhf_jax.rl import rollout as rollout_lib
-from rlhf_jax.rl.rollout import make_collect
-from rlhf_jax.sampling import make_generate
+from rlhf_jax.stages import reward as reward_stage
+from rlhf_jax.stages.ppo import build_ppo, strip_value
+from rlhf_jax.tokenizer import NUM_SPECIAL, CharTokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 
 BATCH = 64
+HELDOUT = 16  # Evaluation prompts: the setup needs some; nothing here evaluates.
 PROMPT_LEN = 16
 NEW_TOKENS = 32
 TEMPERATURE = 0.7
@@ -116,9 +129,9 @@ MINIBATCHES = 1
 KL_COEF = 0.05
 MODEL = dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, d_ff=512, vocab_size=1024, max_len=64)
 VOCAB = MODEL["vocab_size"]
-STOP_ID = VOCAB  # Outside the vocabulary: never sampled, so every row runs the full 32 steps.
-END_OF_TURN_ID = 1  # Appended to each (unended) response in the reward model's view.
-PAD_ID = 0  # Ours: fills ended rows (none here); prompts are full width, so their mask is all True.
+# The stand-in tokenizer: one character per ordinary id, so the random prompts cover the whole vocabulary.
+CHARS = [chr(0x4E00 + i) for i in range(VOCAB - NUM_SPECIAL)]
+STOP_LOGIT = -40.0  # The stand-in policy's logit of its stop tokens: never sampled (see `write_models`).
 TARGET, GOAL = 1.5, 3.0  # Our iterations/s over TRL's.
 
 
@@ -126,77 +139,122 @@ TARGET, GOAL = 1.5, 3.0  # Our iterations/s over TRL's.
 # Ours.
 
 
-class Ours:
-  """Our PPO iteration as `stages/ppo.py` wires it, on random models; `compile()` first, then `iteration()`."""
+def write_models(directory: str, tokenizer: CharTokenizer, mesh) -> tuple[str, str]:
+  """Random-weight stand-ins for an SFT run and a reward run, in the forms `build_ppo` reads them: a converted
+  checkpoint with its tokenizer (init_from) and a reward workdir's reward_model/ with its reward.json (no
+  likelihood term, no reward token). Returns (init_from, reward_from).
 
-  def __init__(self, prompt_bp: np.ndarray, total_iterations: int):
-    config = config_lib.base_config()
-    config.ppo.temperature = TEMPERATURE
-    config.ppo.epochs, config.ppo.minibatches, config.ppo.kl_coef = EPOCHS, MINIBATCHES, KL_COEF
-    config.ppo.kl_estimator, config.ppo.unfinished_penalty = "k1", 0.0  # TRL: missing_eos_penalty=None.
-    cfg = TransformerConfig.from_config(config_lib.model_config("gpt2", **MODEL))
-    self.actor = Transformer(cfg, heads=("lm",))
-    self.critic = Transformer(cfg, heads=("value",))
-    self.rm = Transformer(cfg, heads=("reward",))
+  The policy never samples the tokenizer's stop tokens (end of turn, EOS), so every row runs NEW_TOKENS tokens
+  as on TRL's side, which has no stop token: its final norm holds coordinate 0 at exactly 1 (scale 0, bias 1)
+  and the stop tokens' (tied) embedding rows read STOP_LOGIT there, so their logits sit near STOP_LOGIT while
+  the others stay near 0 (p < 1e-25 a token at T=0.7). Same shapes and arithmetic as any weights."""
+  cfg = TransformerConfig.from_config(config_lib.model_config("gpt2", **MODEL))
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  policy = jax.device_get(state_lib.init_params(Transformer(cfg, heads=("lm",)), keys[0], mesh)[0])
+  scale, bias = policy["final_norm"]["scale"].copy(), policy["final_norm"]["bias"].copy()
+  scale[0], bias[0] = 0.0, 1.0
+  embedding = policy["embed"]["embedding"].copy()
+  embedding[[tokenizer.end_of_turn_id, tokenizer.eos_id], 0] = STOP_LOGIT
+  policy = {**policy, "final_norm": {"scale": scale, "bias": bias}, "embed": {"embedding": embedding}}
+  scorer = jax.device_get(state_lib.init_params(Transformer(cfg, heads=("reward",)), keys[1], mesh)[0])
+  init_from = os.path.join(directory, "sft")
+  reward_from = os.path.join(directory, "reward")
+  rm_dir = os.path.join(reward_from, reward_stage.MODEL_DIR)
+  for where, params in ((init_from, policy), (rm_dir, scorer)):
+    convert.save_converted(where, cfg, params)
+    tokenizer.save(where)
+  with open(os.path.join(rm_dir, reward_stage.SPEC_FILE), "w") as f:
+    json.dump({"loss": "pairwise", "reward_token": False, "likelihood_weight": 0.0}, f)
+  return init_from, reward_from
+
+
+def write_prompts(path: str, tokenizer: CharTokenizer) -> None:
+  """BATCH + HELDOUT user turns of PROMPT_LEN random characters (JSONL {"prompt"}): encoded, each is BOS, the
+  user's role token, the text, the end of turn and the assistant's role token, cut to PROMPT_LEN tokens --
+  BOS and the last PROMPT_LEN - 1 (13 characters, end of turn, assistant) -- so that no row is padded."""
+  rng = np.random.default_rng(0)
+  chars = np.asarray(tokenizer.chars)
+  with open(path, "w") as f:
+    for _ in range(BATCH + HELDOUT):
+      f.write(json.dumps({"prompt": "".join(rng.choice(chars, PROMPT_LEN))}) + "\n")
+
+
+def ppo_config(init_from: str, reward_from: str, prompts_path: str, total_iterations: int):
+  """The benchmark's setting as a PPO config (the base config's defaults otherwise)."""
+  config = config_lib.base_config()
+  config.stage, config.init_from, config.ppo.reward_from = "ppo", init_from, reward_from
+  config.ppo.prompts_path, config.data.val_fraction = prompts_path, HELDOUT / (BATCH + HELDOUT)
+  config.ppo.prompt_len, config.ppo.max_new_tokens, config.ppo.temperature = PROMPT_LEN, NEW_TOKENS, TEMPERATURE
+  config.ppo.epochs, config.ppo.minibatches, config.ppo.kl_coef = EPOCHS, MINIBATCHES, KL_COEF
+  config.ppo.kl_estimator, config.ppo.unfinished_penalty = "k1", 0.0  # TRL: missing_eos_penalty=None.
+  config.train.batch_size, config.train.steps = BATCH, total_iterations
+  return config_lib.finalize(config)
+
+
+class Ours:
+  """Our PPO iteration: a `stages/ppo.py:build_ppo` setup on random-weight stand-ins (`write_models`), its
+  `generate`, `collect` and `update` called as its `step_fn` calls them, on its own batches; `compile()`
+  first, then `iteration()`."""
+
+  def __init__(self, total_iterations: int):
     mesh = mesh_lib.make_mesh(config_lib.mesh_config(), devices=jax.devices()[:1])
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    actor_params, _ = state_lib.init_params(self.actor, keys[0], mesh)
-    critic_params, _ = state_lib.init_params(self.critic, keys[1], mesh)
-    self.rm_params, _ = state_lib.init_params(self.rm, keys[2], mesh)
-    self.ref_params = actor_params  # The state holds copies; the reference starts as the policy, as in PPO.
-    updates_total = total_iterations * EPOCHS * MINIBATCHES
-    self.txs = {name: state_lib.make_optimizer(config.optim, updates_total)[0] for name in ("actor", "critic")}
-    self.state, _ = state_lib.create_ppo_state({"actor": self.actor, "critic": self.critic}, self.txs,
-                                               {"actor": actor_params, "critic": critic_params}, mesh,
-                                               jax.random.PRNGKey(1), KL_COEF)
-    self.settings = steps.PPOSettings.from_config(config.ppo)
-    self.generate = make_generate(self.actor, max_new_tokens=NEW_TOKENS, temperature=TEMPERATURE,
-                                  stop_ids=(STOP_ID,), pad_id=PAD_ID)
-    self.collect = make_collect(self.actor, self.actor, self.critic, self.rm, temperature=TEMPERATURE,
-                                end_of_turn_id=END_OF_TURN_ID, reward_id=None, pad_id=PAD_ID,
-                                unfinished_penalty=config.ppo.unfinished_penalty)
-    self.update = jax.jit(steps.make_ppo_update(self.actor, self.critic, self.txs, self.settings),
-                          donate_argnums=(0,))
-    self.prompt_bp = jnp.asarray(prompt_bp, jnp.int32)
-    self.mask_bp = jnp.ones(prompt_bp.shape, bool)
+    tokenizer = CharTokenizer(CHARS)
+    with tempfile.TemporaryDirectory(prefix="ppo_iteration_") as directory:  # Read while building, not after.
+      init_from, reward_from = write_models(directory, tokenizer, mesh)
+      prompts_path = os.path.join(directory, "prompts.jsonl")
+      write_prompts(prompts_path, tokenizer)
+      config = ppo_config(init_from, reward_from, prompts_path, total_iterations)
+      self.setup = setup = build_ppo(config, os.path.join(directory, "ppo"), mesh)
+    self.state = setup.state
+    # Every iteration's rows, drawn now: while a grain iterator lives, its prefetch threads keep a core busy.
+    data = setup.data()
+    self.rows = [next(data) for _ in range(1 + total_iterations)]  # The first for compile() and breakdown().
+    data.close()
+    self.prompt_bp = setup.train_prompts.tokens  # TRL's prompts: the same ids.
+    assert self.prompt_bp.shape == (BATCH, PROMPT_LEN) and setup.train_prompts.mask.all(), \
+        f"ours: {self.prompt_bp.shape} prompts, some padded; expected {BATCH} x {PROMPT_LEN} tokens, none padded"
+    self.kl_ref = setup.ref_params if config.ppo.kl_loss_coef > 0 else None  # As `step_fn` passes it.
     self.compiled = None
-    for tree in (self.state.params, self.ref_params, self.rm_params):
+    for tree in (self.state.params, setup.ref_params, setup.rm_params):
       dtypes = {str(x.dtype) for x in jax.tree.leaves(tree)}
       assert dtypes == {"float32"}, f"ours: parameters in {dtypes}, not float32"
 
   def compile(self) -> dict:
     """Ahead-of-time compiles the three programs; returns the seconds each took."""
-    key = jax.random.PRNGKey(0)
-    params = self.state.params
+    s, key = self.setup, jax.random.PRNGKey(0)
+    params, batch = self.state.params, s.make_batch(self.rows[0])
     seconds = {}
     start = time.perf_counter()
-    generate = self.generate.lower(params["actor"], self.prompt_bp, self.mask_bp, key).compile()
+    gen_args = (strip_value(params["actor"]), batch["prompt"], batch["prompt_mask"], key)
+    generate = s.generate.lower(*gen_args).compile()
     seconds["generate"] = time.perf_counter() - start
-    sample = jax.eval_shape(self.generate, params["actor"], self.prompt_bp, self.mask_bp, key)
+    sample = jax.eval_shape(s.generate, *gen_args)
     start = time.perf_counter()
-    collect_args = (params["actor"], params["critic"], self.ref_params, self.rm_params, self.prompt_bp,
-                    self.mask_bp)
-    collect = self.collect.lower(*collect_args, sample).compile()
+    collect_args = (params["actor"], params.get("critic"), s.ref_params, s.rm_params, batch["prompt"],
+                    batch["prompt_mask"])
+    collect = s.collect.lower(*collect_args, sample).compile()
     seconds["collect"] = time.perf_counter() - start
-    rollout = jax.eval_shape(self.collect, *collect_args, sample)
+    rollout = jax.eval_shape(s.collect, *collect_args, sample)
     start = time.perf_counter()
-    update = self.update.lower(self.state, rollout, None, key).compile()
+    update = s.update.lower(self.state, rollout, batch.get("ptx"), key, self.kl_ref).compile()
     seconds["update"] = time.perf_counter() - start
     self.compiled = dict(generate=generate, collect=collect, update=update)
     return seconds
 
   def iteration(self, i: int) -> dict:
     """One PPO iteration; returns the seconds of each phase (outputs ready) and of the whole."""
-    c, params = self.compiled, self.state.params
-    rng = jax.random.PRNGKey(1000 + i)
+    c, s, params = self.compiled, self.setup, self.state.params
+    batch = s.make_batch(self.rows[1 + i])
+    rng = jax.random.fold_in(s.rng, i)
     start = time.perf_counter()
-    sample = jax.block_until_ready(c["generate"](params["actor"], self.prompt_bp, self.mask_bp,
-                                                 jax.random.fold_in(rng, 0)))
+    sample = jax.block_until_ready(c["generate"](strip_value(params["actor"]), batch["prompt"],
+                                                 batch["prompt_mask"], jax.random.fold_in(rng, 0)))
     generated = time.perf_counter()
-    rollout = jax.block_until_ready(c["collect"](params["actor"], params["critic"], self.ref_params,
-                                                 self.rm_params, self.prompt_bp, self.mask_bp, sample))
+    rollout = jax.block_until_ready(c["collect"](params["actor"], params.get("critic"), s.ref_params, s.rm_params,
+                                                 batch["prompt"], batch["prompt_mask"], sample))
     collected = time.perf_counter()
-    self.state, metrics = jax.block_until_ready(c["update"](self.state, rollout, None, jax.random.fold_in(rng, 1)))
+    self.state, metrics = jax.block_until_ready(c["update"](self.state, rollout, batch.get("ptx"),
+                                                            jax.random.fold_in(rng, 1), self.kl_ref))
     end = time.perf_counter()
     steps_taken, in_mask = int(sample.num_steps), int(np.asarray(sample.mask).sum())
     assert steps_taken == NEW_TOKENS and in_mask == BATCH * NEW_TOKENS, \
@@ -208,49 +266,52 @@ class Ours:
 
   def breakdown(self, repeats: int) -> dict:
     """Median seconds of each piece of an iteration, each jitted alone (see the module docstring)."""
-    actor, critic, rm, s = self.actor, self.critic, self.rm, self.settings
+    setup = self.setup
+    actor, critic, rm, s, txs = setup.actor, setup.critic, setup.reward_model, setup.settings, setup.txs
+    ref_params, rm_params, tokenizer = setup.ref_params, setup.rm_params, setup.tokenizer
     params, opt = self.state.params, self.state.opt_state
-    p, m, key = self.prompt_bp, self.mask_bp, jax.random.PRNGKey(7)
-    sample = self.compiled["generate"](params["actor"], p, m, key)
-    rollout = self.compiled["collect"](params["actor"], params["critic"], self.ref_params, self.rm_params, p, m,
-                                       sample)
-    batch, _ = steps.ppo_targets(rollout, jnp.float32(KL_COEF), s)
+    batch, key = setup.make_batch(self.rows[0]), jax.random.PRNGKey(7)
+    p, m = batch["prompt"], batch["prompt_mask"]
+    sample = self.compiled["generate"](strip_value(params["actor"]), p, m, key)
+    rollout = self.compiled["collect"](params["actor"], params["critic"], ref_params, rm_params, p, m, sample)
+    targets, _ = steps.ppo_targets(rollout, jnp.float32(KL_COEF), s)
     tokens, mask = rollout.tokens, rollout.mask
 
     def rm_forward(rm_params):
-      inputs = rollout_lib.reward_inputs(p, m, tokens, mask, rollout.ended, end_of_turn_id=END_OF_TURN_ID,
-                                         reward_id=None, pad_id=PAD_ID)
+      inputs = rollout_lib.reward_inputs(p, m, tokens, mask, rollout.ended, end_of_turn_id=tokenizer.end_of_turn_id,
+                                         reward_id=None, pad_id=tokenizer.pad_id)
       return rm.apply({"params": rm_params}, *inputs[:3]).rewards
 
     def actor_step(actor_params, opt_state):
       def loss_fn(q):  # As make_ppo_update's actor loss (separate critic, no ptx).
         log_probs, scaled, _ = rollout_lib.policy_outputs(actor, q, p, m, tokens, mask, s.temperature)
-        pg_sum, count, aux = losses.ppo_policy_loss(log_probs, batch.old_log_probs, batch.advantages, mask,
+        pg_sum, count, aux = losses.ppo_policy_loss(log_probs, targets.old_log_probs, targets.advantages, mask,
                                                     s.clip_eps)
         ent_sum, _ = losses.entropy(scaled if s.ent_coef else jax.lax.stop_gradient(scaled), mask)
         return (pg_sum - s.ent_coef * ent_sum) / count, (ent_sum, aux)
       (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(actor_params)
-      updates, opt_state = self.txs["actor"].update(grads, opt_state, actor_params)
+      updates, opt_state = txs["actor"].update(grads, opt_state, actor_params)
       return optax.apply_updates(actor_params, updates), opt_state, aux
 
     def critic_step(critic_params, opt_state):
       def loss_fn(q):
         values = rollout_lib.critic_values(critic, q, p, m, tokens, mask)
-        v_sum, count, aux = losses.ppo_value_loss(values, batch.old_values, batch.returns, mask, s.value_clip_eps)
+        v_sum, count, aux = losses.ppo_value_loss(values, targets.old_values, targets.returns, mask,
+                                                  s.value_clip_eps)
         return v_sum / count, aux
       (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(critic_params)
-      updates, opt_state = self.txs["critic"].update(grads, opt_state, critic_params)
+      updates, opt_state = txs["critic"].update(grads, opt_state, critic_params)
       return optax.apply_updates(critic_params, updates), opt_state, aux
 
     pieces = {
-        "generate": (self.compiled["generate"], (params["actor"], p, m, key)),
+        "generate": (self.compiled["generate"], (strip_value(params["actor"]), p, m, key)),
         "collect: actor forward": (jax.jit(lambda q: rollout_lib.policy_outputs(
             actor, q, p, m, tokens, mask, s.temperature)[0]), (params["actor"],)),
         "collect: reference forward": (jax.jit(lambda q: rollout_lib.policy_outputs(
-            actor, q, p, m, tokens, mask, s.temperature)[0]), (self.ref_params,)),
+            actor, q, p, m, tokens, mask, s.temperature)[0]), (ref_params,)),
         "collect: critic forward": (jax.jit(lambda q: rollout_lib.critic_values(critic, q, p, m, tokens, mask)),
                                     (params["critic"],)),
-        "collect: reward forward": (jax.jit(rm_forward), (self.rm_params,)),
+        "collect: reward forward": (jax.jit(rm_forward), (rm_params,)),
         "update: actor fwd+bwd+AdamW (1 minibatch)": (jax.jit(actor_step), (params["actor"], opt["actor"])),
         "update: critic fwd+bwd+AdamW (1 minibatch)": (jax.jit(critic_step), (params["critic"], opt["critic"])),
     }
@@ -322,9 +383,9 @@ def main():
   wall = time.perf_counter()
   load_start = os.getloadavg()[0]
   platform = jax.devices()[0].platform
-  prompt_bp = np.random.default_rng(0).integers(0, VOCAB, (BATCH, PROMPT_LEN)).astype(np.int32)
   total = 1 + timed  # One warm-up iteration a side.
-  ours = Ours(prompt_bp, total)
+  ours = Ours(total)
+  prompt_bp = ours.prompt_bp
   print(f"ppo_iteration benchmark{' --quick (smoke numbers)' if args.quick else ''}: jax {jax.__version__}, "
         f"{platform}, {os.cpu_count()} CPUs, load average {load_start:.2f}", flush=True)
   print(f"policy, reference, value and reward models L={MODEL['n_layers']} D={MODEL['d_model']} "

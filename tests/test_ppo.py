@@ -558,6 +558,23 @@ def test_ppo_stage_smoke(ppo_run):
   assert 0.0 <= summary["eval/win_rate_gold"] <= 1.0
 
 
+def test_build_ppo_builds_a_run_that_steps_and_writes_nothing(tmp_path, ppo_args):
+  """`build_ppo` on the smoke config builds a setup whose `step_fn` runs one iteration (rollout, then update)
+  on the setup's own first batch with finite metrics, and leaves the workdir untouched: only the training
+  loop writes there."""
+  from rlhf_jax.stages import ppo as ppo_stage
+  config = main_lib.resolve_config(os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke",
+                                   main_lib.parse_overrides(["--config.train.batch_size=8", *ppo_args]))
+  workdir = tmp_path / "ppo"
+  setup = ppo_stage.build_ppo(config, str(workdir))
+  assert setup.critic is not None and set(setup.state.params) == {"actor", "critic"}
+  state, metrics = setup.step_fn(setup.state, setup.make_batch(next(setup.data())), setup.rng)
+  assert int(state.step) == 1
+  for key in ("train/loss", "ppo/score", "ppo/gold", "ppo/kl", "ppo/ptx_loss", "ppo/value_loss", "perf/update_s"):
+    assert np.isfinite(float(metrics[key])), key
+  assert not workdir.exists()
+
+
 @pytest.mark.parametrize("extra", [(), ("--config.ppo.reward_norm=True", "--config.ppo.critic_warmup=1")],
                          ids=["default", "reward_norm_critic_warmup"])
 def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, extra):

@@ -26,13 +26,17 @@ def make_mesh(config):
   return mesh
 
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
+
+
 def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterable[str]],
-                      given: Optional[Tokenizer] = None) -> Tokenizer:
+                      given: Optional[Tokenizer] = None, save: bool = True) -> Tokenizer:
   """The run's tokenizer, saved in the workdir: reused when the workdir has one (a resumed run), else the
   one `given` (from the checkpoint a stage starts from), else loaded from `data.tokenizer` when that names a
-  file or directory, else trained on the training texts."""
+  file or directory, else trained on the training texts. `save=False` leaves the saving to `save_tokenizer`,
+  for a stage that builds everything before it knows the run starts (stages/ppo.py:build_ppo writes nothing)."""
   spec = config.data.tokenizer
-  for name in ("tokenizer.model", "tokenizer.json"):
+  for name in TOKENIZER_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       return load_tokenizer(workdir)
   if given is not None:
@@ -45,9 +49,16 @@ def resolve_tokenizer(config, workdir: str, training_texts: Callable[[], Iterabl
     tokenizer = load_tokenizer(spec)
   else:
     raise UserError(f"config key 'data.tokenizer': {spec!r} is not sentencepiece, char, or an existing path")
-  if jax.process_index() == 0:
-    tokenizer.save(workdir)
+  if save:
+    save_tokenizer(workdir, tokenizer)
   return tokenizer
+
+
+def save_tokenizer(workdir: str, tokenizer: Tokenizer) -> None:
+  """Writes the run's tokenizer into its workdir (process 0 only), unless the workdir has one already: a
+  resumed run's, which `resolve_tokenizer` read."""
+  if jax.process_index() == 0 and not any(os.path.exists(os.path.join(workdir, n)) for n in TOKENIZER_FILES):
+    tokenizer.save(workdir)
 
 
 def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:

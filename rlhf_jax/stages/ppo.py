@@ -16,6 +16,7 @@
               annotator and train the reward model further on all comparisons so far
   evaluate: held-out prompts, sampled like SFT was evaluated: RM score, KL to SFT, gold per task (toyworld),
             win rate against the SFT model's answers by gold and by the RM (eval/policy.py)
+  `build_ppo` builds all of it (a `PPOSetup`) without running or writing anything; `run` hands it to the loop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import time
 import types
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +43,7 @@ from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate, response_token_ids
 from rlhf_jax.stages import common, comparisons, pretrain, reward
+from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
@@ -273,21 +276,79 @@ def eval_history(rows: list[dict]) -> dict:
   return out
 
 
-def run(config, workdir: str) -> dict:
-  summary = read_summary(workdir)
-  if summary is not None and summary.get("complete"):
-    print(f"ppo: already finished in {workdir}; nothing to do")
-    return summary
-  ppo, train = config.ppo, config.train
-  if not config.init_from:
-    raise UserError("config key 'init_from': PPO starts from an SFT model; name its workdir")
-  if not ppo.reward_from:
-    raise UserError("config key 'ppo.reward_from': PPO needs a trained reward model; name the reward workdir")
-  mesh = common.make_mesh(config)
+@dataclasses.dataclass(frozen=True)
+class PPOSetup:
+  """Everything one PPO run is made of, built by `build_ppo` and not yet run: `run` hands it to the training
+  loop, benchmarks/ppo_iteration.py times its `generate`, `collect` and `update`, a test runs its `step_fn`.
+
+    actor          the policy: LM head, and the value head too with ppo.shared_critic; `state.params["actor"]`
+    reference      the frozen SFT model (LM head) and its `ref_params`, for the KL and the baselines
+    critic         the separate critic (the reward model's trunk with a value head), `state.params["critic"]`;
+                   None with ppo.shared_critic or ppo.critic_free
+    reward_model   the scorer and its `rm_params` (`reward_spec`: its reward.json); with iterated rounds
+                   (`rounds`) the trained copy in `state.reward` scores the rollouts instead
+    state          the initial PPOState, laid out by `shardings` (`train_loop` restores a checkpoint into it;
+                   the first `update` donates it)
+    data           `data()` -> a fresh endless iterator over this host's rows of each iteration (prompts
+                   (B, P), their mask and index, and "ptx" rows with PPO-ptx); `make_batch` shards them
+    generate       `(policy params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput`, at ppo.temperature
+    collect        `(actor, critic, ref, rm params, prompt_bp, prompt_mask_bp, sample) -> Rollout`
+    update         `(state, rollout, ptx, rng, ref_params or None) -> (state, metrics)`, state donated
+    step_fn        one iteration, `(state, batch, rng) -> (state, metrics)`: rollout, then update
+    evaluate       `(state) -> metrics` on `eval_prompts`; the first call fills `baseline` with the SFT
+                   model's samples (and its pretraining loss), which the summary reports
+  and the finalised config, the mesh, the tokenizer, toyworld's `world` (or None), the optimizers `txs`, the
+  update's `settings`, the evaluators behind `evaluate` (`make_evaluators`; `pretrain_eval`, the held-out
+  pretraining loss, or None), the training loop's settings `loop` and its root key `rng`.
+  """
+  config: Any
+  mesh: Any
+  tokenizer: Tokenizer
+  world: toyworld.World | None
+  actor: Transformer
+  reference: Transformer
+  critic: Transformer | None
+  reward_model: Transformer
+  ref_params: dict
+  rm_params: dict
+  reward_spec: dict
+  txs: dict
+  settings: steps.PPOSettings
+  rounds: RewardRounds | None
+  state: Any
+  shardings: Any
+  train_prompts: Prompts
+  eval_prompts: Prompts
+  data: Callable[[], Iterator[dict]]
+  make_batch: Callable[[dict], dict]
+  generate: Callable
+  collect: Callable
+  update: Callable
+  step_fn: Callable
+  evaluator: PolicyEvaluator
+  cold: PolicyEvaluator
+  pretrain_eval: Callable | None
+  evaluate: Callable
+  baseline: dict
+  loop: LoopConfig
+  rng: jax.Array
+
+
+def strip_value(params: dict) -> dict:
+  """The policy's params without a shared critic's value head: what sampling and the evaluations read."""
+  return {k: v for k, v in params.items() if k != "value_head"}
+
+
+def load_models(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenizer, Transformer, dict, dict]:
+  """(actor, SFT params, tokenizer, reward model, its params, its reward.json spec): the SFT model from
+  `init_from` (with a fresh value head under ppo.shared_critic) and the reward model from `ppo.reward_from`,
+  checked against each other and against the positions a rollout needs. The tokenizer is the workdir's (a
+  resumed run) or init_from's; nothing is written (`run` saves it when the run starts)."""
+  ppo = config.ppo
   actor_heads = ("lm", "value") if ppo.shared_critic else ("lm",)
   actor, sft_params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model, heads=actor_heads)
   common.record_model(config, workdir, actor.config)
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
   common.check_vocab(tokenizer, actor.config, config.init_from)
   rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(ppo.reward_from, mesh, config.model)
   reward.check_shared_tokenizer(ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
@@ -297,22 +358,25 @@ def run(config, workdir: str) -> dict:
       raise UserError(f"config keys 'ppo.prompt_len' + 'ppo.max_new_tokens': prompt, response and closing "
                       f"tokens need {width} positions, more than the {model.config.max_len} learned positions "
                       f"of the {name} model")
+  return actor, sft_params, tokenizer, rm_model, rm_params, spec
 
-  reference = actor.clone(heads=("lm",))
-  ref_params = {k: v for k, v in sft_params.items() if k != "value_head"}
-  lm = actor.clone(heads=("lm",))
 
-  world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
-  train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
-  docs = ptx_documents(config)
+def training_data(config, tokenizer, train_prompts: Prompts, docs) -> Iterable[dict]:
+  """The endless PPO inputs (`pipelines.ppo_pipeline`): train.batch_size rows of `train_prompts` an iteration
+  and, with PPO-ptx, epochs x minibatches x ppo.ptx_batch windows of the training documents `docs[0]`."""
+  ppo = config.ppo
   ptx_rows = ppo.ptx_batch * ppo.epochs * ppo.minibatches if ppo.ptx_coef > 0 else 0
   if ptx_rows and docs is None:
     raise UserError("config key 'ppo.ptx_path': ppo.ptx_coef > 0 needs pretraining text for PPO-ptx")
   # PPO-ptx reads the training documents as one token stream (BOS + text + EOS each, concatenated).
   ptx_stream = (np.concatenate([pipelines.document_ids(tokenizer, text) for text in docs[0]]) if ptx_rows
                 else None)
-  data = pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, train.batch_size, config.seed,
+  return pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, config.train.batch_size, config.seed,
                                 ptx_stream, ptx_rows, ppo.ptx_seq_len, ppo.samples_per_prompt)
+
+
+def batch_maker(mesh) -> Callable[[dict], dict]:
+  """`make_batch(rows) -> batch`: this host's rows sharded over the mesh, the ptx rows as an LM batch."""
 
   def make_batch(rows):
     batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
@@ -320,61 +384,60 @@ def run(config, workdir: str) -> dict:
       batch["ptx"] = mesh_lib.shard_batch(pipelines.to_lm_batch({"tokens": rows["ptx"]}), mesh)
     return batch
 
-  reward_id = tokenizer.reward_id if spec.get("reward_token") else None
-  generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+  return make_batch
 
-  models, params = {"actor": actor}, {"actor": sft_params}
+
+def make_critic(config, rm_model: Transformer, rm_params: dict, *, tokenizer, reward_id: int | None,
+                first_batch: Callable[[], dict], generate, ref_params) -> tuple[Transformer | None, dict | None]:
+  """(the separate critic, its initial params: `critic_params_from_reward`), or (None, None) when the actor
+  carries the value head (ppo.shared_critic) or there is no critic (ppo.critic_free). A reward model with a
+  likelihood term has the term's mean measured on the SFT policy's answers to `first_batch()`."""
+  ppo = config.ppo
   if ppo.critic_free and ppo.shared_critic:
     raise UserError("config keys 'ppo.critic_free' and 'ppo.shared_critic': choose one (no critic, or a value "
                     "head on the actor's trunk)")
-  critic = None
-  if not ppo.shared_critic and not ppo.critic_free:
-    critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
-    models["critic"] = critic
-    likelihood_mean = 0.0
-    if rm_model.reward_likelihood > 0:  # Measured on the SFT policy's answers to the first training batch.
-      first = make_batch(next(iter(data)))
-      sample = generate(ref_params, first["prompt"], first["prompt_mask"], jax.random.PRNGKey(config.seed + 12))
-      measure = make_likelihood_mean(rm_model, end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id,
-                                     pad_id=tokenizer.pad_id)
-      likelihood_mean = float(measure(rm_params, first["prompt"], first["prompt_mask"], sample))
-      if jax.process_index() == 0:
-        print(f"ppo: the critic's bias takes in the reward model's likelihood term, {likelihood_mean:+.3f} on "
-              f"average over {train.batch_size} SFT samples")
-    params["critic"] = critic_params_from_reward(rm_params, likelihood_mean)
-  # The actor's schedule counts its own updates: none during the critic's warm-up.
-  updates_total = train.steps * ppo.epochs * ppo.minibatches
-  txs, schedules = {}, {}
-  txs["actor"], schedules["actor"] = state_lib.make_optimizer(
-      config.optim, (train.steps - ppo.critic_warmup) * ppo.epochs * ppo.minibatches)
-  if critic is not None:
+  if ppo.shared_critic or ppo.critic_free:
+    return None, None
+  critic = rm_model.clone(heads=("value",), reward_likelihood=0.0)
+  likelihood_mean = 0.0
+  if rm_model.reward_likelihood > 0:  # Measured on the SFT policy's answers to the first training batch.
+    first = first_batch()
+    sample = generate(ref_params, first["prompt"], first["prompt_mask"], jax.random.PRNGKey(config.seed + 12))
+    measure = make_likelihood_mean(rm_model, end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id,
+                                   pad_id=tokenizer.pad_id)
+    likelihood_mean = float(measure(rm_params, first["prompt"], first["prompt_mask"], sample))
+    if jax.process_index() == 0:
+      print(f"ppo: the critic's bias takes in the reward model's likelihood term, {likelihood_mean:+.3f} on "
+            f"average over {config.train.batch_size} SFT samples")
+  return critic, critic_params_from_reward(rm_params, likelihood_mean)
+
+
+def make_optimizers(config, with_critic: bool) -> dict:
+  """{"actor": optimizer[, "critic": optimizer]}: the actor's is `optim`, its schedule counting its own
+  updates (none during the critic's warm-up); the critic's the same with ppo.critic_lr over every update."""
+  ppo, train = config.ppo, config.train
+  txs = {"actor": state_lib.make_optimizer(
+      config.optim, (train.steps - ppo.critic_warmup) * ppo.epochs * ppo.minibatches)[0]}
+  if with_critic:
     critic_optim = config.optim.copy_and_resolve_references()
     critic_optim.lr = ppo.critic_lr
-    txs["critic"], _ = state_lib.make_optimizer(critic_optim, updates_total)
-  rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
-  state, shardings = state_lib.create_ppo_state(models, txs, params, mesh, jax.random.PRNGKey(config.seed),
-                                                ppo.kl_coef, ema=ppo.ema_decay > 0,
-                                                reward=rm_params if rounds else None,
-                                                reward_tx=rounds.tx if rounds else None,
-                                                reward_norm=ppo.reward_norm)
-  del params, sft_params
+    txs["critic"], _ = state_lib.make_optimizer(critic_optim, train.steps * ppo.epochs * ppo.minibatches)
+  return txs
 
-  pretrain_eval = None
-  if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
-    pretrain_eval = pretrain.heldout_lm_evaluator(lm, mesh, tokenizer, docs[1],
-                                                  train.seq_len, train.batch_size, config.seed,
-                                                  prefix="eval/pretrain")
 
-  collect = make_collect(actor, reference, critic, rm_model, temperature=ppo.temperature,
-                         end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
-                         unfinished_penalty=ppo.unfinished_penalty)
-  settings = steps.PPOSettings.from_config(ppo)
-  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings, reference), donate_argnums=(0,))
-  strip_value = lambda p: {k: v for k, v in p.items() if k != "value_head"}
+def rollout_gold(world, instances: list, tokenizer, index_b: np.ndarray, host_sample) -> np.ndarray:
+  """(B,) float32: toyworld's gold score of each sampled answer, row b answering `instances[index_b[b]]`."""
+  texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
+  return np.array([toyworld.gold_score(world, instances[i], text) for i, text in zip(index_b, texts)], np.float32)
+
+
+def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, rounds: RewardRounds | None,
+                  tokenizer, world, train_prompts: Prompts) -> Callable:
+  """`ppo_step(state, batch, rng) -> (state, metrics)`: one PPO iteration, a reward-model round first when one
+  is due; Python, as generation's early exit and the phase timings need the host."""
+  ppo = config.ppo
 
   def ppo_step(state, batch, rng):
-    """One PPO iteration (Python: generation's early exit and the phase timings need the host)."""
     rng = jax.random.fold_in(rng, state.step)
     round_metrics = {}
     if rounds is not None and rounds.due(int(state.step)):
@@ -391,18 +454,14 @@ def run(config, workdir: str) -> dict:
     host_sample = jax.tree.map(to_host, sample)
     gold = None
     if train_prompts.instances is not None:
-      index = to_host(batch["index"])
-      texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
-      gold = np.array([toyworld.gold_score(world, train_prompts.instances[i], text)
-                       for i, text in zip(index, texts)], np.float32)
+      gold = rollout_gold(world, train_prompts.instances, tokenizer, to_host(batch["index"]), host_sample)
     if ppo.reward == "gold":  # The oracle: the gold scorer replaces the reward model's score.
       scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
       rollout = rollout.replace(scores=jax.make_array_from_callback(
           scores.shape, rollout.scores.sharding, lambda idx: scores[idx]))
     new_tokens = float(host_sample.lengths.sum())
-    ptx = batch.get("ptx")
     started = time.time()
-    state, metrics = update(state, rollout, ptx, jax.random.fold_in(rng, 1),
+    state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1),
                             ref_params if ppo.kl_loss_coef > 0 else None)
     metrics = jax.block_until_ready(metrics)
     update_s = time.time() - started
@@ -413,10 +472,14 @@ def run(config, workdir: str) -> dict:
       metrics["ppo/gold"] = float(gold.mean())
     return state, metrics
 
-  evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
-                                    rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
-                                    eval_prompts=eval_prompts, reward_token=reward_id is not None)
-  baseline = {}
+  return ppo_step
+
+
+def make_evaluate(evaluator: PolicyEvaluator, cold: PolicyEvaluator, pretrain_eval: Callable | None, ref_params,
+                  baseline: dict) -> Callable:
+  """`evaluate(state) -> metrics`: the policy (its EMA when kept) on the held-out prompts against the SFT
+  model, whose samples on the same prompts and keys the first call draws into `baseline` (with those of SFT
+  sampled colder, and its pretraining loss), and the held-out pretraining loss."""
 
   def evaluate(state) -> dict:
     if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
@@ -430,19 +493,101 @@ def run(config, workdir: str) -> dict:
       metrics.update(pretrain_eval(types.SimpleNamespace(params=strip_value(params))))
     return metrics
 
-  loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
-                    checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * ppo.max_new_tokens,
+  return evaluate
+
+
+def loop_config(config) -> LoopConfig:
+  """The training loop's settings: train.steps iterations, each counted as its batch's new-token budget."""
+  train = config.train
+  return LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
+                    checkpoint_every=train.checkpoint_every,
+                    tokens_per_step=train.batch_size * config.ppo.max_new_tokens,
                     keep_checkpoints=train.keep_checkpoints, desc="ppo")
-  state, summary = train_loop(loop, workdir=workdir, state=state, shardings=shardings, step_fn=ppo_step,
-                              rng=jax.random.PRNGKey(config.seed + 1), data=iter(data), make_batch=make_batch,
-                              evaluate=evaluate, extra_summary={"num_params/actor": state_lib.count_params(
-                                  state.params["actor"])}, config=config)
+
+
+def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
+  """Builds everything a PPO run needs (see `PPOSetup`) from a finalised config, without running it or
+  writing anything: `workdir` is read only for a resumed run's tokenizer, and kept by iterated rounds, which
+  write their comparisons there when they run. `mesh`: the run's mesh (default: from `config.mesh`)."""
+  ppo = config.ppo
+  if not config.init_from:
+    raise UserError("config key 'init_from': PPO starts from an SFT model; name its workdir")
+  if not ppo.reward_from:
+    raise UserError("config key 'ppo.reward_from': PPO needs a trained reward model; name the reward workdir")
+  mesh = common.make_mesh(config) if mesh is None else mesh
+  actor, sft_params, tokenizer, rm_model, rm_params, spec = load_models(config, workdir, mesh)
+  reference, lm = actor.clone(heads=("lm",)), actor.clone(heads=("lm",))
+  ref_params = strip_value(sft_params)
+  world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
+  train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
+  docs = ptx_documents(config)
+  dataset, make_batch = training_data(config, tokenizer, train_prompts, docs), batch_maker(mesh)
+  reward_id = tokenizer.reward_id if spec.get("reward_token") else None
+  generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
+                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+  critic, critic_params = make_critic(config, rm_model, rm_params, tokenizer=tokenizer, reward_id=reward_id,
+                                      first_batch=lambda: make_batch(next(iter(dataset))), generate=generate,
+                                      ref_params=ref_params)
+  txs = make_optimizers(config, critic is not None)
+  rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
+  models, params = {"actor": actor}, {"actor": sft_params}
+  if critic is not None:
+    models["critic"], params["critic"] = critic, critic_params
+  state, shardings = state_lib.create_ppo_state(models, txs, params, mesh, jax.random.PRNGKey(config.seed),
+                                                ppo.kl_coef, ema=ppo.ema_decay > 0,
+                                                reward=rm_params if rounds else None,
+                                                reward_tx=rounds.tx if rounds else None,
+                                                reward_norm=ppo.reward_norm)
+  collect = make_collect(actor, reference, critic, rm_model, temperature=ppo.temperature,
+                         end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
+                         unfinished_penalty=ppo.unfinished_penalty)
+  settings = steps.PPOSettings.from_config(ppo)
+  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings, reference), donate_argnums=(0,))
+  step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
+                          rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
+                          train_prompts=train_prompts)
+  evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
+                                    rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
+                                    eval_prompts=eval_prompts, reward_token=reward_id is not None)
+  pretrain_eval = None
+  if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
+    pretrain_eval = pretrain.heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len,
+                                                  config.train.batch_size, config.seed, prefix="eval/pretrain")
+  baseline = {}
+  return PPOSetup(
+      config=config, mesh=mesh, tokenizer=tokenizer, world=world, actor=actor, reference=reference, critic=critic,
+      reward_model=rm_model, ref_params=ref_params, rm_params=rm_params, reward_spec=spec, txs=txs,
+      settings=settings, rounds=rounds, state=state, shardings=shardings, train_prompts=train_prompts,
+      eval_prompts=eval_prompts, data=lambda: iter(dataset), make_batch=make_batch, generate=generate,
+      collect=collect, update=update, step_fn=step_fn, evaluator=evaluator, cold=cold, pretrain_eval=pretrain_eval,
+      evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline), baseline=baseline,
+      loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
+
+
+def finish_summary(setup: PPOSetup, workdir: str, summary: dict) -> dict:
+  """The loop's summary, completed: the SFT baselines the evaluations drew, the evaluation history."""
+  baseline = setup.baseline
   if "sft" in baseline:
-    summary.update(baseline_metrics(evaluator, baseline["sft"], baseline["sft_cold"]))
+    summary.update(baseline_metrics(setup.evaluator, baseline["sft"], baseline["sft_cold"]))
     summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
   summary.update(eval_history(read_metrics(workdir)))
   summary["complete"] = True
   write_summary(workdir, summary)
+  return summary
+
+
+def run(config, workdir: str) -> dict:
+  summary = read_summary(workdir)
+  if summary is not None and summary.get("complete"):
+    print(f"ppo: already finished in {workdir}; nothing to do")
+    return summary
+  setup = build_ppo(config, workdir)
+  common.save_tokenizer(workdir, setup.tokenizer)
+  _, summary = train_loop(setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings,
+                          step_fn=setup.step_fn, rng=setup.rng, data=setup.data(), make_batch=setup.make_batch,
+                          evaluate=setup.evaluate, config=config,
+                          extra_summary={"num_params/actor": state_lib.count_params(setup.state.params["actor"])})
+  summary = finish_summary(setup, workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
                                             "eval/win_rate_gold", "eval/win_rate_rm"]))
   return summary
