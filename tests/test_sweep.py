@@ -12,11 +12,20 @@ from rlhf_jax.config import load_module
 
 
 def test_kl_coef_sweep_writes_one_row_per_variant(toyworld_smoke, toyworld_reward_smoke, tmp_path, capsys):
-  """The smoke sweep of ablations/kl_coef.py runs every variant into its own directory, each with the beta
-  its variant names, and writes results.csv, results.md and results.png; running it again redoes nothing
-  and gives the same table."""
+  """Every variant of ablations/kl_coef.py sets the beta it names (beta 0 without the KL in the loss, the
+  adaptive one from 0.1); the smoke sweep (beta 0 and adaptive) runs each into its own directory and writes
+  results.csv, results.md and results.png; running it again redoes nothing and gives the same table."""
   path = os.path.join(ROOT, "experiments", "ablations", "kl_coef.py")
-  variants = load_module(path, "ablation").VARIANTS
+  module = load_module(path, "ablation")
+  configs = dict(module.sweep(None, str(tmp_path)))
+  assert list(configs) == [name for name, _, _ in module.VARIANTS]
+  default_kl_loss = module.toyworld_ppo.get_config().ppo.kl_loss_coef
+  assert default_kl_loss > 0
+  for name, beta, adaptive in module.VARIANTS:
+    ppo = configs[name].ppo
+    assert (ppo.kl_coef, ppo.adaptive_kl) == (beta, adaptive)
+    assert ppo.kl_loss_coef == (0.0 if beta == 0 else default_kl_loss)
+  variants = [v for v in module.VARIANTS if v[0] in ("beta_0", "adaptive")]
   argv = [f"{path}:smoke", "--workdir", str(tmp_path), BATCH, "--config.train.steps=2",
           f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={toyworld_reward_smoke[0]}"]
   assert sweep.main(argv) == 0

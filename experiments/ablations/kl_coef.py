@@ -12,7 +12,8 @@ its gold score peaks and falls (Gao et al. 2022, "Scaling laws for reward model 
 penalty keeps it near the SFT model, where the RM was trained. The table gives each run's final and best
 gold and RM scores and the evaluation step of the best (`.../max_step`); metrics.jsonl in each run has the
 curves. `:pair` runs beta 0 and the default only, for 100 iterations evaluated every 20 (about 5 minutes
-each on a 2-core CPU). `:smoke` runs in seconds from smoke workdirs.
+each on a 2-core CPU). `:smoke` runs beta 0 and the adaptive one (the two with paths of their own) in
+seconds from smoke workdirs.
 
 Measured results and the history: experiments/NOTES.md.
 """
@@ -40,7 +41,8 @@ def get_config(arg=None):
 
 def sweep(arg, workdir):
   runs = []
-  variants = VARIANTS if arg != "pair" else [v for v in VARIANTS if v[0] in ("beta_0", "beta_0.1")]
+  chosen = {"pair": ("beta_0", "beta_0.1"), "smoke": ("beta_0", "adaptive")}.get(arg)
+  variants = [v for v in VARIANTS if chosen is None or v[0] in chosen]
   for name, beta, adaptive in variants:
     config = get_config(arg)
     config.ppo.kl_coef = beta
