@@ -16,9 +16,11 @@ Batch arithmetic: 256 answers x 1 epoch in 4 minibatches of 64 = 4 actor updates
 25,600 episodes. Evaluation: the 250 held-out prompts at temperature 0.7, against the SFT model's answers to
 the same prompts with the same keys and against SFT sampled at temperature 0.5 (the free baseline).
 
-Expected (2026-12-05, from world 0's quickstart SFT and RM, seeds 0-2, 347 s a run alone): held-out gold
-0.663 +- 0.002 against SFT 0.598 +- 0.017 on each seed's keys, gain +0.065 +- 0.019, KL 0.32, win rate 55.7%
--- no more than the quickstart's 30 iterations give. The history: experiments/NOTES.md.
+Expected (2026-12-05, from the full-size toyworld_pretrain/sft/reward runs of world 0, seeds 0-2, 523-599 s
+a run beside other jobs, 347 s alone at this size; figures by the one evaluator, python -m rlhf_jax.evaluate):
+held-out gold 0.766 / 0.771 / 0.774 against SFT 0.691, gain +0.080 +- 0.004 (each +- 0.03-0.04 paired), KL
+0.27-0.37, win rate 56.8-58.0%; SFT at T 0.5 0.734, the RM's best of 4 0.828, gold's 0.882. The history:
+experiments/NOTES.md.
 """
 
 from rlhf_jax.config import base_config, model_config

@@ -14,8 +14,10 @@ under the RM's own LM head (model/transformer.py), the projection starting at ze
 
 The stage ends with best-of-n: the SFT model answers the held-out evaluation prompts 8 times, and the summary
 gives the gold of the RM's pick out of 1, 2, 4, 8 next to the gold scorer's own pick -- what its ranking is
-worth before any PPO. Expected: not re-measured at this size on the current world; the quickstart's reward
-model (8,000 prompts) and ablations/rm_data.py give figures (README, experiments/NOTES.md).
+worth before any PPO. Measured (2026-12-05, world 0, from the full toyworld_sft run; 832 s beside other jobs,
+180 s of it sampling): 20,230 of the 24,000 prompts kept, 633 steps; on held-out comparisons 0.81 accuracy
+against the labels, 0.89 against gold (0.91 on pairs >= 0.2 apart), Spearman 0.71 with gold; best of 4 SFT
+answers (the one evaluator): 0.828 by the RM's pick, 0.882 by gold's, SFT 0.691.
 """
 
 from rlhf_jax.config import base_config, model_config

@@ -4,17 +4,13 @@
       --config.init_from=runs/toyworld/pretrain
 
 Hardware: a 2-core CPU. Runtime: about 4 minutes (evaluations included; 236 s measured alone on the machine).
-Measured here (from the full toyworld_pretrain run, 2026-11-30): held-out gold 0.748 against the
-demonstrators' 0.875 (review 0.93/0.82, list 0.86/0.93, repeat 0.90/0.93, reverse 0.87/0.89, arithmetic
-0.19/0.81), end-of-turn token in 100% of samples; training loss 0.85, validation loss 0.98. The
-demonstrators err 20% of the time; SFT is now within 0.07 of them on every task but arithmetic, and above
-them on reviews.
-
-How much data: the same 600 steps on 4,000 demonstrations (about 20 epochs) over-fit -- training loss 0.59,
-validation loss 1.31, held-out gold 0.647 (reverse 0.52, repeat 0.73) -- and on 64,000 (about 1.2 epochs)
-gave 0.744 (validation loss 0.94), the same gold as 16,000 within the evaluation's noise (+-0.05 on 250
-prompts). 16,000 it is, about the size of InstructGPT's SFT set (~13k prompts). (300 steps at lr 5e-4 on
-4,000 gave 0.369.)
+Measured (2026-12-05, world 0, from the full toyworld_pretrain run; 410 s beside other jobs): held-out gold
+0.691 by the one evaluator (eval/gold.py) against the demonstrators' 0.868 -- review 0.76/0.68, list
+0.62/0.76, harmful 0.82/0.82, repeat 0.90/1.00, reverse 0.84/1.00, arithmetic 0.21/0.96; training loss
+0.54, validation loss 0.59. The demonstrators' losses are their habits (filler on reviews and lists,
+complying with indirect harmful requests, ignored constraints: data/toyworld.py); SFT copies them and adds
+its own slips in copying and arithmetic. The 16,000 demonstrations (about InstructGPT's ~13k) were chosen on
+the old world, where 4,000 over-fitted and 64,000 gave no more (experiments/NOTES.md).
 
 Data: 16,000 demonstrations (one user turn, one assistant turn; about 30 tokens each) packed into rows of
 128 tokens; the loss counts only the assistant's tokens and its end-of-turn token. Batch arithmetic: 32 rows
