@@ -1,6 +1,7 @@
 """The reward model: its losses against pair-by-pair NumPy references, one forward per response, the
 comparison encoding and truncation, the held-out metrics against hand counts and scipy, the score
-normalisation, and smoke runs of the reward stage on toyworld and on Anthropic HH data."""
+normalisation, smoke runs of the reward stage on toyworld and on Anthropic HH data, and the stage built
+(`build_reward`) without training or writing anything."""
 
 import json
 import os
@@ -474,6 +475,27 @@ def test_reward_run_on_anthropic_hh_data(runs, tmp_path):
   assert summary["comparisons/train_prompts"] == 7 and summary["comparisons/heldout_prompts"] == 3
   assert summary["eval/label_pairs"] == 3 and 0.0 <= summary["eval/label_accuracy"] <= 1.0
   assert not os.path.exists(workdir / "comparisons")  # Nothing simulated.
+
+
+def test_build_reward_builds_without_writing(runs, tmp_path):
+  """build_reward on the smoke config, its comparisons the session reward run's (data.path): a reward model
+  that scores every held-out response finitely before training, built without writing into its workdir.
+  Without data.path, a toyworld workdir holding no sampled comparisons is one UserError, still unwritten."""
+  sft_dir, _ = runs["sft"]
+  reward_dir, summary, _ = runs["reward"]
+  spec, overrides = _argv("toyworld_reward.py", "unused")[1], [BATCH[9:], f"init_from={sft_dir}"]
+  config = main_lib.resolve_config(spec, [*overrides, f"data.path={reward_dir / 'comparisons'}"])
+  workdir = tmp_path / "reward"
+  setup = reward.build_reward(config, str(workdir))
+  assert not workdir.exists()
+  scores = rm_eval.score_examples(setup.scorer, setup.params, setup.val_examples)
+  assert len(scores) == len(setup.val_records) == summary["comparisons/heldout_prompts"]
+  assert all(len(s) >= 2 and np.isfinite(s).all() for s in scores)
+  assert setup.num_steps == config.train.steps and len(setup.norm_pairs) == config.reward.norm_samples
+  assert len(setup.bon_texts) == config.reward.best_of_n * len(setup.bon_instances)
+  with pytest.raises(UserError, match="no sampled comparisons"):
+    reward.build_reward(main_lib.resolve_config(spec, overrides), str(workdir))
+  assert not workdir.exists()
 
 
 def _fails(capsys, argv, key):
