@@ -14,8 +14,12 @@ best-of-4: the gold of the RM's pick out of 4 SFT answers next to the gold score
 before any PPO, since PPO lands near its reward model's best-of-n. `:smoke` runs in seconds from a
 toyworld_sft.py:smoke workdir.
 
-Results: not yet measured at full size. Batch arithmetic: 42,000 prompts sampled 4 times, then one epoch
-each of at most 63, 250 and 1,000 reward-model steps of 32 prompts (fewer: all-tied prompts are dropped).
+Results (2026-12-05, world 0, from the full toyworld_sft run, beside other jobs; best of 4 with the keys used
+before the one evaluator, the same SFT answers for every size): kept prompts 1,682 / 6,689 / 26,880; steps
+53 / 210 / 841; accuracy against gold 0.795 / 0.860 / 0.880 (pairs >= 0.2 apart 0.812 / 0.875 / 0.904);
+Spearman 0.45 / 0.65 / 0.72; best of 4 0.818 / 0.839 / 0.851 against gold's 0.893 and one answer's 0.722;
+92 / 126 / 625 s of RM training. Batch arithmetic: 42,000 prompts sampled 4 times, then one epoch each of
+at most 63, 250 and 1,000 reward-model steps of 32 prompts (fewer: all-tied prompts are dropped).
 """
 
 import os
