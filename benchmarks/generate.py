@@ -2,111 +2,26 @@
 
 Command:  python benchmarks/generate.py [--quick] [--repeats N]
 
-Both sides run the SAME weights: random parameters of our GPT-2 style Transformer (the model's own init) are
-written with `save_hf` and loaded by transformers as a `GPT2LMHeadModel`, so the two compute the same
-function and differ only in how they generate. What each side runs:
-  ours  `make_generate(model, max_new_tokens=N, temperature=0.7, top_k=0, top_p=1.0, stop_ids=())` on a
-        `prompt_batch`: one jitted program, prefill then KV-cache `while_loop`s (one per ~16 steps, each over
-        a cache just long enough for it); timed until the tokens are fetched to the host.
-  HF    `model.generate(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, eos_token_id=None,
-        min_new_tokens=N, max_new_tokens=N)` in float32 on the CPU, `torch.set_num_threads(2)`, under
-        `torch.inference_mode()`, with its default SDPA attention and dynamic KV cache. top_k=0 matters:
-        left unset, transformers 5 fills in top_k=50.
-        OMP_WAIT_POLICY=PASSIVE (unless already set): with libgomp's default spin-waiting, torch's two OpenMP
-        threads stall at every barrier as soon as anything else wants a core (JAX's thread pool in this
-        process, other jobs on the machine); HF then ran the toy model at N=32 in 2.0-12.5 s instead of
-        0.3-0.5 s, which would flatter our ratio 4-25x. Set OMP_WAIT_POLICY=ACTIVE to see it.
-Sampling: batch 64, prompts of 16 random tokens (no padding), temperature 0.7, the full vocabulary, and
-exactly N new tokens a row (no stop token on either side); N = 32 and 128.
-tokens/s = 64 * N / seconds, where seconds is the median of the timed repeats of one whole call (prefill
-included); ratio = ours / HF tokens/s.
+Both sides run the same random weights of our GPT-2 style Transformer (written with `save_hf`, loaded as a
+`GPT2LMHeadModel`) and differ only in how they generate. Ours: `make_generate(model, max_new_tokens=N,
+temperature=0.7, top_k=0, top_p=1.0, stop_ids=())`, one jitted program compiled ahead of time (prefill, then a
+KV-cache loop per ~16 steps). HF: `model.generate(do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
+eos_token_id=None, min_new_tokens=N, max_new_tokens=N)`, float32, `torch.set_num_threads(2)`,
+OMP_WAIT_POLICY=PASSIVE (spin-waiting OpenMP threads stall whenever anything else wants a core).
+Setting: batch 64, prompts of 16 random tokens, temperature 0.7 over the full vocabulary, exactly N = 32 or
+128 new tokens a row; tokens/s = 64 N / median seconds of a whole call (prefill included); ratio = ours / HF.
+Models (float32, unscanned layers, XLA attention, max_len 256): toy L=4 D=128 H=4 F=512 V=1024; base L=12
+D=768 H=12 F=3072 V=50304 (GPT-2 small). Timed repeats alternate the sides so other load falls on both alike.
+Checks (a failure stops the run): N tokens a row on both sides, HF's processed scores equal logits / 0.7, and
+greedy log-probs equal to 1e-4 while the rows agree.
 
-Models (`model_config("gpt2", ...)`, float32, unscanned layers, XLA attention):
-  toy   L=4  D=128 H=4  F=512  V=1024   max_len=256   (the toyworld policy)
-  base  L=12 D=768 H=12 F=3072 V=50304  max_len=256   (GPT-2 small, V padded to 64 as nanoGPT does)
-
-How: per (model, N) our function is compiled ahead of time (`run.lower(...).compile()`: the compile s
-reported; the jitted `run` then reuses that executable) and HF is warmed up by a 2-token call; for the toy
-model each side then makes one untimed full call. The timed repeats alternate the two sides (ours first on
-even repeats, HF first on odd ones) so that load from other processes falls on both alike: the ratio holds
-up much better than either absolute figure on a shared machine. Each repeat uses a fresh RNG key (ours) or
-seed (HF). The base model skips the untimed full calls (each costs 4-90 s; on the toy model the first call
-after the compile carried 0.06 s of one-off cost) and times N=128 twice (with one repeat, load that came or
-went between the two calls once gave 1.28x for what was ~1.95x).
-
-Checks, made apart from the timing (a failure stops the run):
-1. Both sides emit exactly N tokens per row (our `num_steps` == N and the mask is all True; HF returns
-   16 + N columns), on every timed call.
-2. HF's sampling distribution is softmax(logits / 0.7) over the whole vocabulary, as ours is: with
-   `output_scores` and `output_logits` its processed scores must equal the raw logits / 0.7 (so no top-k,
-   top-p, minimum-length or EOS processor is active).
-3. Greedy decoding, 4 rows x 16 new tokens, arg-max on both sides: our log-probs must equal HF's
-   log_softmax(logits) at our tokens (to 1e-4) for as long as the rows agree, and the number of identical
-   rows is reported (a difference is possible only through a near-tie of the top two logits; a warning).
-
-Hardware: 2-core Intel Xeon (AVX-512) VM, shared with other jobs; jax 0.10.2 (XLA:CPU, YNNPACK dots),
-torch 2.13.0, transformers 5.23.0. Runtime: ~3 min on an idle machine, 5-6 min with other jobs using ~1-1.5
-of the 2 cores; `--quick` runs the toy model only, one repeat, in ~20-30 s (a smoke test: its numbers are not
-steady state). The share of the cores other processes used while timing is printed: the ratio depends on it.
-
-Measured 2026-11-30, ratio ours/HF at N=32 / N=128 (in brackets: cores other jobs used meanwhile):
-  run 1  toy 3.64x / 3.84x (0.00)   base 1.74x (0.00) / 1.86x (0.00; its two repeats 1.94x and 1.78x)
-  run 2  toy 4.18x / 3.70x (0.00)   base 1.77x (0.00) / 1.60x (0.15: its two repeats 1.96x, then 1.34x when
-         load came back during our second call)
-  run 3  toy 3.87x / 3.83x (0.00)   base 1.55x (0.92) / 1.96x (0.85)
-  run 4  toy 3.15x / 3.22x (1.0)    base 1.51x (1.0)  / 1.28x (0.40: one repeat; the load stopped between our
-         call and HF's)
-  run 5  (the 2-core AMD EPYC machine, alone) toy 4.02x / 3.90x (0.00)   base 1.74x (0.00) / 1.88x (0.00)
-  run 6  (Intel Xeon with AMX, alone, session 8) toy 4.07x / 3.75x (0.00)   base 1.93x (0.00) / 1.97x (0.00)
-  run 7  (the same, alone, 25 minutes later) toy 4.19x / 3.93x (0.00)   base 1.70x (0.00; ours 4.58 s against
-         3.84 s in run 6 for the same program) / 2.03x (0.00)
-  three earlier runs, all but the last sampler change, 1.0-1.3 cores: toy 2.10-3.26x / 2.31-3.32x, base
-  1.56-1.71x / 1.89-1.96x.
-Tokens/s in run 1 (idle throughout): toy 25223 vs 6927 and 21698 vs 5646, base 523 vs 300 and 485 vs 260.
-The target (ours >= 2x HF at both sizes) is met for the toy model, not for GPT-2 small: 1.5-1.8x at N=32,
-1.8-2.0x at N=128. Compile: toy 1.5-2.5 s (N=32) and 3.6-5.8 s (N=128), base 2.5-4 s and 7.8-12 s; a loop
-per ~16 steps costs compile time (base N=128: 7.8 s against 2.1 s for one loop).
-
-Where the time goes (XLA CPU profile of one base call, idle machine). N=32 (3.9 s): GEMMs 78% (the 72 layer
-GEMMs of a decode step at 120-190 GFLOP/s, the (64, 768) x (768, 50304) LM head at ~245 GFLOP/s, the prefill
-~0.85 s), attention over the cache 11.5% (two batched mat-vec dots per layer, ~12 GB/s of K and V: XLA
-emits them as loops; as YNNPACK batched matmuls, with the query padded to 2-8 rows, they were 2.5x slower),
-softmax, norms, residuals and cache writes ~6%, the sampler ~3%, growing the cache ~1.5%. N=128 (16.8 s):
-GEMMs 65%, attention 24% (up to 143 slots, 4.7 MB a slot over the 12 layers), cache growth 2.6%. Torch's
-GEMMs run about as fast as ours shape by shape (M=64; at M=1024 MKL is 10-30% faster), HF's prefill
-takes as long as ours, and HF's step adds its own costs to the same GEMMs (its multinomial draws 64 x 50304
-exponentials a step, 60-100 ms under load; its dynamic cache concatenates K and V every step). With every
-non-GEMM cost of ours at zero, N=32 would take 0.85 s + 31 x 82 ms = 3.4 s against HF's 6.8 s idle: the
-ceiling of this design on this CPU is ~2.0x, and any load lowers it.
-Tried and measured side by side, none kept (XLA options passed as `compiler_options`): oneDNN dots
-(`xla_cpu_use_onednn` + `xla_cpu_experimental_onednn_fusion_type=LIBRARY_FUSION_TYPE_DOT`: 17% faster
-GEMMs at M=1024, but the whole base call 0.67x), Eigen dots (no YNN fusion: 0.74x on a decode-like GEMM
-loop, 0.42x on the LM head), other `xla_cpu_experimental_ynn_fusion_type` sets (dot; dot+reduce; individual
-dot; dot+eltwise+reduce: whole base call 0.91-0.97x), `xla_cpu_multi_thread_eigen=false` (0.94x on the GEMM
-loop), a fused (64, 768) x (768, 2304) QKV GEMM (not faster than three), kernels stored (N, K) (no gain).
-`xla_cpu_use_thunk_runtime` no longer exists in jax 0.10.2 (the thunk runtime is the only one). The cache
-update is in place (the dynamic-update-slice shares its buffer with the loop carry) and no weight is
-transposed inside the loop.
-Session 8 (Intel Xeon, alone): torch's GEMMs on the decode shapes measured 1.3-1.8x XLA's (M=64: 768x2304
-243 vs 134 GFLOP/s, 768x3072 239 vs 179, 3072x768 254 vs 178; LM head 214 vs 193), so the GEMM share is
-where HF is ahead, not behind. Keys cached transposed, (B, G, K, S), with each decode step's two attention
-products written as multiply-and-reduce (vector loads along the minor axis): 1.6x faster than the two dots
-in isolation (12 layers at S=144: 35 ms vs 56 ms; the plain memory bandwidth is 22-27 GB/s and the dots run
-at 12), but inside the model YNNPACK fuses the reductions with the neighbouring q and o projections
-(slow: 15 s a base N=32 call with 5-D shapes, 4.4-4.7 s with 3-D ones) and writing one slot of a transposed
-K cache costs 0.6 ms a layer-step against 0.07 ms; the whole base N=32 call took 4.4-4.7 s against
-3.8-4.1 s, so it was not kept. No ynn_fusion_type set (DOT, DOT+ELTWISE, DOT+REDUCE, INDIVIDUAL_DOT) brought
-it back under the current code's time. Weights passed as arguments or baked in as constants run the same
-GEMM speed (no packing cost to save).
-
-What changed ours, side by side against the previous sampler on the same machine (idle): toy 1.22x (N=32)
-and 1.32x (N=128) faster, base 1.08x and 1.21x, from (1) a sampler that draws block then token with one
-exp pass over the logits shared with the log-prob normaliser and no padded copy of the logits (7.9 ms vs
-27.8 ms a draw at V=50304), and one threefry call a step instead of four; (2) the decode split into loops
-over a growing cache, so attention stops reading the empty slots of a P+N-1 cache at every step.
-
-The last line printed is one machine-readable line, `BENCH generate key=value ...` (tokens/s, ratios and
-compile seconds per case, ours_compile_s = the longest compile; with --quick only the toy keys).
+Hardware: 2-core Intel Xeon (AVX-512) VM, shared; jax 0.10.2, torch 2.13.0, transformers 5.23.0. Runtime ~3
+min idle, 5-6 min with other jobs on ~1-1.5 of the 2 cores; `--quick` (toy only, one repeat) ~20-30 s, a smoke
+test. The share of the cores other processes used while timing is printed: the ratio depends on it.
+Measured 2026-11-30 (run 7, the Intel Xeon with AMX, alone), ours/HF at N=32 / N=128: toy 4.19x / 3.93x, base
+1.70x / 2.03x; the 2x target is met for the toy model, not for GPT-2 small. The method in full, earlier runs,
+the profile and what was tried: benchmarks/README.md. Last line: `BENCH generate key=value ...` (tokens/s,
+ratios and compile seconds per case, ours_compile_s = the longest compile; with --quick only the toy keys).
 """
 
 from __future__ import annotations

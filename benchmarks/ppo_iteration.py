@@ -4,91 +4,25 @@ Command:  python benchmarks/ppo_iteration.py [--quick] [--iterations N] [--break
 Needs TRL: pip install -c constraints.txt -r benchmarks/requirements-ppo.txt   (torch stays 2.13.0, CPU)
 
 Setting (both sides): a GPT-2 style policy with random weights, L=4 D=128 H=4 F=512 V=1024 (max_len 64), and
-a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 tokens, no
-padding (BOS, 13 random characters -- ids drawn from all but the 9 special ones --, the end of turn and the
-assistant's role token: `write_prompts`; TRL gets the same ids); 32 new tokens sampled at temperature 0.7
-from the full vocabulary; KL penalty 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value
-clip 0.2; 4 PPO epochs of 1 minibatch (all 64 rows). Everything float32 (TRL's PPOConfig defaults to bf16:
-turned off). One iteration is:
-  ours  what `stages/ppo.py:build_ppo` builds for a PPO run, from a config (`ppo_config`: the base config
-        with the numbers above) whose init_from and ppo.reward_from name random-weight stand-ins written to a
-        temporary directory (`write_models`: a converted checkpoint, a reward_model/ with its reward.json; the
-        critic then starts as the reward model, as in a run): its `generate` (KV-cache sampler) -> `collect`
-        (actor, reference, critic and reward-model forwards in one program) -> `update` (targets, then 4
-        epochs x 1 minibatch of actor and critic AdamW steps in one program, state donated), each compiled
-        ahead of time and called on the setup's own batches as its `step_fn` calls them; the phases are timed
-        to `block_until_ready` of their outputs, as `step_fn` times them.
-  TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0, `trl.experimental.ppo`, the newest release with a
-        PPO trainer): `generate` at temperature 0.7 with top_k 0 / top_p 1, reference, value and reward
-        forwards, rewards, GAE, whitening, then 4 epochs of one policy+value backward and AdamW step over the
-        64 rows, its metrics and logging. torch 2.13.0, `torch.set_num_threads(2)`, OMP_WAIT_POLICY=PASSIVE
-        (see benchmarks/generate.py: with spin-waiting, torch's OpenMP threads stall whenever anything else
-        wants a core). Gradient checkpointing, on by default in PPOConfig, is turned off: ours does not
-        recompute activations either (model.remat="none"), so both sides do the same arithmetic.
-  Exactly 32 new tokens a row on both sides: ours stops on the tokenizer's end-of-turn and EOS ids, as a run
-  does, and the stand-in policy's weights hold their logits near -40 (`write_models`), so they are never
-  sampled, but the early-exit test still runs every step as in a real run; the reward model's view gets the
-  end-of-turn token appended, as for any response that ran out of tokens. TRL gets no stop token
-  (`stop_token=None`), so nothing is truncated, and a tokenizer whose pad and EOS ids (1024, 1025) lie outside
-  the model's vocabulary, so no sampled token is taken for padding.
-  The policy's old log-probs: ours recomputes them with a full forward (`rl/rollout.py`: the first ratio is
-  then exactly 1), TRL takes them from the sampler's scores; ours therefore runs one forward more.
-
-How: each side runs in its own process, in lockstep. TRL's `train()` runs in a child process
-(benchmarks/ppo_iteration_trl.py) whose step-end callback reports the iteration and waits; this process then
-runs one of our iterations and lets it go on. So the two alternate (TRL, ours, TRL, ours, ...), load from other
-processes falls on both alike, and each process holds only its own libraries and objects: TRL calls
-`gc.collect()` twice an iteration, and with our compiled programs in the same process each call took 1.4-2.0 s
-instead of 0.5-0.9 s. The first iteration of each side is a warm-up; ours is compiled before it (the compile
-seconds reported). Phases of a TRL iteration: generate = its `batch_generation` call; rollout = from the end of
-the previous iteration to the first policy+value forward of the update (data, generation, the three forwards,
-rewards, GAE); update = from there to the step-end callback (4 epochs, statistics, logging); TRL's
-end-of-iteration clean-up (`gc.collect`, freeing tensors) falls into the next iteration's rollout. Each figure
-is the median over the timed iterations; ratio = TRL's seconds per iteration / ours (= our iterations/s over
-TRL's).
-
-Checks, outside the timings (a failure stops the run): every iteration of ours sampled 32 steps with every
-token in the mask; every TRL generation returned 16 + 32 columns with no token outside the vocabulary (so its
-padding masks are empty and all 32 tokens are scored); all parameters on both sides are float32; our update's
-loss is finite.
-
-`--breakdown` then times our pieces on their own, each jitted alone on the same shapes (what runs inside one
-iteration's programs): generation; the four forwards of the rollout; one minibatch step of the actor
-(forward, backward, AdamW) and of the critic, as `make_ppo_update` computes them.
+a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 tokens
+(`write_prompts`; TRL gets the same ids), exactly 32 new tokens a row at temperature 0.7 from the full
+vocabulary; KL 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value clip 0.2; 4 epochs of
+1 minibatch (all 64 rows); float32 throughout, no gradient checkpointing on either side.
+  ours  what `stages/ppo.py:build_ppo` builds from `ppo_config` (random-weight stand-ins written by
+        `write_models`): `generate` -> `collect` -> `update`, compiled ahead of time, each phase timed to
+        `block_until_ready` as `step_fn` times it; it recomputes the old log-probs (one forward more).
+  TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0, `trl.experimental.ppo`), torch 2.13.0,
+        `torch.set_num_threads(2)`, OMP_WAIT_POLICY=PASSIVE, in its own process (ppo_iteration_trl.py).
+The two processes alternate iteration by iteration, so other load falls on both alike; the first iteration
+of each is a warm-up. Each figure is the median over the timed iterations; ratio = TRL's s per iteration /
+ours. `--breakdown` then times our pieces alone. The method and checks in full: benchmarks/README.md.
 
 Hardware: 2-core AMD EPYC (AVX-512) CPU shared with other jobs, jax 0.10.2, torch 2.13.0, transformers
-5.23.0, trl 1.12.0. Runtime 1.5-5 min, depending on how busy other jobs keep the cores (7 timed iterations a
-side; `--breakdown` adds ~20 s); `--quick` (2 timed iterations) ~1-3 min, a smoke test.
-
-The figures below predate issue 16, which builds ours through `build_ppo` instead of by hand; ours alone (no TRL:
-  not installed then) ran 2.69-2.74 s per iteration after the change and 2.66-2.69 s before it, one after the
-  other on a busy machine (load average 4 on the 2 cores).
-Measured alone on the machine (2026-11-30, two runs; s per iteration, median of 7): ours 1.25 s (generate
-  0.082, collect 0.135, update 1.041) against TRL 2.40 s (rollout 0.925, of which generate 0.376; update
-  1.464): 1.92x; again 1.32 s against 2.52 s: 1.90x. The target (>= 1.5x) is met side by side; note that
-  TRL took 2.40-2.52 s here, more than the 1.6-2.0 s the issue quotes for it, and against 1.6 s ours would be
-  1.28x. Earlier, with other processes using 1.0-1.6 of the 2 cores throughout:
-  ours 2.34 s (generate 0.10, collect 0.23, update 2.01)  TRL 3.20 s (rollout 0.96, of which generate 0.31;
-  update 2.24): 1.37x, with other processes on ~1.0 cores; 1.31x (3.73 s against 4.90 s) on ~1.35 cores.
-  Before 4fffff2 and 72e4495 (below), on ~1.6 cores: ours 7.79 s (generate 0.24, collect 0.77, update 6.88)
-  against TRL 9.50 s (rollout 3.05, update 6.48): 1.22x. Other processes on the cores slowed ours more than TRL's
-  (1.37x then, 1.9x alone); why was not measured.
-Where our time goes (`--breakdown`, the 1.37x run): the update is 85% of an iteration, and it is 4 epochs x
-(actor step 0.30 s + critic step 0.29 s): eight forward+backward passes of a 4-layer trunk over 64 x 48 tokens
-plus AdamW. Generation (0.10 s, 3x faster than TRL's `generate`) and the four rollout forwards (~0.055 s each)
-are the rest. Per pass we are at TRL's speed, not better: an actor forward+backward took 410-430 ms of CPU time
-against torch's 460-470 ms (before the fixes below), and our whole update took 0.90x TRL's time (0.71x alone on
-the machine, 1.04 s against 1.46 s). In an XLA profile of the update, matmuls are ~60% of the op time and
-elementwise work ~37% (GELU's tanh, layer norms, residual adds, the attention softmax and its backward, ~20%
-for attention's ~5% of the FLOPs); no single op dominates, and replacing `jax.nn.dot_product_attention` by
-plain einsums changed a critic step by under 2%. What was slow and is fixed: the LM head was a 3-D einsum,
-which XLA's CPU backend (with its gradients) ran at half the speed of the same 2-D matmul (4fffff2: 41 -> 22 ms
-CPU at 64 x 32 x 1024); the PPO forwards applied the LM head to all 48 columns and sliced afterwards (a third
-more of its matmuls, and a zero-padded (B, S, V) gradient), and the entropy diagnostic was differentiated
-(times ent_coef = 0) through a softmax over the vocabulary (72e4495). Together: the actor step 432 -> 391 ms
-CPU (621 -> 551 ms wall), our update from 1.06x to 0.90x TRL's time.
-
-The last line printed is one machine-readable line, `BENCH ppo_iteration key=value ...`.
+5.23.0, trl 1.12.0. Runtime 1.5-5 min (7 timed iterations a side; `--breakdown` adds ~20 s); `--quick`
+(2 timed iterations) ~1-3 min, a smoke test.
+Measured 2026-11-30 on the AMD EPYC, alone, before issue 16 built ours through `build_ppo`: ours 1.25 s
+(generate 0.082, collect 0.135, update 1.041) against TRL 2.40 s, 1.92x (target 1.5x). Later and earlier
+figures, where our time goes: benchmarks/README.md. Last line: `BENCH ppo_iteration key=value ...`.
 """
 
 from __future__ import annotations

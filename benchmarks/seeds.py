@@ -2,35 +2,25 @@
 
 Command:  python benchmarks/seeds.py [--quick] [--seeds N]
 
-What it times is the step `stages.common.train_lm` runs, built as it builds it, for two experiments' models
-and batch shapes (their configs are loaded from experiments/, so a change there shows up here):
+It times the step `stages.common.train_lm` runs, built as it builds it, for two experiments' models and batch
+shapes (configs loaded from experiments/, so a change there shows up here):
   toy          experiments/toyworld_pretrain.py  L=4 D=128 H=4 F=512 V=1024  B=32 T=128, packed rows
   shakespeare  experiments/shakespeare_char.py:nanogpt  L=4 D=128 H=4 F=512 V=74  B=12 T=64,  plain windows
                (the learned position table it was measured with; the file's default is now rotary)
-(V=74: the char tokenizer's 9 special ids and Tiny Shakespeare's 65 characters.) For each, on a one-device
-mesh (data=fsdp=tensor=1):
-  (a) one seed: `create_train_state` + `make_lm_step` + `jit_step`, a random host batch of (B, T+1) rows;
-  (b) N seeds (default 4): `create_seed_states` (keys seed..seed+N-1) + `jit_step(seed_axis=True)`, N random
-      batches stacked to (N, B, T+1) rows, the stacked root keys.
-Rows go through `pipelines.to_lm_batch` and `mesh.shard_batch(..., seed_axis=...)`. The toy rows are packed
-as the packed pipeline's are: random documents of ~70 tokens (toyworld's mean), segment ids and positions.
+On a one-device mesh: (a) one seed, `create_train_state` + `make_lm_step` + `jit_step` on (B, T+1) rows;
+(b) N seeds (default 4), `create_seed_states` (keys seed..seed+N-1) + `jit_step(seed_axis=True)` on N random
+batches stacked to (N, B, T+1). Rows go through `pipelines.to_lm_batch` and `mesh.shard_batch`; toy rows are
+packed from random documents of ~70 tokens (toyworld's mean), with segment ids and positions.
+Both programs are compiled and warmed up, then timed in alternating rounds (order flipped every round). A
+step's time is the median of the steps during which other processes used under 0.1 cores
+(`machine.ForeignLoad`), or of all, flagged "contended", when fewer than three were that quiet.
+speedup = N step_s_1 / step_s_N; both do the same FLOPs, so near 1 means a single seed already keeps the
+cores busy, above 1 that it left them idle. Compile s = first call minus the median step; every seed's loss
+must stay finite.
 
-How: both programs are compiled (first call) and warmed up, then timed in alternating rounds, one step of
-each a round, the order flipped every round, so drift and a neighbour's load fall on both alike. Every step
-is blocked on (state, metrics); its time is the median of the steps during which other processes used under
-0.1 cores (`machine.ForeignLoad`), or of all of them, flagged "contended", when fewer than three were that
-quiet. speedup = N step_s_1 / step_s_N: how much sooner N vmapped seeds finish than N seeds run one after
-another. Both do the same FLOPs, so on cores a single seed already keeps busy it stays near 1 (vmap then saves
-only dispatch and N-1 compiles); above 1, one seed left the cores idle; below 1, the vmapped program is the
-less efficient one.
-Compile seconds are the first call minus the median step. Every seed's loss must stay finite.
-
-Hardware: 2 vCPUs of an AMD EPYC (see benchmarks/train_step.py). The default run (20 toy and 40 shakespeare
-rounds) is sized to take under two minutes on an idle machine; `--quick` (no warm-up, two timed rounds) is a
-smoke test, its numbers not steady state.
-Measured: see README's benchmark table.
-
-The last line printed is machine-readable: `BENCH seeds key=value ...`.
+Hardware: 2 vCPUs of an AMD EPYC (see benchmarks/train_step.py). Runtime (20 toy and 40 shakespeare rounds)
+under two minutes idle; `--quick` (no warm-up, two timed rounds) is a smoke test, not steady state.
+Measured: see README's benchmark table and benchmarks/README.md. Last line: `BENCH seeds key=value ...`.
 """
 
 from __future__ import annotations

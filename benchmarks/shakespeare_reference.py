@@ -19,12 +19,9 @@ first predicted once (the last window is shorter), loss averaged over characters
 Measured 2026-11-30 on the 2-core Intel Xeon (torch 2.13.0, transformers 5.23.0), 90-100 s a run alone:
   gpt2  1.9024 / 1.9045 / 1.8968 / 1.9074 / 1.8964   (seeds 1337 / 0 / 1 / 2 / 3)
   neox  1.7877 / 1.7783 / 1.7816                     (seeds 1337 / 0 / 1)
-The experiment file (no biases) scores 1.7928 / 1.7845 / 1.7839 (seeds 1337 / 0 / 1) with rotary positions
-and 1.9077 / 1.9002 / 1.9012 with `:nanogpt`'s learned table: the same two levels, so the 0.11 between them
-is the position encoding's, not our code's.
-
-Needs the `hf` extra (torch, transformers). Last line: `BENCH shakespeare_reference model=... seed=...
-val_loss=... train_s=...`.
+The experiment file reaches the same two levels (figures in benchmarks/README.md): the 0.11 between them is
+the position encoding's, not our code's. Needs the `hf` extra (torch, transformers).
+Last line: `BENCH shakespeare_reference model=... seed=... val_loss=... train_s=...`.
 """
 
 from __future__ import annotations

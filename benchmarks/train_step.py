@@ -2,45 +2,25 @@
 
 Command:  python benchmarks/train_step.py [--quick] [--repeats N]
 
-What it times is the step a pretraining or SFT run executes, not a copy of it: `make_optimizer` (AdamW,
-clipping, decay mask), `create_train_state` (abstract-first, sharded), `make_lm_step` and `jit_step`
-(donated state, shardings), the batch placed with `shard_batch`, on a one-device mesh (data=fsdp=tensor=1).
-A change to the model, the loss or the optimizer therefore shows up here.
-
-How:
-1. Matmul peak: a jitted `jnp.dot` of two float32 N x N matrices (N = 2048 and 4096), warmed up, then
-   timed `--repeats` times (default 8), each timing 4 products dispatched back to back and blocked once.
-   The peak is the best timing of the best size: a high peak makes the MFU below conservative.
+What it times is the step a pretraining or SFT run executes: `make_optimizer`, `create_train_state`,
+`make_lm_step` and `jit_step` (donated state), the batch placed with `shard_batch`, on a one-device mesh.
+1. Matmul peak: a jitted float32 N x N `jnp.dot` (N = 2048 and 4096), `--repeats` times (default 8) 4 products
+   back to back, before and after the steps; the peak is the best timing, so the MFU is conservative.
 2. Two GPT-2 models (`model_config("gpt2", ...)`: float32, no remat, unscanned layers, XLA attention):
      small  L=4  D=128 H=4  F=512  V=1024   B=16 T=128 (2048 tokens a step)
      base   L=12 D=768 H=12 F=3072 V=50304  B=8  T=128 (1024 tokens a step)  GPT-2 small, 124M parameters
-   Each gets a fresh state and one random LMBatch. The first call compiles and runs a step; more warm-up
-   steps follow; then every timed step is blocked on (state, metrics), and the median is reported. The state
-   is donated, so a step cannot start before the previous one ends anyway; blocking adds only the
-   sub-millisecond dispatch a real loop would overlap, against steps of 50 ms to 5 s. Compile seconds are
-   the first call minus the median step. tokens/s = B T / step time; MFU = model FLOPs a step / step time /
-   matmul peak. The loss must stay finite, or the run stops: a broken step is not a fast one.
-3. Model FLOPs follow PaLM's appendix B (`model_flops_per_token`): 6 N a token for the parameters used in
-   matmuls (tied output projection included, embedding gathers not), plus 12 L T D for attention scores and
-   values, counted over the full T x T square although attention is causal, as PaLM counts it.
+   After compile and warm-up, each timed step is blocked on (state, metrics); the median counts. Compile s =
+   first call minus the median step; tokens/s = B T / step time; MFU = model FLOPs a step / step time / peak.
+   The loss must stay finite. Model FLOPs follow PaLM's appendix B (`model_flops_per_token`): 6 N a token plus
+   12 L T D for attention, over the full T x T square.
+The step time is the median of the steps during which other processes used under 0.1 cores (/proc/stat), or
+of all steps, flagged "contended", when fewer than three were that quiet: rerun those, do not compare them.
+B=8 T=128 (~4.9 s a step) is where throughput has plateaued (B T = 512 already) at the lowest cost.
 
-Sizes: on 2 cores the base model's step must be big enough that its matmuls dominate, and small enough that
-ten steps take under a minute. Measured back to back on an idle machine (model GFLOP/s): B=4 T=128 152,
-B=8 T=128 160, B=16 T=128 158, B=4 T=256 153, B=8 T=256 150. Throughput has plateaued by B T = 512, so
-B=8 T=128 (~4.9 s a step) measures the steady state at the lowest cost; longer rows only add attention,
-which runs below the matmul rate. The default run takes ~2.3 minutes on an idle machine; `--quick` (two
-steps of each, base at B=2) ~27 s, a smoke test whose numbers are not steady state.
-
-Hardware: 2 vCPUs of an AMD EPYC (Zen 4: AVX-512 on 256-bit units, 32 float32 FLOPs a cycle a core, so
-~210 GFLOP/s at 3.3 GHz). Measured here in November 2026: matmul peak 181-211 GFLOP/s at N=2048 (it drifts
-from run to run; N=4096 is ~5% slower); the base step 154-160 GFLOP/s, 75-85% of the peak of the same run;
-a plain nanoGPT-style linen step on the same shapes, timed alternately with ours, 151 GFLOP/s against our
-160. The 314 GFLOP/s in NOTES-stack.md is more than two such cores can do, so it is not used here.
-
-The machine is shared, and one busy neighbour takes half of it. Each timed step records how many cores
-other processes used meanwhile (/proc/stat minus our own CPU time); the step time is the median of the
-steps during which they used under 0.1 cores, or of all steps (flagged "contended") when fewer than three
-were that quiet. Rerun a contended result when the machine is idle; do not compare it.
+Hardware: 2 vCPUs of an AMD EPYC (Zen 4: 32 float32 FLOPs a cycle a core, ~210 GFLOP/s at 3.3 GHz). Runtime
+~2.3 min idle; `--quick` (two steps of each, base at B=2) ~27 s, a smoke test, not steady state.
+Measured November 2026 on it: matmul peak 181-211 GFLOP/s at N=2048; the base step 154-160 GFLOP/s, 75-85%
+of the peak of the same run. Other measurements and the method in full: benchmarks/README.md.
 
 The last line printed is machine-readable: `BENCH train_step key=value ...`.
 """
