@@ -189,7 +189,10 @@ def base_config() -> ConfigDict:
   # critic's is the same with `critic_lr`.
   config.ppo = ConfigDict(dict(
       reward_from="",  # The reward workdir (its reward_model/): the frozen scorer and the critic's start.
-      temperature=1.0,  # Rollouts are sampled at this temperature; the ratio's log-probs use it too.
+      # Rollouts are sampled at this temperature and the ratio's log-probs use it too: what PPO optimises is the
+      # policy sampled at it, so it matches sampling.temperature, at which every evaluation samples the policy
+      # (1.0 here against 0.7 there was a trap: the December 2026 PPO audit).
+      temperature=0.7,
       max_new_tokens=32,
       prompt_len=48,  # Prompts are left-padded (or cut, keeping BOS and the end) to this many tokens.
       epochs=4,
