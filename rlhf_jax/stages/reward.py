@@ -64,16 +64,6 @@ def read_path_comparisons(config) -> tuple[list[dict], list[dict], dict] | None:
   return train, heldout, bad.summary()
 
 
-def sample_comparisons(config, workdir: str, policy, params, tokenizer) -> tuple[list[dict], list[dict], dict]:
-  """(training records, held-out records, statistics) of toyworld comparisons sampled from the SFT model and
-  ranked by the simulated annotator into WORKDIR/comparisons/ (read back when a run resumes), for a caller that
-  holds the SFT model: `run` samples them in `generate_comparisons` and reads them in `build_reward`."""
-  directory = os.path.join(workdir, COMPARISONS_DIR)
-  stats = comparisons.ensure_comparisons(config, directory, policy, params, tokenizer)
-  train, heldout = comparisons.read_comparisons(directory, config.data.val_fraction)
-  return train, heldout, stats
-
-
 def normalization_samples(config, policy, params, tokenizer, records: list[dict]) -> list[str]:
   """SFT samples on training prompts (one each, cycling through the prompts): what the scores are
   normalised on."""
