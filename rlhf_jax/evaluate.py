@@ -78,33 +78,23 @@ def evaluate(ppo_dir: str) -> dict:
 
 def format_table(figures: dict) -> str:
   """Gold per task: SFT, SFT at T 0.5, the RM's and gold's best of 4, PPO and PPO - SFT; then the headline."""
-  cold = f"sft_t{_cold_temperature()}"
-  columns = (("SFT", "sft/gold/{}"), ("SFT at T 0.5", cold + "/gold/{}"), ("RM's best of 4", "best_of_n/4/gold/{}"),
-             ("gold's best of 4", "best_of_n/4/oracle_gold/{}"), ("PPO", "eval/gold/{}"))
+  from rlhf_jax.stages.ppo import SFT_COLD_TEMPERATURE
+  cold = f"sft_t{SFT_COLD_TEMPERATURE}"
+  columns = (("SFT", "sft/gold"), ("SFT at T 0.5", cold + "/gold"), ("RM's best of 4", "best_of_n/4/gold"),
+             ("gold's best of 4", "best_of_n/4/oracle_gold"), ("PPO", "eval/gold"))
+  # Per-task keys end in /TASK; overall, the stages' keys end in /all and best-of-n's in nothing.
+  key = lambda prefix, task: prefix if task == "all" and prefix.startswith("best_of_n/") else f"{prefix}/{task}"
+  cell = lambda value, spec, width: format(value, spec) if value is not None else f"{'-':>{width}}"
   lines = ["task        " + "".join(f"{name:>18}" for name, _ in columns) + f"{'PPO - SFT':>12}"]
   for task in TABLE_TASKS:
-    bon_task = task if task != "all" else None
-    cells = []
-    for _, key in columns:
-      key = key.format(task)
-      if bon_task is None and key.startswith("best_of_n/"):
-        key = key.replace("/gold/all", "/gold").replace("/oracle_gold/all", "/oracle_gold")
-      value = figures.get(key)
-      cells.append(f"{value:>18.3f}" if value is not None else f"{'-':>18}")
-    gain = None
-    if figures.get(f"eval/gold/{task}") is not None and figures.get(f"sft/gold/{task}") is not None:
-      gain = figures[f"eval/gold/{task}"] - figures[f"sft/gold/{task}"]
-    lines.append(f"{task:<12}" + "".join(cells) + (f"{gain:>+12.3f}" if gain is not None else f"{'-':>12}"))
+    ppo, sft = figures.get(key("eval/gold", task)), figures.get(key("sft/gold", task))
+    lines.append(f"{task:<12}" + "".join(cell(figures.get(key(prefix, task)), ">18.3f", 18) for _, prefix in columns)
+                 + cell(None if ppo is None or sft is None else ppo - sft, ">+12.3f", 12))
   f = figures
   lines.append(f"PPO - SFT {f['eval/gold_gain']:+.3f} +- {f['eval/gold_gain_ci']:.3f} (paired, 95%), win rate "
                f"{100 * f['eval/win_rate_gold']:.1f}% +- {100 * f['eval/win_rate_gold_ci']:.1f} by gold, KL "
                f"{f['eval/kl']:.2f}; SFT at T 0.5: KL {f[cold + '/kl']:.2f}")
   return "\n".join(lines)
-
-
-def _cold_temperature() -> float:
-  from rlhf_jax.stages.ppo import SFT_COLD_TEMPERATURE
-  return SFT_COLD_TEMPERATURE
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
