@@ -25,12 +25,10 @@ setup(
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12.8",
         "grain>=0.2.18",
-        "chex>=0.1.92",
         "ml-collections>=1.1.0",
         "sentencepiece>=0.2.0",
         "numpy>=2.0",
         "tqdm>=4.66",
-        "absl-py>=2.1",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",  # The pipeline's report.md and a sweep's results.png.

@@ -30,11 +30,11 @@ from rlhf_jax.config import base_config, load_module
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _load = lambda name: load_module(os.path.join(_HERE, f"{name}.py"))
+common = _load("common")
 
 
 def get_config(arg=None):
-  if arg not in (None, "smoke"):
-    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
+  common.parse_variants(arg, "smoke")
   config = base_config()
   config.stage = "pipeline"
   return config

@@ -23,10 +23,15 @@ experiments/NOTES.md has every figure). tests/test_nanogpt_parity.py checks `:na
 against nanoGPT's own training step.
 """
 
-from rlhf_jax.config import base_config, model_config
+import os
+
+from rlhf_jax.config import base_config, load_module, model_config
+
+common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
 def get_config(arg=None):
+  variants = common.parse_variants(arg, "nanogpt", "smoke", combine=True)
   config = base_config()
   config.stage = "pretrain"
   config.seed = 1337
@@ -53,10 +58,6 @@ def get_config(arg=None):
   config.optim.weight_decay = 0.1
   config.optim.decay_embeddings = True  # nanoGPT decays every matrix, embeddings included.
   config.optim.grad_clip = 1.0
-  variants = set(arg.split(",")) if arg else set()
-  unknown = sorted(variants - {"nanogpt", "smoke"})
-  if unknown:
-    raise ValueError(f"unknown variant {','.join(unknown)!r}; expected nanogpt, smoke or both (comma-separated)")
   if "nanogpt" in variants:
     config.model.position = "learned"
   if "smoke" in variants:

@@ -23,10 +23,15 @@ held-out gold 0.766 / 0.771 / 0.774 against SFT 0.691, gain +0.080 +- 0.004 (eac
 experiments/NOTES.md.
 """
 
-from rlhf_jax.config import base_config, model_config
+import os
+
+from rlhf_jax.config import base_config, load_module, model_config
+
+common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
 def get_config(arg=None):
+  common.parse_variants(arg, "smoke")
   config = base_config()
   config.stage = "ppo"
   config.seed = 0
@@ -57,9 +62,7 @@ def get_config(arg=None):
   config.ppo.epochs = 1  # 1 epoch x 4 minibatches of 64 rows: 4 actor updates an iteration.
   config.ppo.minibatches = 4
   if arg == "smoke":  # Seconds on a CPU; init_from / reward_from must name smoke SFT and reward workdirs.
-    config.toyworld.num_eval_prompts = 8  # Evaluated as the smoke SFT and reward stages evaluate (eval/gold.py).
-    config.sampling.batch_size = 8
-    config.sampling.max_new_tokens = 8
+    common.smoke_evaluation(config)  # Evaluated as the smoke SFT and reward stages evaluate (eval/gold.py).
     config.toyworld.num_docs = 300
     config.ppo.num_prompts = 32
     config.ppo.max_new_tokens = 6
@@ -80,6 +83,4 @@ def get_config(arg=None):
     config.train.eval_every = 2
     config.train.checkpoint_every = 2
     config.optim.warmup_steps = 1
-  elif arg is not None:
-    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
   return config

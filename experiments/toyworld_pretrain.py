@@ -11,10 +11,15 @@ toyworld stage uses. Data: 20,000 documents (about 1.4M tokens), packed into row
 segment ids. Batch arithmetic: 32 rows x 128 tokens = 4,096 tokens per step; 1,200 steps = about 3.6 epochs.
 """
 
-from rlhf_jax.config import base_config, model_config
+import os
+
+from rlhf_jax.config import base_config, load_module, model_config
+
+common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
 def get_config(arg=None):
+  common.parse_variants(arg, "smoke")
   config = base_config()
   config.stage = "pretrain"
   config.seed = 0
@@ -48,6 +53,4 @@ def get_config(arg=None):
     config.train.eval_every = 3
     config.train.checkpoint_every = 3
     config.optim.warmup_steps = 2
-  elif arg is not None:
-    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
   return config

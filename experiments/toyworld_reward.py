@@ -20,10 +20,15 @@ against the labels, 0.89 against gold (0.91 on pairs >= 0.2 apart), Spearman 0.7
 answers (the one evaluator): 0.828 by the RM's pick, 0.882 by gold's, SFT 0.691.
 """
 
-from rlhf_jax.config import base_config, model_config
+import os
+
+from rlhf_jax.config import base_config, load_module, model_config
+
+common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
 def get_config(arg=None):
+  common.parse_variants(arg, "smoke")
   config = base_config()
   config.stage = "reward"
   config.seed = 0
@@ -46,11 +51,9 @@ def get_config(arg=None):
   if arg == "smoke":  # Seconds on a CPU; init_from must name a toyworld_sft.py:smoke workdir.
     config.toyworld.num_comparisons = 24
     config.toyworld.num_val_comparisons = 8
-    config.sampling.batch_size = 8
-    config.sampling.max_new_tokens = 8
+    common.smoke_evaluation(config)  # Best-of-4 on the 8 held-out prompts every smoke stage evaluates on.
     config.reward.norm_samples = 16
     config.reward.best_of_n = 4
-    config.toyworld.num_eval_prompts = 8  # Best-of-4 on 8 held-out prompts.
     # A smoke SFT model's answers all score 0 and would all tie: random rankings keep the data non-empty.
     config.toyworld.disagreement = 1.0
     config.reward.epochs = 0.0
@@ -61,6 +64,4 @@ def get_config(arg=None):
     config.train.eval_every = 2
     config.train.checkpoint_every = 2
     config.optim.warmup_steps = 1
-  elif arg is not None:
-    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
   return config

@@ -17,10 +17,15 @@ Data: 16,000 demonstrations (one user turn, one assistant turn; about 30 tokens 
 x 128 tokens hold about 130 demonstrations, so 600 steps are about 5 epochs.
 """
 
-from rlhf_jax.config import base_config, model_config
+import os
+
+from rlhf_jax.config import base_config, load_module, model_config
+
+common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
 def get_config(arg=None):
+  common.parse_variants(arg, "smoke")
   config = base_config()
   config.stage = "sft"
   config.seed = 0
@@ -42,9 +47,7 @@ def get_config(arg=None):
     config.toyworld.num_docs = 300  # As toyworld_pretrain.py:smoke: the same held-out pretraining documents.
     config.toyworld.num_sft = 100
     config.toyworld.num_val_sft = 20
-    config.toyworld.num_eval_prompts = 8  # As every smoke stage evaluates: the same answers (eval/gold.py).
-    config.sampling.batch_size = 8
-    config.sampling.max_new_tokens = 8
+    common.smoke_evaluation(config)  # As every smoke stage evaluates: the same answers (eval/gold.py).
     config.train.steps = 4
     config.train.batch_size = 4
     config.train.seq_len = 64
@@ -52,6 +55,4 @@ def get_config(arg=None):
     config.train.eval_every = 2
     config.train.checkpoint_every = 2
     config.optim.warmup_steps = 1
-  elif arg is not None:
-    raise ValueError(f"unknown variant {arg!r}; expected smoke or nothing")
   return config

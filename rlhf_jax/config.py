@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from rlhf_jax import losses
 from rlhf_jax.errors import UserError
+from rlhf_jax.rl import advantages
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -66,6 +68,46 @@ def model_config(family: str = "gpt2", **overrides: Any) -> ConfigDict:
       raise UserError(f"unknown model key {key!r} in model_config(); known keys: {sorted(values)}")
   values.update(overrides)
   return ConfigDict(values)
+
+
+# The model keys that pick one of a few implementations (model/transformer.py has each).
+MODEL_CHOICES = dict(position=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("dense", "gated"),
+                     activation=("gelu_tanh", "gelu", "silu", "relu"), dtype=("float32", "bfloat16"),
+                     remat=("none", "full", "dots"), attention_impl=("xla", "cudnn", "auto"))
+
+
+def resolve_model(model: Any) -> dict:
+  """A `model` section (ConfigDict or dict) checked, as the plain dict `TransformerConfig` is built from, with
+  head_dim and n_kv_heads 0 resolved; errors name the offending key. A key the section lacks (a config.json or
+  model.json written before the key existed, a Hugging Face config that does not set it) takes
+  `model_config()`'s value, the gpt2 family's: the schema is the one place a model default is written."""
+  given = dict(model)
+  values = dict(model_config())
+  for key in given:
+    if key not in values:
+      raise UserError(f"unknown config key 'model.{key}'")
+  values.update(given)
+  for key, choices in MODEL_CHOICES.items():
+    _check_choice(f"model.{key}", values[key], choices)
+  for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
+    if values[key] < 1:
+      raise UserError(f"config key 'model.{key}' must be >= 1, got {values[key]}")
+  d_model, n_heads = values["d_model"], values["n_heads"]
+  if not values["head_dim"]:
+    if d_model % n_heads:
+      raise UserError(f"config key 'model.n_heads': {n_heads} does not divide model.d_model={d_model} "
+                      "(or set model.head_dim)")
+    values["head_dim"] = d_model // n_heads
+  if not values["n_kv_heads"]:
+    values["n_kv_heads"] = n_heads
+  if values["n_kv_heads"] < 1 or n_heads % values["n_kv_heads"]:
+    raise UserError(f"config key 'model.n_kv_heads': {values['n_kv_heads']} must divide model.n_heads={n_heads}")
+  if values["position"] == "rope" and values["head_dim"] % 2:
+    raise UserError(f"config key 'model.head_dim': rotary positions need an even head_dim, got "
+                    f"{values['head_dim']}")
+  if not 0.0 <= values["dropout"] < 1.0:
+    raise UserError(f"config key 'model.dropout' must be in [0, 1), got {values['dropout']}")
+  return values
 
 
 def mesh_config() -> ConfigDict:
@@ -115,7 +157,6 @@ def base_config() -> ConfigDict:
       seq_len=128,
       log_every=50,
       eval_every=250,
-      eval_batches=0,  # 0: the whole validation split.
       checkpoint_every=500,
       keep_checkpoints=2,
       # N > 1 trains N independent replicas (seeds seed, seed + 1, ...) as one compiled program, vmapped over
@@ -163,7 +204,7 @@ def base_config() -> ConfigDict:
   ))
   # The reward-model stage (stages/reward.py): which loss, and how its scores are normalised.
   config.reward = ConfigDict(dict(
-      loss="pairwise",  # pairwise | margin | per_token | reward_token (see losses.py)
+      loss="pairwise",  # pairwise | margin | per_token | reward_token (losses.REWARD_LOSSES)
       margin=1.0,  # margin: r_w - r_l must exceed margin x (rank gap).
       threshold=1.0,  # per_token: the score difference each aligned response position must clear.
       max_responses=9,  # K of a comparison may be 2..max_responses; batches are padded to the data's largest K.
@@ -216,7 +257,7 @@ def base_config() -> ConfigDict:
       # iterations after. Needs a separate critic (not critic_free, not shared_critic); 0 = off.
       critic_warmup=0,
       kl_coef=0.05,  # beta: the per-token reward is -beta * KL(pi || pi_SFT) estimate.
-      kl_estimator="k1",  # k1 | k3
+      kl_estimator="k1",  # k1 | k3 (rl/advantages.py:KL_ESTIMATORS)
       # > 0 adds kl_loss_coef x the exact KL(pi || pi_SFT) over the vocabulary, averaged over the response
       # tokens, to the actor's loss (losses.exact_kl; one more forward of the reference a minibatch): a pull
       # back to SFT at every visited state with no sampling noise, beside or instead of the KL in the reward.
@@ -245,7 +286,6 @@ def base_config() -> ConfigDict:
       prompts_path="",  # Prompt JSONL ({"prompt"} or {"messages"}); toyworld samples its training prompts.
       num_prompts=4000,  # toyworld: training prompts to cycle through.
       ema_decay=0.0,  # > 0 keeps an EMA of the actor's weights, used for evaluation.
-      eval_batches=0,  # 0: all evaluation prompts (toyworld.num_eval_prompts) at every evaluation.
       # "gold" (toyworld): the rollout's score is gold_scale x the gold scorer instead of the reward model's --
       # PPO with a perfect reward model, the ceiling a learned one can approach (evaluations still report both).
       reward="rm",
@@ -292,6 +332,23 @@ def load_config(spec: str) -> ConfigDict:
     raise UserError(f"{path}: get_config() returned {type(config).__name__}, expected a ConfigDict")
   config.lock()
   return config
+
+
+def parse_overrides(rest: Sequence[str]) -> list[str]:
+  """`--config.KEY=VALUE` (or `--config.KEY VALUE`) arguments -> ["KEY=VALUE", ...]."""
+  overrides, i = [], 0
+  while i < len(rest):
+    item = rest[i]
+    if not item.startswith("--config."):
+      raise UserError(f"unrecognised argument {item!r}; config overrides look like --config.KEY=VALUE")
+    item = item[len("--config."):]
+    if "=" not in item:  # --config.KEY VALUE
+      if i + 1 >= len(rest):
+        raise UserError(f"--config.{item}: missing value")
+      item, i = f"{item}={rest[i + 1]}", i + 1
+    overrides.append(item)
+    i += 1
+  return overrides
 
 
 def apply_overrides(config: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
@@ -379,23 +436,24 @@ def _parse_value(key: str, raw: str, target_type: type, current: Any) -> Any:
     return raw
 
 
+def _check_choice(key: str, value: Any, choices) -> None:
+  """One line naming `key` when `value` is not one of `choices` (a registry: its keys are the choices)."""
+  if value not in choices:
+    raise UserError(f"config key '{key}': {value!r} is not one of {', '.join(choices)}")
+
+
 def finalize(config: ConfigDict) -> ConfigDict:
   """Checks constraints between keys; call once after overrides, before building anything."""
-  # Imported here: the model module depends on this one for ConfigDict, not the other way round.
-  from rlhf_jax.model.transformer import TransformerConfig
   # model.vocab_size 0 means "the tokenizer's size", resolved by the stage once the tokenizer exists.
-  TransformerConfig.from_config({**dict(config.model), "vocab_size": config.model.vocab_size or 1})
+  resolve_model({**dict(config.model), "vocab_size": config.model.vocab_size or 1})
   for key, choices in (("source", ("text", "toyworld")), ("layout", ("packed", "windows"))):
-    if config.data[key] not in choices:
-      raise UserError(f"config key 'data.{key}': {config.data[key]!r} is not one of {', '.join(choices)}")
+    _check_choice(f"data.{key}", config.data[key], choices)
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserError(f"config key 'data.val_fraction' must be in (0, 1), got {config.data.val_fraction}")
   if config.data.max_bad_records < 0:
     raise UserError(f"config key 'data.max_bad_records' must be >= 0 (0 = every record must be valid), got "
                     f"{config.data.max_bad_records}")
-  reward_losses = ("pairwise", "margin", "per_token", "reward_token")
-  if config.reward.loss not in reward_losses:
-    raise UserError(f"config key 'reward.loss': {config.reward.loss!r} is not one of {', '.join(reward_losses)}")
+  _check_choice("reward.loss", config.reward.loss, losses.REWARD_LOSSES)
   if not config.reward.likelihood_weight >= 0:
     raise UserError(f"config key 'reward.likelihood_weight' must be >= 0, got {config.reward.likelihood_weight}")
   if config.reward.likelihood_weight > 0 and config.reward.loss == "reward_token":
@@ -408,15 +466,13 @@ def finalize(config: ConfigDict) -> ConfigDict:
     raise UserError("config key 'toyworld.responses_per_prompt': a comparison needs at least 2 responses, got "
                     f"{config.toyworld.responses_per_prompt}")
   ppo = config.ppo
-  if ppo.reward not in ("rm", "gold"):
-    raise UserError(f"config key 'ppo.reward': {ppo.reward!r} is not one of rm, gold")
+  _check_choice("ppo.reward", ppo.reward, ("rm", "gold"))
   if ppo.reward == "gold" and config.data.source != "toyworld":
     raise UserError("config key 'ppo.reward': 'gold' scores with toyworld's gold scorer; it needs "
                     "data.source='toyworld'")
   if ppo.kl_loss_coef < 0:
     raise UserError(f"config key 'ppo.kl_loss_coef' must be >= 0 (0 = off), got {ppo.kl_loss_coef}")
-  if ppo.kl_estimator not in ("k1", "k3"):
-    raise UserError(f"config key 'ppo.kl_estimator': {ppo.kl_estimator!r} is not one of k1, k3")
+  _check_choice("ppo.kl_estimator", ppo.kl_estimator, advantages.KL_ESTIMATORS)
   if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:
     raise UserError(f"config key 'ppo.minibatches': {ppo.minibatches} must be >= 1 and divide "
                     f"train.batch_size={config.train.batch_size} (ppo.epochs={ppo.epochs} must be >= 1)")

@@ -112,6 +112,39 @@ def per_token_ranking_loss(rewards_bkt: jax.Array, start_bk: jax.Array, end_bk: 
   return _per_prompt_mean(loss_bkk, correct_bkk, pair_weights(ranks_bk))
 
 
+def last_token_scores(rewards_bkt: jax.Array, end_bk: jax.Array) -> jax.Array:
+  """(B, K) each response's score: the reward head at its last position."""
+  return jnp.take_along_axis(rewards_bkt, end_bk[..., None], axis=-1)[..., 0]
+
+
+# The `reward.loss` variants, each (rewards_bkt, start_bk, end_bk, ranks_bk, margin, threshold) -> (sum,
+# denominator, aux) on the reward head's scores at every position of the K responses. A variant is one entry
+# here: config.py accepts exactly these names and train/steps.py:rm_objective looks the loss up here.
+
+
+def last_token_loss(rewards_bkt, start_bk, end_bk, ranks_bk, margin, threshold):
+  """pairwise and reward_token: InstructGPT's loss on the last token's score (the data decides whether that
+  token is the end of turn or an appended reward token)."""
+  del start_bk, margin, threshold  # Only the margin and per-token variants read them.
+  return ranking_loss(last_token_scores(rewards_bkt, end_bk), ranks_bk)
+
+
+def margin_loss(rewards_bkt, start_bk, end_bk, ranks_bk, margin, threshold):
+  """margin: the last-token loss with a margin per rank gap."""
+  del start_bk, threshold
+  return ranking_loss(last_token_scores(rewards_bkt, end_bk), ranks_bk, margin)
+
+
+def per_token_loss(rewards_bkt, start_bk, end_bk, ranks_bk, margin, threshold):
+  """per_token: the aligned per-token loss of the Fudan seed article."""
+  del margin
+  return per_token_ranking_loss(rewards_bkt, start_bk, end_bk, ranks_bk, threshold)
+
+
+REWARD_LOSSES = {"pairwise": last_token_loss, "margin": margin_loss, "per_token": per_token_loss,
+                 "reward_token": last_token_loss}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # PPO (Schulman et al. 2017) on response tokens. Shapes: B responses, N tokens, V vocabulary; `mask_bn` is 1
 # on the tokens a response has. Each returns (sum over masked tokens, number of masked tokens, aux sums), so

@@ -1,5 +1,7 @@
 """Locked configs, command-line overrides, and the CLI's one-line errors."""
 
+import dataclasses
+import glob
 import json
 import os
 import subprocess
@@ -8,8 +10,12 @@ import sys
 import pytest
 
 from rlhf_jax import config as config_lib
+from rlhf_jax import losses
 from rlhf_jax.errors import UserError
 from rlhf_jax.main import parse_args, resolve_config
+from rlhf_jax.model.transformer import TransformerConfig
+from rlhf_jax.rl import advantages
+from rlhf_jax.train import steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAKESPEARE = os.path.join(ROOT, "experiments", "shakespeare_char.py")
@@ -96,3 +102,85 @@ def test_cli_missing_experiment_file(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "experiments/nope.py",
                          "--workdir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
   assert proc.returncode == 2 and "experiments/nope.py" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+# Config keys chosen from a registry: (key, the registry, its names as the docs list them).
+REGISTRIES = [("reward.loss", losses.REWARD_LOSSES, ("pairwise", "margin", "per_token", "reward_token")),
+              ("ppo.kl_estimator", advantages.KL_ESTIMATORS, ("k1", "k3"))]
+
+
+@pytest.mark.parametrize("key, registry, names", REGISTRIES)
+def test_finalize_accepts_exactly_the_registry_names(monkeypatch, key, registry, names):
+  """Every name of the registry passes finalize, an unknown one stops it with one line naming the key and
+  the choices, and adding a dict entry is all it takes to add a variant (config.py keeps no list of its own)."""
+  assert tuple(registry) == names
+  section, name = key.split(".")
+
+  def finalize_with(value):
+    config = config_lib.base_config()
+    config[section][name] = value
+    return config_lib.finalize(config)
+
+  for value in names:
+    finalize_with(value)
+  with pytest.raises(UserError) as e:
+    finalize_with("bogus")
+  assert str(e.value) == f"config key '{key}': 'bogus' is not one of {', '.join(names)}"
+  monkeypatch.setitem(registry, "bogus", registry[names[0]])
+  finalize_with("bogus")
+
+
+def test_model_and_ppo_settings_come_from_the_schema():
+  """TransformerConfig and PPOSettings have no defaults of their own: built from base_config() they hold the
+  values their dataclass defaults used to restate, and a model section missing keys (a config.json written
+  before a key existed) takes the schema's value for each."""
+  model = TransformerConfig.from_config(config_lib.base_config().model)
+  assert dataclasses.asdict(model) == dict(
+      vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=32, d_ff=512, max_len=256,
+      position="learned", rope_theta=10000.0, norm="layernorm", norm_eps=1e-5, mlp="dense",
+      activation="gelu_tanh", use_bias=True, tie_embeddings=True, dropout=0.0, init_std=0.02, dtype="float32",
+      remat="none", scan_layers=False, attention_impl="xla")
+  for family in ("gpt2", "llama"):
+    assert set(config_lib.model_config(family)) == {f.name for f in dataclasses.fields(TransformerConfig)}
+  old = {k: v for k, v in config_lib.model_config(d_model=64, n_heads=2).items() if k != "attention_impl"}
+  assert TransformerConfig.from_config(old) == dataclasses.replace(model, d_model=64, n_heads=2, n_kv_heads=2)
+  with pytest.raises(TypeError):
+    TransformerConfig()
+
+  settings = steps.PPOSettings.from_config(config_lib.base_config().ppo)
+  # The dataclass default of temperature said 1.0 after the config moved to 0.7 (sampling.temperature's).
+  assert dataclasses.asdict(settings) == dict(
+      temperature=0.7, epochs=4, minibatches=1, clip_eps=0.2, value_clip_eps=0.2, gamma=1.0, lam=0.95,
+      vf_coef=0.1, ent_coef=0.0, kl_estimator="k1", adaptive_kl=False, kl_target=6.0, kl_horizon=10000,
+      reward_clip=0.0, whiten_advantages=True, samples_per_prompt=1, group_baseline=False, ptx_coef=0.0,
+      ema_decay=0.0, critic_free=False, critic_warmup=0, reward_norm=False, kl_loss_coef=0.0)
+  overridden = steps.PPOSettings.from_config(config_lib.base_config().ppo, epochs=1, gamma=0.9)
+  assert overridden == dataclasses.replace(settings, epochs=1, gamma=0.9)
+  with pytest.raises(TypeError):
+    steps.PPOSettings.from_config(config_lib.base_config().ppo, epoch=1)
+
+
+# Every experiment and ablation file, with the variants it accepts beyond None and "smoke".
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True)
+                     if os.path.basename(p) != "common.py")
+MORE_VARIANTS = {"shakespeare_char.py": ("nanogpt", "nanogpt,smoke", "smoke,nanogpt"), "kl_coef.py": ("pair",)}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_every_experiment_variant_loads_and_finalises(path, tmp_path):
+  """Each variant of each experiment file (and the stages of a pipeline, the runs of an ablation) passes
+  finalize; an unknown variant is one line naming the file and the variant."""
+  assert set(MORE_VARIANTS) <= {os.path.basename(p) for p in EXPERIMENTS}
+  for arg in (None, "smoke") + MORE_VARIANTS.get(os.path.basename(path), ()):
+    config_lib.finalize(config_lib.load_config(path if arg is None else f"{path}:{arg}"))
+    module = config_lib.load_module(path)
+    extra = module.stages(arg) if hasattr(module, "stages") else []
+    extra += module.sweep(arg, str(tmp_path)) if hasattr(module, "sweep") else []
+    for name, config in extra:
+      try:
+        config_lib.finalize(config)
+      except UserError as e:
+        raise AssertionError(f"{path}:{arg}: {name}: {e}") from None
+  with pytest.raises(UserError) as e:
+    config_lib.load_config(f"{path}:bogus")
+  assert path in str(e.value) and "'bogus'" in str(e.value) and "\n" not in str(e.value)

@@ -22,7 +22,9 @@ import os
 
 from rlhf_jax.config import load_module
 
-toyworld_ppo = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "toyworld_ppo.py"))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+toyworld_ppo = load_module(os.path.join(_HERE, "..", "toyworld_ppo.py"))
+common = load_module(os.path.join(_HERE, "..", "common.py"))
 
 # (run name, beta, adaptive)
 VARIANTS = (("beta_0", 0.0, False), ("beta_0.03", 0.03, False), ("beta_0.1", 0.1, False),
@@ -32,6 +34,7 @@ COLUMNS = ("eval/gold/all", "eval/gold/all/max", "eval/gold/all/max_step", "eval
 
 
 def get_config(arg=None):
+  common.parse_variants(arg, "pair", "smoke")
   if arg == "pair":  # beta 0 against the default, 100 iterations evaluated every 20: over-optimisation.
     config = toyworld_ppo.get_config(None)
     config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, 20, 20

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.config import resolve_model
 from rlhf_jax.errors import UserError
 from rlhf_jax.model.heads import LMHead, RewardHead, ValueHead, response_log_likelihood
 
@@ -44,65 +45,35 @@ HEADS = ("lm", "value", "reward")
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Hyperparameters of the trunk. Built from the config's `model` section by `from_config`."""
-  vocab_size: int = 256
-  d_model: int = 128
-  n_layers: int = 4
-  n_heads: int = 4
-  n_kv_heads: int = 4
-  head_dim: int = 32
-  d_ff: int = 512
-  max_len: int = 256
-  position: str = "learned"  # learned | rope
-  rope_theta: float = 10000.0
-  norm: str = "layernorm"  # layernorm | rmsnorm
-  norm_eps: float = 1e-5
-  mlp: str = "dense"  # dense | gated
-  activation: str = "gelu_tanh"  # gelu_tanh | gelu | silu | relu
-  use_bias: bool = True  # Biases of the projections and of LayerNorm.
-  tie_embeddings: bool = True
-  dropout: float = 0.0
-  init_std: float = 0.02
-  dtype: str = "float32"  # Compute dtype; parameters are always float32.
-  remat: str = "none"  # none | full | dots
-  scan_layers: bool = False
-  attention_impl: str = "xla"  # xla | cudnn | auto (jax picks)
-
-  _CHOICES = dict(position=("learned", "rope"), norm=("layernorm", "rmsnorm"), mlp=("dense", "gated"),
-                  activation=("gelu_tanh", "gelu", "silu", "relu"), dtype=("float32", "bfloat16"),
-                  remat=("none", "full", "dots"), attention_impl=("xla", "cudnn", "auto"))
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  d_ff: int
+  max_len: int
+  position: str  # learned | rope
+  rope_theta: float
+  norm: str  # layernorm | rmsnorm
+  norm_eps: float
+  mlp: str  # dense | gated
+  activation: str  # gelu_tanh | gelu | silu | relu
+  use_bias: bool  # Biases of the projections and of LayerNorm.
+  tie_embeddings: bool
+  dropout: float
+  init_std: float
+  dtype: str  # Compute dtype; parameters are always float32.
+  remat: str  # none | full | dots
+  scan_layers: bool
+  attention_impl: str  # xla | cudnn | auto (jax picks)
 
   @classmethod
   def from_config(cls, model: Any) -> "TransformerConfig":
-    """Validates a `model` config section (ConfigDict or dict); errors name the offending key."""
-    values = dict(model)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in values:
-      if key not in names:
-        raise UserError(f"unknown config key 'model.{key}'")
-    for key, choices in cls._CHOICES.items():
-      if key in values and values[key] not in choices:
-        raise UserError(f"config key 'model.{key}': {values[key]!r} is not one of {', '.join(choices)}")
-    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_len"):
-      if key in values and values[key] < 1:
-        raise UserError(f"config key 'model.{key}' must be >= 1, got {values[key]}")
-    d_model = values.get("d_model", cls.d_model)
-    n_heads = values.get("n_heads", cls.n_heads)
-    if not values.get("head_dim"):
-      if d_model % n_heads:
-        raise UserError(f"config key 'model.n_heads': {n_heads} does not divide model.d_model={d_model} "
-                        "(or set model.head_dim)")
-      values["head_dim"] = d_model // n_heads
-    if not values.get("n_kv_heads"):
-      values["n_kv_heads"] = n_heads
-    if values["n_kv_heads"] < 1 or n_heads % values["n_kv_heads"]:
-      raise UserError(f"config key 'model.n_kv_heads': {values.get('n_kv_heads')} must divide "
-                      f"model.n_heads={n_heads}")
-    if values.get("position", cls.position) == "rope" and values["head_dim"] % 2:
-      raise UserError(f"config key 'model.head_dim': rotary positions need an even head_dim, got "
-                      f"{values['head_dim']}")
-    if not 0.0 <= values.get("dropout", 0.0) < 1.0:
-      raise UserError(f"config key 'model.dropout' must be in [0, 1), got {values['dropout']}")
-    return cls(**values)
+    """The trunk a `model` config section (ConfigDict or dict) describes, checked and with its derived values
+    (head_dim, n_kv_heads) filled in by `config.resolve_model`; errors name the offending key. The fields have
+    no defaults of their own: a key the section lacks takes `config.model_config()`'s value."""
+    return cls(**resolve_model(model))
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -43,17 +43,26 @@ import jax
 import jax.numpy as jnp
 
 
+def k1_estimate(d_bn: jax.Array) -> jax.Array:
+  """k1 = d, from the log-ratio d (module docstring)."""
+  return d_bn
+
+
+def k3_estimate(d_bn: jax.Array) -> jax.Array:
+  """k3 = (e^-d - 1) + d, from the log-ratio d (module docstring)."""
+  return jnp.expm1(-d_bn) + d_bn
+
+
+# The `ppo.kl_estimator` variants: a variant is one entry here (config.py accepts exactly these names).
+KL_ESTIMATORS = {"k1": k1_estimate, "k3": k3_estimate}
+
+
 def kl_estimate(log_probs_bn: jax.Array, ref_log_probs_bn: jax.Array, mask_bn: jax.Array,
                 kind: str = "k1") -> jax.Array:
   """Per-token estimate of KL(pi || pi_ref) at the sampled tokens, (B, N), 0 where masked."""
-  d_bn = (log_probs_bn - ref_log_probs_bn).astype(jnp.float32)
-  if kind == "k1":
-    kl_bn = d_bn
-  elif kind == "k3":
-    kl_bn = jnp.expm1(-d_bn) + d_bn
-  else:
-    raise ValueError(f"unknown KL estimator {kind!r}; expected k1 or k3")
-  return kl_bn * mask_bn
+  if kind not in KL_ESTIMATORS:
+    raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}")
+  return KL_ESTIMATORS[kind]((log_probs_bn - ref_log_probs_bn).astype(jnp.float32)) * mask_bn
 
 
 def last_token_index(mask_bn: jax.Array) -> jax.Array:
