@@ -43,11 +43,12 @@ import optax
 
 from machine import ForeignLoad
 from rlhf_jax import config as config_lib
-from rlhf_jax import convert, losses
+from rlhf_jax import losses
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.artifacts import reward_model
+from rlhf_jax.model.converted import save_converted
 from rlhf_jax.model.transformer import Transformer, TransformerConfig
 from rlhf_jax.rl import rollout as rollout_lib
-from rlhf_jax.stages import reward as reward_stage
 from rlhf_jax.stages.ppo import build_ppo, strip_value
 from rlhf_jax.tokenizer import NUM_SPECIAL, CharTokenizer
 from rlhf_jax.train import state as state_lib
@@ -93,12 +94,13 @@ def write_models(directory: str, tokenizer: CharTokenizer, mesh) -> tuple[str, s
   scorer = jax.device_get(state_lib.init_params(Transformer(cfg, heads=("reward",)), keys[1], mesh)[0])
   init_from = os.path.join(directory, "sft")
   reward_from = os.path.join(directory, "reward")
-  rm_dir = os.path.join(reward_from, reward_stage.MODEL_DIR)
+  rm_dir = os.path.join(reward_from, reward_model.MODEL_DIR)
   for where, params in ((init_from, policy), (rm_dir, scorer)):
-    convert.save_converted(where, cfg, params)
+    save_converted(where, cfg, params)
     tokenizer.save(where)
-  with open(os.path.join(rm_dir, reward_stage.SPEC_FILE), "w") as f:
-    json.dump({"loss": "pairwise", "reward_token": False, "likelihood_weight": 0.0}, f)
+  spec = reward_model.RewardModelSpec(loss="pairwise", reward_token=False, seq_len=PROMPT_LEN + NEW_TOKENS,
+                                      likelihood_weight=0.0, normalization={"gain": 1.0, "bias": 0.0})
+  spec.write(os.path.join(rm_dir, reward_model.SPEC_FILE))
   return init_from, reward_from
 
 

@@ -30,8 +30,10 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   from rlhf_jax.config import base_config
   from rlhf_jax.data import toyworld
   from rlhf_jax.eval import rm as rm_eval
+  from rlhf_jax.artifacts.models import load_pretrained
+  from rlhf_jax.artifacts.reward_model import check_shared_tokenizer, load_reward_model
+  from rlhf_jax.eval.best_of_n import best_of_n_rows, best_of_n_samples
   from rlhf_jax.model.hf import read_json_object
-  from rlhf_jax.stages import common, reward
 
   if n_max < 1 or num_prompts < 1:
     raise UserError(f"--n and --prompts must be at least 1, got --n {n_max} --prompts {num_prompts}")
@@ -39,19 +41,19 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
       os.path.join(policy, "config.json")) else {}
   world_seed = run_config.get("toyworld", {}).get("seed", base_config().toyworld.seed)
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
-  model, params, tokenizer = common.load_pretrained(policy, mesh)
+  model, params, tokenizer = load_pretrained(policy, mesh)
   if tokenizer is None:
     raise UserError(f"{policy}: no tokenizer.model or tokenizer.json next to the checkpoint")
-  rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(reward_dir, mesh)
-  reward.check_shared_tokenizer(reward_dir, rm_tokenizer, policy, tokenizer)
+  rm_model, rm_params, rm_tokenizer, spec = load_reward_model(reward_dir, mesh)
+  check_shared_tokenizer(reward_dir, rm_tokenizer, policy, tokenizer)
 
   world = toyworld.make_world(world_seed)
   instances = toyworld.eval_instances(world, num_prompts)
   sampling = base_config().sampling  # The evaluations' settings, at the asked temperature and batch size.
   sampling.temperature, sampling.batch_size = temperature, batch_size
-  texts = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed, mesh)
-  return reward.best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world,
-                               instances, texts, spec["seq_len"], bool(spec.get("reward_token")))
+  texts = best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed, mesh)
+  return best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world, instances,
+                        texts, spec.seq_len, spec.reward_token)
 
 
 def format_table(rows: Sequence[dict]) -> str:

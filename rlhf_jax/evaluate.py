@@ -39,10 +39,13 @@ def _run_config(workdir: str, what: str) -> ml_collections.ConfigDict:
 
 def evaluate(ppo_dir: str) -> dict:
   """The figures (module doc) of the PPO run in `ppo_dir`, keyed as the stages' summaries key them."""
+  from rlhf_jax.artifacts.models import load_pretrained
+  from rlhf_jax.artifacts.reward_model import check_shared_tokenizer, load_reward_model
   from rlhf_jax.data import toyworld
   from rlhf_jax.eval import rm as rm_eval
+  from rlhf_jax.eval.best_of_n import best_of_n_metrics, best_of_n_rows, best_of_n_samples
   from rlhf_jax.eval.gold import eval_seed
-  from rlhf_jax.stages import common, ppo, reward
+  from rlhf_jax.stages import common, ppo
 
   config = _run_config(ppo_dir, "ppo")
   if config.get("stage") != "ppo":
@@ -50,15 +53,15 @@ def evaluate(ppo_dir: str) -> dict:
   if config.data.source != "toyworld":
     raise UserError(f"{ppo_dir}: data.source is {config.data.source!r}; only toyworld runs have a gold scorer")
   mesh = common.make_mesh(config)
-  actor, sft_params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
-  _, policy_params, _ = common.load_pretrained(ppo_dir, mesh, config.model)
-  rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(config.ppo.reward_from, mesh, config.model)
-  reward.check_shared_tokenizer(config.ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
+  actor, sft_params, tokenizer = load_pretrained(config.init_from, mesh, config.model)
+  _, policy_params, _ = load_pretrained(ppo_dir, mesh, config.model)
+  rm_model, rm_params, rm_tokenizer, spec = load_reward_model(config.ppo.reward_from, mesh, config.model)
+  check_shared_tokenizer(config.ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
   world = toyworld.make_world(config.toyworld.seed)
   _, eval_prompts = ppo.load_prompts(config, tokenizer, world)
   evaluator, cold = ppo.make_evaluators(config, actor=actor, ref_params=sft_params, rm_model=rm_model,
                                         rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
-                                        eval_prompts=eval_prompts, reward_token=bool(spec.get("reward_token")))
+                                        eval_prompts=eval_prompts, reward_token=spec.reward_token)
   sft = evaluator.sample(sft_params)
   out = {**evaluator.metrics(evaluator.sample(policy_params), sft),
          **ppo.baseline_metrics(evaluator, sft, cold.sample(sft_params))}
@@ -66,13 +69,13 @@ def evaluate(ppo_dir: str) -> dict:
   reward_config = _run_config(config.ppo.reward_from, "reward")
   n = int(reward_config.reward.best_of_n)
   if n > 0:
-    texts = reward.best_of_n_samples(actor, sft_params, tokenizer, eval_prompts.instances, reward_config.sampling,
-                                     n, eval_seed(reward_config.sampling), mesh)
+    texts = best_of_n_samples(actor, sft_params, tokenizer, eval_prompts.instances, reward_config.sampling, n,
+                              eval_seed(reward_config.sampling), mesh)
     chunk = int(reward_config.train.batch_size) * int(reward_config.toyworld.responses_per_prompt)
     scorer = rm_eval.make_scorer(rm_model, mesh, chunk=chunk)
-    rows = reward.best_of_n_rows(scorer, rm_params, tokenizer, world, eval_prompts.instances, texts,
-                                 int(spec["seq_len"]), bool(spec.get("reward_token")))
-    out.update(reward.best_of_n_metrics(rows))
+    rows = best_of_n_rows(scorer, rm_params, tokenizer, world, eval_prompts.instances, texts, spec.seq_len,
+                          spec.reward_token)
+    out.update(best_of_n_metrics(rows))
   return out
 
 

@@ -14,23 +14,12 @@ elsewhere at once, the finished files intact.
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 from typing import Optional, Sequence
 
 from rlhf_jax import config as config_lib
 from rlhf_jax.errors import Preempted, UserError
-
-# The module that runs each stage; each defines `run(config, workdir) -> dict` (the run's summary).
-STAGE_MODULES = {
-    "pretrain": "rlhf_jax.stages.pretrain",
-    "sft": "rlhf_jax.stages.sft",
-    "comparisons": "rlhf_jax.stages.comparisons",
-    "reward": "rlhf_jax.stages.reward",
-    "ppo": "rlhf_jax.stages.ppo",
-}
-
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(
@@ -39,24 +28,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--config", required=True, help="experiment file, path/to/NAME.py[:ARG]")
   parser.add_argument("--workdir", required=True, help="directory for this run's outputs")
   args, rest = parser.parse_known_args(argv)
-  return args, parse_overrides(rest)
-
-
-def parse_overrides(rest: Sequence[str]) -> list[str]:
-  """`--config.KEY=VALUE` (or `--config.KEY VALUE`) arguments -> ["KEY=VALUE", ...]."""
-  overrides, i = [], 0
-  while i < len(rest):
-    item = rest[i]
-    if not item.startswith("--config."):
-      raise UserError(f"unrecognised argument {item!r}; config overrides look like --config.KEY=VALUE")
-    item = item[len("--config."):]
-    if "=" not in item:  # --config.KEY VALUE
-      if i + 1 >= len(rest):
-        raise UserError(f"--config.{item}: missing value")
-      item, i = f"{item}={rest[i + 1]}", i + 1
-    overrides.append(item)
-    i += 1
-  return overrides
+  return args, config_lib.parse_overrides(rest)
 
 
 def resolve_config(spec: str, overrides: Sequence[str]) -> config_lib.ConfigDict:
@@ -69,16 +41,12 @@ def resolve_config(spec: str, overrides: Sequence[str]) -> config_lib.ConfigDict
 def run(argv: Sequence[str]) -> dict:
   args, overrides = parse_args(argv)
   config = resolve_config(args.config, overrides)
-  if config.stage == "pipeline":  # Several stages, each configured by the pipeline file (stages/pipeline.py).
-    from rlhf_jax.stages.pipeline import run_pipeline
+  # Imports jax (and every stage) after the cheap checks, before any device use.
+  if config.stage == "pipeline":  # Several stages, each configured by the pipeline file (rlhf_jax/pipeline.py).
+    from rlhf_jax.pipeline import run_pipeline
     return run_pipeline(args.config, args.workdir, overrides)
-  if config.stage not in STAGE_MODULES:
-    raise UserError(f"config key 'stage': stage {config.stage!r} cannot run yet in this version "
-                    f"(available: {', '.join(STAGE_MODULES)}, pipeline)")
-  from rlhf_jax import mesh as mesh_lib  # Imports jax: after the cheap checks, before any device use.
-  mesh_lib.maybe_initialize_distributed(config.mesh)
-  stage = importlib.import_module(STAGE_MODULES[config.stage])
-  return stage.run(config, args.workdir)
+  from rlhf_jax import orchestrate
+  return orchestrate.run_in_order([(config.stage, config, args.workdir)])[0]
 
 
 class Terminated(Exception):

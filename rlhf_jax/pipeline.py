@@ -13,13 +13,16 @@ so re-running the command after a crash or preemption continues where it stopped
 
 from __future__ import annotations
 
-import importlib
+import functools
 import os
 import time
 from typing import Sequence
 
 from rlhf_jax import config as config_lib
+from rlhf_jax import orchestrate
 from rlhf_jax.errors import UserError
+from rlhf_jax.eval.report import write_report
+from rlhf_jax.train.loop import read_summary, write_summary
 
 PLACEHOLDER_KEYS = ("init_from", "ppo.reward_from", "data.path")
 REPORTED = ("pretrain", "sft", "reward", "ppo")
@@ -40,16 +43,18 @@ def stage_configs(spec: str, workdir: str, overrides: Sequence[str] = ()) -> lis
   for name, config in stages:
     if config.stage == "pipeline":
       raise UserError(f"{path}: stage {name!r} is itself a pipeline")
-    config.lock()
-    config_lib.apply_overrides(config, overrides)
-    for key in PLACEHOLDER_KEYS:
-      parent, leaf = config_lib._resolve(config, key)
-      try:
-        parent[leaf] = parent[leaf].format(**dirs)
-      except (KeyError, IndexError) as e:
-        raise UserError(f"{path}: stage {name!r}: config key '{key}' names an unknown stage {e}") from None
-    out.append((name, config_lib.finalize(config)))
+    out.append((name, orchestrate.prepare(config, overrides, functools.partial(fill_placeholders, path, name, dirs))))
   return out
+
+
+def fill_placeholders(path: str, name: str, dirs: dict, config) -> None:
+  """Replaces "{sft}", "{reward}", ... in the PLACEHOLDER_KEYS of stage `name`'s config by those stages' dirs."""
+  for key in PLACEHOLDER_KEYS:
+    parent, leaf = config_lib._resolve(config, key)
+    try:
+      parent[leaf] = parent[leaf].format(**dirs)
+    except (KeyError, IndexError) as e:
+      raise UserError(f"{path}: stage {name!r}: config key '{key}' names an unknown stage {e}") from None
 
 
 # What the final table shows of each kind of stage: (label, summary key, its confidence-interval key or None).
@@ -82,23 +87,16 @@ def final_table(results: list[dict], summaries: dict) -> str:
 
 
 def run_pipeline(spec: str, workdir: str, overrides: Sequence[str] = ()) -> dict:
-  from rlhf_jax.main import STAGE_MODULES
-  from rlhf_jax.train.loop import read_summary, write_summary
-
-  from rlhf_jax import mesh as mesh_lib
-
   stages = stage_configs(spec, workdir, overrides)
-  mesh_lib.maybe_initialize_distributed(stages[0][1].mesh)  # Once, before any device is touched.
   started = time.time()
-  stage_dirs, results = {}, []
-  for i, (name, config) in enumerate(stages):
-    run_dir = os.path.join(workdir, name)
-    print(f"[{i + 1}/{len(stages)}] {name} ({config.stage}) -> {run_dir}", flush=True)
-    summary = importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)
-    results.append({"name": name, "stage": config.stage, "wall_time_s": summary.get("wall_time_s")})
-    if config.stage in REPORTED:  # The report reads the last run of each kind of stage.
-      stage_dirs[config.stage] = run_dir
-  from rlhf_jax.eval.report import write_report
+  runs = [(name, config, os.path.join(workdir, name)) for name, config in stages]
+  announce = lambda i, name, config, run_dir: print(f"[{i + 1}/{len(runs)}] {name} ({config.stage}) -> {run_dir}",
+                                                    flush=True)
+  summaries = orchestrate.run_in_order(runs, announce)
+  results = [{"name": name, "stage": config.stage, "wall_time_s": summary.get("wall_time_s")}
+             for (name, config, _), summary in zip(runs, summaries)]
+  # The report reads the last run of each kind of stage.
+  stage_dirs = {config.stage: run_dir for _, config, run_dir in runs if config.stage in REPORTED}
   report = write_report(workdir, stage_dirs)
   print(final_table(results, {row["name"]: read_summary(os.path.join(workdir, row["name"])) for row in results}))
   summary = {**report, "stages": results, "wall_time_s": time.time() - started, "complete": True}

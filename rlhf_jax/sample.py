@@ -36,7 +36,7 @@ class Sampler:
     import ml_collections
 
     from rlhf_jax import mesh as mesh_lib
-    from rlhf_jax.stages.common import load_pretrained
+    from rlhf_jax.artifacts.models import load_pretrained
 
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
     self.model, self.params, self.tokenizer = load_pretrained(args.workdir, mesh)

@@ -23,15 +23,16 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import jax
+
 from rlhf_jax import config as config_lib
+from rlhf_jax import orchestrate
 from rlhf_jax.errors import Preempted, UserError
-from rlhf_jax.main import STAGE_MODULES, parse_overrides
+from rlhf_jax.eval.report import new_figure, save_figure
 
 
 def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[dict]:
   """Runs every variation of the ablation `spec` (path[:arg]) into `workdir`; returns the table's rows."""
-  import importlib
-
   path, _, arg = spec.partition(":")
   module = config_lib.load_module(path, "ablation")
   for attr in ("sweep", "COLUMNS"):
@@ -41,18 +42,13 @@ def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[di
     runs = module.sweep(arg or None, workdir)
   except (ValueError, KeyError) as e:
     raise UserError(f"{path}: sweep({arg or None!r}) failed: {e}") from None
-  from rlhf_jax import mesh as mesh_lib
-  summaries = []
-  for name, config in runs:
-    config.lock()
-    config_lib.apply_overrides(config, overrides)
-    config_lib.finalize(config)
-    run_dir = os.path.join(workdir, name)
-    mesh_lib.maybe_initialize_distributed(config.mesh)
-    print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}")
-    summaries.append((name, importlib.import_module(STAGE_MODULES[config.stage]).run(config, run_dir)))
-  rows = table_rows(summaries, module.COLUMNS)
-  write_table(workdir, rows)
+  runs = [(name, orchestrate.prepare(config, overrides), os.path.join(workdir, name)) for name, config in runs]
+  announce = lambda i, name, config, run_dir: print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}",
+                                                    flush=True)
+  summaries = orchestrate.run_in_order(runs, announce)
+  rows = table_rows([(name, summary) for (name, _, _), summary in zip(runs, summaries)], module.COLUMNS)
+  if jax.process_index() == 0:  # One table, written by one process.
+    write_table(workdir, rows)
   return rows
 
 
@@ -90,7 +86,6 @@ def plot_table(path: str, rows: list[dict], columns: Sequence[str]) -> None:
   """Small multiples of the table: a panel per numeric column (its own scale), a bar per run, with an error
   bar of one standard deviation over seeds where the table has `<column>/seed_std`; a missing or NaN value
   leaves its bar out and says "n/a"."""
-  from rlhf_jax.eval.report import new_figure, save_figure
   numeric = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
   columns = [c for c in columns if any(numeric(row.get(c)) for row in rows) and not c.endswith("/seed_std")]
   if not columns:
@@ -125,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--workdir", required=True, help="directory for the sweep's runs and table")
   try:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    run_sweep(args.ablation, args.workdir, parse_overrides(rest))
+    run_sweep(args.ablation, args.workdir, config_lib.parse_overrides(rest))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

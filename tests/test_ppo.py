@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
+from rlhf_jax.config import base_config, parse_overrides
 from rlhf_jax.data import pipelines
 from rlhf_jax import losses
 from rlhf_jax.errors import UserError
@@ -204,7 +205,8 @@ def test_group_baseline_centres_each_score_on_its_prompts_other_answers(models):
   mean of the other answers of its group (the test's 3 rows as one group), computed here by hand."""
   _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
   rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
-  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8)
+  settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=3, group_baseline=True, gamma=0.9,
+                                            lam=0.8)
   batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
   centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]))
   adv, returns = _numpy_targets(centred, 0.2, 0.9, 0.8)
@@ -245,8 +247,8 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   noise = np.random.default_rng(0).normal(0, 0.3, rollout.mask.shape) * np.asarray(rollout.mask)
   rollout = rollout.replace(log_probs=rollout.log_probs + noise, values=rollout.values - noise)
 
-  settings = steps.PPOSettings(temperature=temperature, epochs=1, minibatches=1, clip_eps=eps, value_clip_eps=veps,
-                               gamma=0.9, lam=0.8, ptx_coef=ptx_coef)
+  settings = steps.PPOSettings.from_config(base_config().ppo, temperature=temperature, epochs=1, minibatches=1,
+                                            clip_eps=eps, value_clip_eps=veps, gamma=0.9, lam=0.8, ptx_coef=ptx_coef)
   txs = {"actor": optax.sgd(1e-2), "critic": optax.sgd(1e-2)}
   params = {"actor": models["actor_params"], "critic": models["critic_params"]}
   state = PPOState(step=jnp.int32(0), params=params, opt_state={k: txs[k].init(v) for k, v in params.items()},
@@ -305,8 +307,8 @@ def test_critic_free_update(models):
   the actor alone and reports no value loss."""
   _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
   rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]), values=rollout.values + 0.7 * rollout.mask)
-  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8, critic_free=True,
-                               epochs=1, minibatches=1)
+  settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=3, group_baseline=True, gamma=0.9,
+                                            lam=0.8, critic_free=True, epochs=1, minibatches=1)
   batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
   centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]),
                             values=jnp.zeros_like(rollout.values))
@@ -400,8 +402,9 @@ def test_kl_loss_pulls_the_actor_back_to_the_reference(models):
   the actor equal to the reference the term adds exactly nothing; without ref_params the update refuses."""
   _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
   rollout = rollout.replace(scores=jnp.zeros(3))
-  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, critic_free=True, epochs=1,
-                               minibatches=1, kl_loss_coef=1.0)
+  settings = steps.PPOSettings.from_config(base_config().ppo, temperature=1.0, samples_per_prompt=3,
+                                            group_baseline=True, critic_free=True, epochs=1, minibatches=1,
+                                            kl_loss_coef=1.0)
   txs = {"actor": optax.sgd(0.5)}
   state_of = lambda p: PPOState(step=jnp.int32(0), params={"actor": p}, opt_state={"actor": txs["actor"].init(p)},
                                 kl_coef=jnp.float32(0.0), ema=None, reward=None, rng=jax.random.PRNGKey(0))
@@ -445,8 +448,8 @@ def test_reward_norm_normalises_by_moments_with_this_batch_then_clips(models):
   earlier = np.array([1.0, 2.0, 0.0, 3.0])
   moments = advantages_lib.update_running_moments(advantages_lib.init_running_moments(), jnp.asarray(earlier))
   moments = advantages_lib.update_running_moments(moments, rollout.scores)
-  settings = steps.PPOSettings(samples_per_prompt=3, group_baseline=True, gamma=0.9, lam=0.8, reward_norm=True,
-                               reward_clip=1.0)
+  settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=3, group_baseline=True, gamma=0.9,
+                                            lam=0.8, reward_norm=True, reward_clip=1.0)
   batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings, moments)
   seen = np.concatenate([earlier, [0.5, -1.0, 4.0]])
   normalised = np.clip((np.array([0.5, -1.0, 4.0]) - seen.mean()) / seen.std(), -1.0, 1.0)
@@ -477,8 +480,9 @@ def test_critic_warmup_freezes_the_actor_and_the_state_carries_score_moments(mod
   state = PPOState(step=jnp.int32(0), params=params, opt_state={k: txs[k].init(v) for k, v in params.items()},
                    kl_coef=jnp.float32(0.3), ema=models["actor_params"], reward=None, rng=jax.random.PRNGKey(0),
                    score_moments=advantages_lib.init_running_moments())
-  settings = steps.PPOSettings(epochs=2, minibatches=1, adaptive_kl=True, kl_target=0.01, ema_decay=0.5,
-                               reward_norm=True, critic_warmup=1)
+  settings = steps.PPOSettings.from_config(base_config().ppo, temperature=1.0, epochs=2, minibatches=1,
+                                            adaptive_kl=True, kl_target=0.01, ema_decay=0.5, reward_norm=True,
+                                            critic_warmup=1)
   update = jax.jit(steps.make_ppo_update(models["actor"], models["critic"], txs, settings))
   plain = jax.jit(steps.make_ppo_update(models["actor"], models["critic"], txs,
                                         steps.PPOSettings(**{**settings.__dict__, "critic_warmup": 0})))
@@ -508,10 +512,11 @@ def test_critic_warmup_freezes_the_actor_and_the_state_carries_score_moments(mod
   assert float(after.score_moments.var) == pytest.approx(scores.var(), rel=1e-5)
   assert float(metrics["ppo/score_std_running"]) == pytest.approx(scores.std(), rel=1e-5)
   with pytest.raises(ValueError, match="critic_warmup"):  # No critic to warm up.
-    steps.make_ppo_update(models["actor"], None, txs, steps.PPOSettings(critic_warmup=1, critic_free=True))
+    steps.make_ppo_update(models["actor"], None, txs,
+                          steps.PPOSettings.from_config(base_config().ppo, critic_warmup=1, critic_free=True))
   with pytest.raises(ValueError, match="critic_warmup"):  # A shared trunk: learning values would move the policy.
     steps.make_ppo_update(models["actor"].clone(heads=("lm", "value")), None, txs,
-                          steps.PPOSettings(critic_warmup=1))
+                          steps.PPOSettings.from_config(base_config().ppo, critic_warmup=1))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -564,7 +569,7 @@ def test_build_ppo_builds_a_run_that_steps_and_writes_nothing(tmp_path, ppo_args
   loop writes there."""
   from rlhf_jax.stages import ppo as ppo_stage
   config = main_lib.resolve_config(os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke",
-                                   main_lib.parse_overrides(["--config.train.batch_size=8", *ppo_args]))
+                                   parse_overrides(["--config.train.batch_size=8", *ppo_args]))
   workdir = tmp_path / "ppo"
   setup = ppo_stage.build_ppo(config, str(workdir))
   assert setup.critic is not None and set(setup.state.params) == {"actor", "critic"}
@@ -665,6 +670,10 @@ def test_ppo_iterated_rounds_retrain_the_reward_model(tmp_path, ppo_args, toywor
   initial = len((toyworld_reward_smoke[0] / "comparisons" / "train.jsonl").read_text().splitlines())
   rows = [r for r in read_metrics(str(workdir)) if "round/index" in r]
   assert [r["step"] for r in rows] == [3] and rows[0]["round/comparisons"] == initial + len(lines)
+  # The round trained as a run of the one loop: its own log (the loss it reports) and final checkpoint.
+  round_log = [r for r in read_metrics(str(workdir / "rounds" / "round_1")) if "train/loss" in r]
+  assert [r["step"] for r in round_log] == [2] and round_log[0]["train/loss"] == rows[0]["round/rm_loss"]
+  assert os.listdir(workdir / "rounds" / "round_1" / "checkpoints") == ["2"]
   _, state = _state_arrays(workdir)
   _, start = convert.load_converted(str(toyworld_reward_smoke[0] / "reward_model"))
   trained = {k: v for k, v in state["reward"]["params"].items() if k != "reward_head"}
@@ -693,18 +702,80 @@ def test_initial_comparisons_follow_the_reward_runs_data_path(tmp_path):
   assert len(ppo_stage.initial_comparisons(str(reward_dir), 0.1)) == 2
 
 
-def test_ppo_against_the_gold_scorer(tmp_path, ppo_args):
-  """ppo.reward='gold': each iteration's total score is gold_scale x the policy's gold minus the unfinished
-  penalty (the reward model's own score is still reported); outside toyworld it is refused by key."""
-  summary = run_smoke("toyworld_ppo.py", tmp_path / "gold", *ppo_args, "--config.ppo.reward=gold",
-                      "--config.ppo.gold_scale=2.0", "--config.train.steps=2", "--config.ppo.ptx_coef=0")
+def test_ppo_against_the_gold_scorer(tmp_path, ppo_args, monkeypatch):
+  """ppo.reward='gold': the score the update gets for each answer is gold_scale x toyworld's gold score of that
+  answer to its own prompt, minus the unfinished penalty -- computed here row by row with
+  `toyworld.gold_score` -- and not the reward model's (still logged as ppo/score). The smoke policy's own
+  answers all score 0, so in each rollout every other answer is replaced by a demonstrator's, alternately
+  right and wrong: gold then varies, and a constant, the reward model or another row's gold would not match.
+  The run is the real command; its PPO step is built with spies around generation, the rollout pass and the
+  update; 24 new tokens let most demonstrations finish (the smoke tokenizer spells words nearly letter by
+  letter). Outside toyworld ppo.reward='gold' is refused by key."""
+  from rlhf_jax.data import toyworld
+  from rlhf_jax.stages import ppo as ppo_stage
+  original, seen = ppo_stage.make_ppo_step, []
+
+  def spied_ppo_step(config, *, generate, collect, update, tokenizer, world, train_prompts, **kwargs):
+    current = {}
+    rng = np.random.default_rng(0)
+
+    def planted_generate(params, prompt, prompt_mask, key):
+      sample = generate(params, prompt, prompt_mask, key)
+      host = jax.device_get(sample)
+      tokens, mask, ended = np.array(host.tokens), np.array(host.mask), np.array(host.ended)
+      n = tokens.shape[1]
+      for b in range(0, len(tokens), 2):  # Rows of a prompt are adjacent: each prompt gets one planted answer.
+        inst = train_prompts.instances[current["index"][b]]
+        answer = toyworld.demonstrate(world, inst, rng, error_rate=float(b // 2 % 2))
+        ids = tokenizer.encode(answer) + [tokenizer.end_of_turn_id]
+        tokens[b], mask[b], ended[b] = tokenizer.pad_id, np.arange(n) < len(ids), len(ids) <= n
+        tokens[b, :min(len(ids), n)] = ids[:n]
+      planted = host.replace(tokens=tokens, mask=mask, ended=ended, lengths=mask.sum(-1).astype(np.int32),
+                             log_probs=np.where(mask, host.log_probs, 0.0).astype(np.float32),
+                             num_steps=np.int32(max(int(host.num_steps), int(mask.sum(-1).max()))))
+      current["sample"] = planted
+      return jax.tree.map(lambda x, like: jax.device_put(x, like.sharding), planted, sample)
+
+    def spied_collect(*args):
+      rollout = collect(*args)
+      current["rm_scores"], current["rm_total"] = jax.device_get((rollout.rm_scores, rollout.scores))
+      return rollout
+
+    def spied_update(state, rollout, *args):
+      seen.append({**current, "scores": np.asarray(jax.device_get(rollout.scores)), "tokenizer": tokenizer,
+                   "world": world, "instances": train_prompts.instances})
+      return update(state, rollout, *args)
+
+    step = original(config, generate=planted_generate, collect=spied_collect, update=spied_update,
+                    tokenizer=tokenizer, world=world, train_prompts=train_prompts, **kwargs)
+
+    def spied_step(state, batch, key):
+      current.clear()
+      current["index"] = np.asarray(jax.device_get(batch["index"]))
+      return step(state, batch, key)
+
+    return spied_step
+
+  monkeypatch.setattr(ppo_stage, "make_ppo_step", spied_ppo_step)
+  workdir = tmp_path / "gold"
+  summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.ppo.reward=gold", "--config.ppo.gold_scale=2.0",
+                      "--config.train.steps=2", "--config.ppo.ptx_coef=0", "--config.ppo.max_new_tokens=24")
   assert summary["complete"] is True
-  rows = [r for r in read_metrics(str(tmp_path / "gold")) if "ppo/kl" in r]
-  assert len(rows) == 2
-  for r in rows:
-    expected = 2.0 * r["ppo/gold"] - 1.0 * (1.0 - r["ppo/end_of_turn_rate"])
-    assert r["ppo/score_total"] == pytest.approx(expected, abs=1e-5)
-    assert r["ppo/score_total"] != pytest.approx(r["ppo/score"] - (1.0 - r["ppo/end_of_turn_rate"]), abs=1e-4)
+  penalty = json.load(open(workdir / "config.json"))["ppo"]["unfinished_penalty"]
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert len(seen) == len(rows) == 2
+  for it, r in zip(seen, rows):
+    sample, tokenizer = it["sample"], it["tokenizer"]
+    texts = [tokenizer.decode(t[m][:-1] if e else t[m]) for t, m, e in zip(sample.tokens, sample.mask, sample.ended)]
+    gold = np.array([toyworld.gold_score(it["world"], it["instances"][i], text) for i, text in zip(it["index"], texts)])
+    expected = 2.0 * gold - penalty * ~sample.ended
+    np.testing.assert_allclose(it["scores"], expected, atol=1e-5)
+    assert gold.max() > 0.5 and len(np.unique(gold.round(4))) >= 3, (gold, texts)  # Gold varies.
+    assert not np.allclose(it["scores"], it["rm_total"], atol=1e-3)  # Not the reward model's scores.
+    # The log says the same: gold, the total score the update used, and the reward model's score beside it.
+    assert r["ppo/gold"] == pytest.approx(gold.mean(), abs=1e-5)
+    assert r["ppo/score_total"] == pytest.approx(expected.mean(), abs=1e-5)
+    assert r["ppo/score"] == pytest.approx(it["rm_scores"].mean(), abs=1e-5)
   argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
           str(tmp_path / "text"), *ppo_args, "--config.ppo.reward=gold", "--config.data.source=text"]
   assert main_lib.main(argv) == 2

@@ -11,8 +11,10 @@ import pytest
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax import sweep
+from rlhf_jax.artifacts.models import load_pretrained
+from rlhf_jax.artifacts.reward_model import load_reward_model
 from rlhf_jax.eval import report
-from rlhf_jax.stages.common import load_pretrained
+from rlhf_jax.eval.best_of_n import best_of_n_samples
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train.checkpoint import Checkpointer
 
@@ -128,7 +130,6 @@ def test_one_evaluator_gives_every_stage_the_same_answers(stage_dirs, toyworld_s
   from rlhf_jax.data import toyworld
   from rlhf_jax.eval.gold import answer_keys, eval_seed, gold_evaluation, sample_answers
   from rlhf_jax.eval.policy import PolicyEvaluator
-  from rlhf_jax.stages import reward
 
   with open(os.path.join(stage_dirs["sft"], "config.json")) as f:
     config = json.load(f)
@@ -141,15 +142,15 @@ def test_one_evaluator_gives_every_stage_the_same_answers(stage_dirs, toyworld_s
 
   metrics, sft_texts = gold_evaluation(model, params, tokenizer, world, instances, sampling, mesh=mesh)
   assert len(set(sft_texts)) > 1  # The smoke model's answers vary, so equal lists below are no accident.
-  rm_model, rm_params, _, spec = reward.load_reward_model(stage_dirs["reward"], mesh)
+  rm_model, rm_params, _, spec = load_reward_model(stage_dirs["reward"], mesh)
   evaluator = PolicyEvaluator(actor=model, reference=model.clone(heads=("lm",)), reward_model=rm_model,
                               ref_params=params, rm_params=rm_params, tokenizer=tokenizer, mesh=mesh,
                               prompts=prompts, sampling=sampling, seed=eval_seed(sampling),
-                              reward_token=bool(spec.get("reward_token")), world=world, instances=instances)
+                              reward_token=spec.reward_token, world=world, instances=instances)
   ppo_view = evaluator.sample(params)
   assert ppo_view.texts == sft_texts
   np.testing.assert_allclose(ppo_view.kl, 0.0, atol=1e-5)  # The reference itself.
-  best_of_3 = reward.best_of_n_samples(model, params, tokenizer, instances, sampling, 3, eval_seed(sampling), mesh)
+  best_of_3 = best_of_n_samples(model, params, tokenizer, instances, sampling, 3, eval_seed(sampling), mesh)
   assert best_of_3[::3] == sft_texts and best_of_3[1::3] != sft_texts
   # The stages' own summaries agree: PPO's SFT baseline is the SFT stage's last evaluation.
   sft_summary, ppo_summary = toyworld_smoke["sft"][1], toyworld_ppo_smoke[1]

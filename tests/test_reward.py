@@ -19,6 +19,8 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.model.transformer import Transformer, unbox
+from rlhf_jax.artifacts.models import load_pretrained
+from rlhf_jax.artifacts.reward_model import load_reward_model
 from rlhf_jax.stages import common, reward
 from rlhf_jax.tokenizer import CharTokenizer
 from rlhf_jax.train import steps
@@ -416,13 +418,13 @@ def test_saved_reward_model_is_normalised_on_sft_samples(runs):
   config = main_lib.resolve_config(_argv("toyworld_reward.py", workdir)[1], [BATCH[9:], *(x[9:] for x in extra)])
   assert config.init_from == str(sft_dir) and config.train.batch_size == 8
   mesh = common.make_mesh(config)
-  model, params, tokenizer, spec = reward.load_reward_model(str(workdir), mesh)
-  assert spec["normalization"]["num_samples"] == config.reward.norm_samples
-  sft, sft_params, _ = common.load_pretrained(str(sft_dir), mesh, heads=("lm",))
+  model, params, tokenizer, spec = load_reward_model(str(workdir), mesh)
+  assert spec.normalization["num_samples"] == config.reward.norm_samples
+  sft, sft_params, _ = load_pretrained(str(sft_dir), mesh, heads=("lm",))
   source = sources.open_source(str(workdir / "comparisons" / "train.jsonl"), "comparisons")
   records = [source[i] for i in range(len(source))]
   pairs = reward.normalization_samples(config, sft, sft_params, tokenizer, records)
-  tokens, start, end = reward.encode_responses(tokenizer, pairs, config.train.seq_len, spec["reward_token"])
+  tokens, start, end = pipelines.encode_responses(tokenizer, pairs, config.train.seq_len, spec.reward_token)
   scores = rm_eval.make_scorer(model, mesh, chunk=16)(params, tokens, start, end)
   assert len(scores) == config.reward.norm_samples
   assert abs(scores.mean()) < 0.05 and abs(scores.std() - 1.0) < 0.05

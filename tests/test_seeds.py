@@ -18,7 +18,7 @@ from rlhf_jax import main as main_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax import sweep
 from rlhf_jax.errors import UserError
-from rlhf_jax.stages import common
+from rlhf_jax.artifacts.models import load_pretrained
 from rlhf_jax.train import loop as loop_lib
 from rlhf_jax.train.metrics import read_metrics
 
@@ -85,7 +85,7 @@ def test_crash_then_resume_ends_with_the_same_stacked_parameters(
 def test_a_workdir_of_several_seeds_is_not_a_starting_point(two_seeds):
   workdir, _ = two_seeds
   with pytest.raises(UserError, match=f"{workdir}: this workdir holds 2 models .*train.seeds=2") as e:
-    common.load_pretrained(str(workdir), mesh_lib.make_mesh(config_lib.mesh_config()))
+    load_pretrained(str(workdir), mesh_lib.make_mesh(config_lib.mesh_config()))
   assert "\n" not in str(e.value)
 
 

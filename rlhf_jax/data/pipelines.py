@@ -129,13 +129,15 @@ def comparison_example(tokenizer: Tokenizer, record: dict, seq_len: int, num_res
 
 def comparison_pipeline(examples: Sequence[dict], global_batch_size: int, seed: int,
                         repeat: bool = True) -> grain.IterDataset:
-  """Batches of comparison examples (from `comparison_example`), shuffled by seed, this host's share."""
+  """Batches of comparison examples (from `comparison_example`), shuffled by seed: for training (`repeat`) this
+  host's share, for one pass every process the same global batches (as `packed_pipeline`)."""
   if not examples:
     raise UserError("no comparisons to train on")
-  ds = _host_slice(grain.MapDataset.source(list(examples)).seed(seed).shuffle())
+  ds = grain.MapDataset.source(list(examples)).seed(seed).shuffle()
   if repeat:
-    ds = ds.repeat()
-  return ds.batch(host_batch_size(global_batch_size), drop_remainder=repeat).to_iter_dataset()
+    ds = _host_slice(ds).repeat()
+  return ds.batch(host_batch_size(global_batch_size) if repeat else global_batch_size,
+                  drop_remainder=repeat).to_iter_dataset()
 
 
 def to_rm_batch(rows: dict) -> RMBatch:
@@ -157,7 +159,10 @@ def packed_pipeline(sequences: Sequence[np.ndarray], seq_len: int, global_batch_
                     repeat: bool = True) -> grain.IterDataset:
   """Batches {"tokens", "tokens_segment_ids", "tokens_positions", "mask"} (b, T + 1) of packed documents.
 
-  `masks` (same lengths as `sequences`) marks the tokens the loss may predict; by default all.
+  `masks` (same lengths as `sequences`) marks the tokens the loss may predict; by default all. Training
+  (`repeat`) gives each process its own rows, host batches of global_batch_size / processes; one pass for
+  evaluation (repeat=False) gives every process the same global batches, the last one short, which the
+  evaluator pads and splits (eval/lm.py), so all processes run the same number of evaluation steps.
   """
   pieces = []
   for i, ids in enumerate(sequences):
@@ -167,14 +172,14 @@ def packed_pipeline(sequences: Sequence[np.ndarray], seq_len: int, global_batch_
         pieces.append((piece, piece_mask))
   if not pieces:
     raise UserError("no training examples left after tokenisation (every example is empty or fully masked)")
-  ds = _host_slice(grain.MapDataset.source(pieces).seed(seed).shuffle())
+  ds = grain.MapDataset.source(pieces).seed(seed).shuffle()
   if repeat:
-    ds = ds.repeat()
+    ds = _host_slice(ds).repeat()
   ds = ds.map(lambda p: {"tokens": p[0], "mask": p[1]}).to_iter_dataset()
   length = seq_len + 1
   ds = grain.experimental.FirstFitPackIterDataset(ds, length_struct={"tokens": length, "mask": length},
                                                   num_packing_bins=num_packing_bins, seed=seed)
-  return ds.batch(host_batch_size(global_batch_size), drop_remainder=repeat)
+  return ds.batch(host_batch_size(global_batch_size) if repeat else global_batch_size, drop_remainder=repeat)
 
 
 def to_lm_batch(rows: dict) -> LMBatch:
@@ -267,3 +272,16 @@ def ppo_pipeline(prompt_tokens: np.ndarray, prompt_mask: np.ndarray, global_batc
     return out
 
   return grain.MapDataset.range(1 << 40).map(element).to_iter_dataset()
+
+
+def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(prompt, response text) pairs -> tokens (N, T), start (N,), end (N,): what `eval.rm.make_scorer` scores."""
+  tokens = np.full((len(pairs), seq_len), tokenizer.pad_id, np.int32)
+  start = np.zeros(len(pairs), np.int32)
+  end = np.zeros(len(pairs), np.int32)
+  for n, (prompt, text) in enumerate(pairs):
+    ids, start[n], end[n] = scored_sequence(tokenizer, prompt_ids(tokenizer, prompt), tokenizer.encode(text), seq_len,
+                                           reward_token)
+    tokens[n, :len(ids)] = ids
+  return tokens, start, end

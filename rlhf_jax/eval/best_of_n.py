@@ -21,6 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
+from rlhf_jax.data import toyworld
+from rlhf_jax.data.pipelines import encode_responses
+from rlhf_jax.eval.gold import sample_answers
+
 
 def kl_bound(n: int) -> float:
   """The KL (nats) of best-of-n to the policy it samples from, for a continuous score: log n - (n-1)/n."""
@@ -62,3 +66,29 @@ def best_of_n_table(rm_scores: np.ndarray, gold: np.ndarray, tasks: Sequence[str
       row[f"oracle_gold/{task}"] = float(oracle_pick[tasks == task].mean())
     rows.append(row)
   return rows
+
+
+def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, seed: int, mesh=None) -> list[str]:
+  """n answers per toyworld instance (instance-major) from the policy, for `best_of_n_rows`: the held-out
+  evaluations' sampler, so each prompt's first answer is the one the other evaluations score."""
+  return sample_answers(model, params, tokenizer, [inst.prompt for inst in instances], sampling, seed=seed,
+                        num_samples=n, mesh=mesh).texts
+
+
+def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str], seq_len: int,
+                   reward_token: bool) -> list[dict]:
+  """`best_of_n_table` of the answers `texts` (n per instance, from `best_of_n_samples`) scored by the
+  reward model (`score`, `params`: `rm_eval.make_scorer`) and by gold, for n = 1, 2, 4, ... and n itself."""
+  n = len(texts) // len(instances)
+  repeated = [inst for inst in instances for _ in range(n)]
+  pairs = [([{"role": "user", "content": inst.prompt}], text) for inst, text in zip(repeated, texts)]
+  tokens, start, end = encode_responses(tokenizer, pairs, seq_len, reward_token)
+  scores = score(params, tokens, start, end).reshape(len(instances), n)
+  gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
+  ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
+  return best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+
+
+def best_of_n_metrics(rows: list[dict]) -> dict:
+  """Summary keys best_of_n/N/{gold, oracle_gold, rm_score, kl_bound}, and gold per task, for every N."""
+  return {f"best_of_n/{row['n']}/{k}": v for row in rows for k, v in row.items() if k != "n"}

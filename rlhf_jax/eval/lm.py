@@ -11,6 +11,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax import losses
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.data import pipelines
 from rlhf_jax.data.pipelines import to_lm_batch
 from rlhf_jax.model.transformer import Transformer
 
@@ -51,3 +52,17 @@ def make_lm_evaluator(model: Transformer, mesh: Mesh, batches: Callable[[], Iter
 
   return evaluate
 
+
+def heldout_lm_evaluator(model, mesh, tokenizer, docs: list[str], seq_len: int, batch_size: int, seed: int,
+                         prefix: str = "eval"):
+  """The held-out pretraining loss as the pretraining stage measures it: documents (BOS + text + EOS) packed
+  into rows of `seq_len` with segment ids, so no document attends to another, each token predicted once.
+  SFT and PPO report the loss on the same documents through this function, so the alignment tax compares
+  with pretraining's own figure (a stream cut into windows scores the same model far worse: the windows
+  cross document boundaries the model never attended across, and cut documents mid-way)."""
+  if model.config.position == "learned":  # A model with a position table reads no further than it.
+    seq_len = min(seq_len, model.config.max_len)
+  val = [pipelines.document_ids(tokenizer, d) for d in docs]
+  return make_lm_evaluator(model, mesh, lambda: pipelines.packed_pipeline(val, seq_len, batch_size, seed,
+                                                                          repeat=False),
+                           batch_size, prefix=prefix)

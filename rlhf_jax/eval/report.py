@@ -33,6 +33,13 @@ import os
 import types
 from typing import Any, Optional, Sequence
 
+import jax
+
+from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.artifacts.models import load_pretrained
+from rlhf_jax.data import toyworld
+from rlhf_jax.eval.gold import eval_seed, sample_answers
+from rlhf_jax.model.hf import read_json_object
 from rlhf_jax.train.loop import read_summary
 from rlhf_jax.train.metrics import read_metrics
 
@@ -261,13 +268,11 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
 
 
 def _run_config(stage_dir: str) -> dict:
-  from rlhf_jax.model.hf import read_json_object
   return read_json_object(os.path.join(stage_dir, "config.json"))
 
 
 def default_prompts(config: dict, num: int = NUM_SAMPLE_PROMPTS):
   """Toyworld held-out instances, one per task (None when the runs are not on toyworld)."""
-  from rlhf_jax.data import toyworld
   if config.get("data", {}).get("source") != "toyworld":
     return None
   seed = config["toyworld"]["seed"]
@@ -277,13 +282,6 @@ def default_prompts(config: dict, num: int = NUM_SAMPLE_PROMPTS):
 
 def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sampling) -> dict:
   """{stage: (texts, gold scores or None)} for the LM stages present, all on the same prompts and key."""
-  import jax
-
-  from rlhf_jax import mesh as mesh_lib
-  from rlhf_jax.data import toyworld
-  from rlhf_jax.eval.gold import eval_seed, sample_answers
-  from rlhf_jax.stages.common import load_pretrained
-
   out = {}
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   for stage in ("pretrain", "sft", "ppo"):

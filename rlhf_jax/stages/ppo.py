@@ -33,16 +33,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.artifacts import comparisons, models
+from rlhf_jax.artifacts.documents import load_documents
+from rlhf_jax.artifacts.reward_model import (RewardModelSpec, check_shared_tokenizer, load_reward_model,
+                                             normalize_params)
 from rlhf_jax.data import pipelines, sources, toyworld
+from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval import gold as eval_gold
+from rlhf_jax.eval.lm import heldout_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, PolicySamples, to_host
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate, response_token_ids
-from rlhf_jax.stages import common, comparisons, pretrain, reward
+from rlhf_jax.stages import common
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
@@ -96,7 +102,7 @@ def ptx_documents(config) -> tuple[list[str], list[str]] | None:
     cut = max(1, int(round(len(texts) * (1.0 - config.data.val_fraction))))
     return texts[:cut], texts[cut:] or texts[-1:]
   if config.data.source == "toyworld":
-    return pretrain.load_documents(config)
+    return load_documents(config)
   return None
 
 
@@ -165,8 +171,11 @@ class RewardRounds:
   `ppo.round_steps` steps on every comparison so far (the reward stage's, then each round's), then its gain
   and bias are refitted so that this round's policy samples score mean 0, std 1 -- the scale PPO's KL
   coefficient was chosen for. The reward model's params and optimizer state live in the PPO state, so
-  checkpoints and resumption cover them; a resumed round re-reads its comparisons file and repeats the same
-  deterministic training."""
+  checkpoints and resumption cover them. Each round's training is a run of the one training loop in
+  WORKDIR/rounds/round_R/ (its metrics.jsonl, the NaN check, checkpoints: a round interrupted midway resumes
+  from its own checkpoint) with the reward step jitted as every step is (`steps.jit_step`: shardings,
+  donation), on batches drawn by the comparison pipeline; a resumed PPO run that repeats a finished round
+  re-reads its comparisons and its final checkpoint."""
 
   def __init__(self, config, workdir, rm_model, tokenizer, spec, lm, mesh):
     self.config, self.workdir, self.tokenizer, self.lm, self.mesh = config, workdir, tokenizer, lm, mesh
@@ -174,15 +183,16 @@ class RewardRounds:
     if config.data.source != "toyworld":
       raise UserError("config key 'ppo.round_every': iterated rounds label samples with toyworld's simulated "
                       "annotator; they need data.source='toyworld'")
-    self.seq_len, self.reward_token = spec["seq_len"], bool(spec.get("reward_token"))
+    self.seq_len, self.reward_token = spec.seq_len, spec.reward_token
     self.k_max = config.reward.max_responses
     self.initial = initial_comparisons(ppo.reward_from, config.data.val_fraction)
     optim = config.optim.copy_and_resolve_references()
     optim.lr, optim.schedule, optim.warmup_steps, optim.weight_decay = ppo.round_lr, "constant", 0, 0.0
     self.tx, schedule = state_lib.make_optimizer(optim, 1)
-    loss = spec.get("loss", config.reward.loss)  # The variant the reward model was trained with.
-    self.step = jax.jit(steps.make_rm_step(rm_model, self.tx, schedule, 1, loss, config.reward.margin,
-                                           config.reward.threshold), donate_argnums=(0,))
+    # The variant the reward model was trained with; jitted with the state's shardings at the first round.
+    self.rm_step = steps.make_rm_step(rm_model, self.tx, schedule, 1, spec.loss, config.reward.margin,
+                                      config.reward.threshold)
+    self.step = None
     self.scorer = rm_eval.make_scorer(rm_model, mesh, chunk=ppo.round_batch * self.k_max)
 
   def due(self, iteration: int) -> bool:
@@ -216,30 +226,41 @@ class RewardRounds:
       return reward_state, {"round/index": float(r), "round/comparisons": float(len(everything))}
     examples = [pipelines.comparison_example(self.tokenizer, rec, self.seq_len, self.k_max, self.reward_token)
                 for rec in everything]
-    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
-                             opt_state=reward_state["opt_state"], rng=jax.random.PRNGKey(config.seed + r))
-    order = np.random.default_rng(config.seed + 1000 + r)
-    losses = []
-    with mesh_lib.activate(self.mesh):
-      for i in range(ppo.round_steps):
-        rows = [examples[j] for j in order.integers(0, len(examples), ppo.round_batch)]
-        local = {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-        batch = mesh_lib.shard_batch(pipelines.to_rm_batch(local), self.mesh)
-        state, metrics = self.step(state, batch, state.rng)
-        losses.append(metrics["train/loss"])
+    state, summary = self.train(r, reward_state, examples)
     # Refit the gain and bias on this round's policy samples (one per prompt).
     pairs = [(rec["prompt"], rec["responses"][0]) for rec in records]
-    tokens, start, end = reward.encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
+    tokens, start, end = encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
     head = jax.device_get(state.params["reward_head"])
     fit = rm_eval.fit_normalization(self.scorer(state.params, tokens, start, end), float(head["gain"]),
                                           float(head["bias"]))
-    params = reward.normalize_params(state.params, fit)
+    params = normalize_params(state.params, fit)
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, reward_state["params"]))
     gold = [g for rec in records for g in rec["gold"]]
     metrics = {"round/index": float(r), "round/comparisons": float(len(everything)),
-               "round/rm_loss": float(np.mean(jax.device_get(losses))), "round/sample_gold": float(np.mean(gold)),
+               "round/rm_loss": summary["train/loss"], "round/sample_gold": float(np.mean(gold)),
                "round/raw_mean": fit["raw_mean"], "round/raw_std": fit["raw_std"]}
     return {"params": params, "opt_state": state.opt_state}, metrics
+
+  def train(self, r: int, reward_state: dict, examples: list[dict]) -> tuple[state_lib.TrainState, dict]:
+    """Round `r`'s `ppo.round_steps` steps from `reward_state` on `examples`, a run of the one training loop in
+    WORKDIR/rounds/round_R/. Returns (final state, the loop's summary)."""
+    config, ppo = self.config, self.config.ppo
+    replicated = mesh_lib.replicated(self.mesh)
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=reward_state["params"],
+                                 opt_state=reward_state["opt_state"], rng=jax.random.PRNGKey(config.seed + r))
+    shardings = state_lib.TrainState(step=replicated, rng=replicated,
+                                     **{k: jax.tree.map(lambda x: x.sharding, v) for k, v in reward_state.items()})
+    if self.step is None:  # One compilation for every round: the shapes do not change.
+      example = pipelines.to_rm_batch({k: np.stack([v] * ppo.round_batch) for k, v in examples[0].items()})
+      self.step = steps.jit_step(self.rm_step, shardings, example, self.mesh)
+    loop = LoopConfig(total_steps=ppo.round_steps, log_every=ppo.round_steps, eval_every=ppo.round_steps,
+                      checkpoint_every=ppo.round_steps, tokens_per_step=ppo.round_batch * self.k_max * self.seq_len,
+                      keep_checkpoints=1, desc=f"reward round {r}")
+    data = pipelines.comparison_pipeline(examples, ppo.round_batch, config.seed + 1000 + r)
+    return train_loop(loop, workdir=os.path.join(self.workdir, "rounds", f"round_{r}"), state=state,
+                      shardings=shardings, step_fn=self.step, rng=jax.random.PRNGKey(config.seed + 1000 + r),
+                      data=iter(data), make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_rm_batch(rows),
+                                                                                    self.mesh))
 
 
 def make_evaluators(config, *, actor: Transformer, ref_params, rm_model: Transformer, rm_params, tokenizer, mesh,
@@ -311,7 +332,7 @@ class PPOSetup:
   reward_model: Transformer
   ref_params: dict
   rm_params: dict
-  reward_spec: dict
+  reward_spec: RewardModelSpec
   txs: dict
   settings: steps.PPOSettings
   rounds: RewardRounds | None
@@ -346,12 +367,12 @@ def load_models(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenize
   resumed run) or init_from's; nothing is written (`run` saves it when the run starts)."""
   ppo = config.ppo
   actor_heads = ("lm", "value") if ppo.shared_critic else ("lm",)
-  actor, sft_params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model, heads=actor_heads)
+  actor, sft_params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model, heads=actor_heads)
   common.record_model(config, workdir, actor.config)
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
-  common.check_vocab(tokenizer, actor.config, config.init_from)
-  rm_model, rm_params, rm_tokenizer, spec = reward.load_reward_model(ppo.reward_from, mesh, config.model)
-  reward.check_shared_tokenizer(ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
+  tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
+  models.check_vocab(tokenizer, actor.config, config.init_from)
+  rm_model, rm_params, rm_tokenizer, spec = load_reward_model(ppo.reward_from, mesh, config.model)
+  check_shared_tokenizer(ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
   width = ppo.prompt_len + ppo.max_new_tokens + 2
   for name, model in (("init_from", actor), ("ppo.reward_from", rm_model)):
     if model.config.position == "learned" and width > model.config.max_len:
@@ -522,7 +543,7 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
   docs = ptx_documents(config)
   dataset, make_batch = training_data(config, tokenizer, train_prompts, docs), batch_maker(mesh)
-  reward_id = tokenizer.reward_id if spec.get("reward_token") else None
+  reward_id = tokenizer.reward_id if spec.reward_token else None
   generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
                            stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
   critic, critic_params = make_critic(config, rm_model, rm_params, tokenizer=tokenizer, reward_id=reward_id,
@@ -542,7 +563,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
                          end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
                          unfinished_penalty=ppo.unfinished_penalty)
   settings = steps.PPOSettings.from_config(ppo)
-  update = jax.jit(steps.make_ppo_update(actor, critic, txs, settings, reference), donate_argnums=(0,))
+  update = steps.jit_ppo_update(steps.make_ppo_update(actor, critic, txs, settings, reference), shardings,
+                                jax.tree.map(lambda x: x.sharding, ref_params), mesh)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
                           train_prompts=train_prompts)
@@ -551,7 +573,7 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
   pretrain_eval = None
   if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
-    pretrain_eval = pretrain.heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len,
+    pretrain_eval = heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len,
                                                   config.train.batch_size, config.seed, prefix="eval/pretrain")
   baseline = {}
   return PPOSetup(
@@ -582,7 +604,7 @@ def run(config, workdir: str) -> dict:
     print(f"ppo: already finished in {workdir}; nothing to do")
     return summary
   setup = build_ppo(config, workdir)
-  common.save_tokenizer(workdir, setup.tokenizer)
+  models.save_tokenizer(workdir, setup.tokenizer)
   _, summary = train_loop(setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings,
                           step_fn=setup.step_fn, rng=setup.rng, data=setup.data(), make_batch=setup.make_batch,
                           evaluate=setup.evaluate, config=config,

@@ -30,22 +30,25 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from rlhf_jax import convert
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.artifacts import comparisons, models
+from rlhf_jax.artifacts.reward_model import MODEL_DIR, SPEC_FILE, RewardModelSpec, normalize_params
 from rlhf_jax.data import pipelines, sources, toyworld
+from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
-from rlhf_jax.eval import best_of_n as bon
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval import gold as eval_gold
-from rlhf_jax.eval.gold import sample_answers, sample_responses
+from rlhf_jax.eval.best_of_n import best_of_n_metrics, best_of_n_rows, best_of_n_samples
+from rlhf_jax.eval.gold import sample_responses
+from rlhf_jax.model.converted import save_converted
 from rlhf_jax.model.transformer import Transformer
-from rlhf_jax.stages import common, comparisons
+from rlhf_jax.stages import common
 from rlhf_jax.tokenizer import CharTokenizer, Tokenizer
-from rlhf_jax.train.loop import read_summary, write_summary
+from rlhf_jax.train import state as state_lib
+from rlhf_jax.train import steps
+from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
 from rlhf_jax.train.metrics import MetricsWriter
 
-MODEL_DIR = "reward_model"
-SPEC_FILE = "reward.json"
 COMPARISONS_DIR = "comparisons"  # Toyworld's sampled comparisons, in the workdir.
 
 
@@ -73,76 +76,8 @@ def normalization_samples(config, policy, params, tokenizer, records: list[dict]
   return list(zip(prompts, texts))
 
 
-def encode_responses(tokenizer, pairs, seq_len: int, reward_token: bool
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(prompt, response text) pairs -> tokens (N, T), start (N,), end (N,) for `make_scorer`."""
-  tokens = np.full((len(pairs), seq_len), tokenizer.pad_id, np.int32)
-  start = np.zeros(len(pairs), np.int32)
-  end = np.zeros(len(pairs), np.int32)
-  for n, (prompt, text) in enumerate(pairs):
-    ids, start[n], end[n] = pipelines.scored_sequence(tokenizer, pipelines.prompt_ids(tokenizer, prompt),
-                                                      tokenizer.encode(text), seq_len, reward_token)
-    tokens[n, :len(ids)] = ids
-  return tokens, start, end
-
-
-def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, seed: int, mesh=None) -> list[str]:
-  """n answers per toyworld instance (instance-major) from the policy, for `best_of_n_rows`: the held-out
-  evaluations' sampler, so each prompt's first answer is the one the other evaluations score."""
-  return sample_answers(model, params, tokenizer, [inst.prompt for inst in instances], sampling, seed=seed,
-                        num_samples=n, mesh=mesh).texts
-
-
-def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str], seq_len: int,
-                   reward_token: bool) -> list[dict]:
-  """`bon.best_of_n_table` of the answers `texts` (n per instance, from `best_of_n_samples`) scored by the
-  reward model (`score`, `params`: `rm_eval.make_scorer`) and by gold, for n = 1, 2, 4, ... and n itself."""
-  n = len(texts) // len(instances)
-  repeated = [inst for inst in instances for _ in range(n)]
-  pairs = [([{"role": "user", "content": inst.prompt}], text) for inst, text in zip(repeated, texts)]
-  tokens, start, end = encode_responses(tokenizer, pairs, seq_len, reward_token)
-  scores = score(params, tokens, start, end).reshape(len(instances), n)
-  gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
-  ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
-  return bon.best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
-
-
-def best_of_n_metrics(rows: list[dict]) -> dict:
-  """Summary keys best_of_n/N/{gold, oracle_gold, rm_score, kl_bound}, and gold per task, for every N."""
-  return {f"best_of_n/{row['n']}/{k}": v for row in rows for k, v in row.items() if k != "n"}
-
-
-def normalize_params(params: dict, fit: dict) -> dict:
-  head = {**params["reward_head"], "gain": np.float32(fit["gain"]), "bias": np.float32(fit["bias"])}
-  return {**params, "reward_head": head}
-
-
-def load_reward_model(path: str, mesh, runtime=None):
-  """(model with the reward head, normalised params, tokenizer, spec) from a reward workdir or the
-  `reward_model` directory in it. `spec` is reward.json: the loss variant, whether the score is read at an
-  appended reward token, the likelihood term's weight, and the normalisation."""
-  directory = path if os.path.exists(os.path.join(path, SPEC_FILE)) else os.path.join(path, MODEL_DIR)
-  spec_path = os.path.join(directory, SPEC_FILE)
-  if not os.path.exists(spec_path):
-    raise UserError(f"{path}: no trained reward model ({MODEL_DIR}/{SPEC_FILE} is missing; has the reward "
-                    "stage finished?)")
-  with open(spec_path) as f:
-    spec = json.load(f)
-  weight = float(spec.get("likelihood_weight", 0.0))
-  model, params, tokenizer = common.load_pretrained(directory, mesh, runtime,
-                                                    heads=("lm", "reward") if weight else ("reward",))
-  return model.clone(heads=("reward",), reward_likelihood=weight), params, tokenizer, spec
-
-
-def check_shared_tokenizer(reward_path: str, rm_tokenizer, policy_path: str, tokenizer) -> None:
-  """A policy and the reward model that scores it must share one tokenizer (the RM reads the policy's ids)."""
-  if rm_tokenizer is not None and rm_tokenizer.vocab_size != tokenizer.vocab_size:
-    raise UserError(f"{reward_path}: the reward model's tokenizer has {rm_tokenizer.vocab_size} tokens, the "
-                    f"policy's ({policy_path}) {tokenizer.vocab_size}: they must share one tokenizer")
-
-
 def warn_unused_tokenizer(config, tokenizer) -> None:
-  """A reward model reads text as its SFT model does: `common.resolve_tokenizer` takes the tokenizer that came
+  """A reward model reads text as its SFT model does: `models.resolve_tokenizer` takes the tokenizer that came
   with init_from (`tokenizer`; None when it had none) over data.tokenizer, so a data.tokenizer that names
   another kind, or a file, is unused. One warning line says so."""
   spec = config.data.tokenizer
@@ -165,15 +100,15 @@ def load_sft(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenizer]:
   its embeddings. The tokenizer is the workdir's (a resumed run) or init_from's, and a data.tokenizer naming
   another is reported unused (`warn_unused_tokenizer`). Nothing is written (`run` saves the tokenizer)."""
   require_init_from(config)
-  policy, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model, heads=("lm", "reward"))
+  policy, params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model, heads=("lm", "reward"))
   common.record_model(config, workdir, policy.config)
   warn_unused_tokenizer(config, tokenizer)
   seq_len = config.train.seq_len
   if policy.config.position == "learned" and seq_len > policy.config.max_len:
     raise UserError(f"config key 'train.seq_len': {seq_len} is longer than the model's "
                     f"{policy.config.max_len} learned positions ({config.init_from})")
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
-  common.check_vocab(tokenizer, policy.config, config.init_from)
+  tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
+  models.check_vocab(tokenizer, policy.config, config.init_from)
   return policy, params, tokenizer
 
 
@@ -343,7 +278,7 @@ def build_reward(config, workdir: str, mesh=None, sft: tuple[Transformer, dict, 
       bon_instances=bon_instances, bon_texts=bon_texts)
 
 
-def save_reward_model(setup: RewardSetup, workdir: str, final_params) -> dict:
+def save_reward_model(setup: RewardSetup, workdir: str, final_params) -> RewardModelSpec:
   """Normalises the trained model -- gain and bias such that the SFT answers `setup.norm_pairs` score mean 0,
   std 1 -- and writes it to WORKDIR/reward_model/ (model.json, params/, the tokenizer, reward.json): a complete
   model on its own, what `load_reward_model` reads. Returns its spec, reward.json, read back (a resumed run
@@ -355,20 +290,17 @@ def save_reward_model(setup: RewardSetup, workdir: str, final_params) -> dict:
     host = jax.device_get(final_params)
     fit = rm_eval.fit_normalization(setup.scorer(final_params, tokens, start, end),
                                     float(host["reward_head"]["gain"]), float(host["reward_head"]["bias"]))
-    spec = {"loss": setup.config.reward.loss, "reward_token": setup.reward_token, "normalization": fit,
-            "seq_len": seq_len, "likelihood_weight": setup.likelihood_weight}
+    spec = RewardModelSpec(loss=setup.config.reward.loss, reward_token=setup.reward_token, seq_len=seq_len,
+                           likelihood_weight=setup.likelihood_weight, normalization=fit)
     if jax.process_index() == 0:
-      convert.save_converted(os.path.join(workdir, MODEL_DIR), setup.model.config, normalize_params(host, fit),
+      save_converted(os.path.join(workdir, MODEL_DIR), setup.model.config, normalize_params(host, fit),
                              overwrite=True)
       setup.tokenizer.save(os.path.join(workdir, MODEL_DIR))
-      with open(spec_path + ".tmp", "w") as f:
-        json.dump(spec, f, indent=2, sort_keys=True)
-      os.replace(spec_path + ".tmp", spec_path)
-  with open(spec_path) as f:
-    return json.load(f)
+      spec.write(spec_path)
+  return RewardModelSpec.read(spec_path)
 
 
-def final_metrics(setup: RewardSetup, final_params, spec: dict) -> tuple[dict, list[dict]]:
+def final_metrics(setup: RewardSetup, final_params, spec: RewardModelSpec) -> tuple[dict, list[dict]]:
   """(metrics, calibration table) of the trained model: held-out accuracies, rank correlation and calibration,
   the normalisation, and best-of-n. Accuracies and rank correlation do not change under the (positive)
   normalisation; the calibration is of the trained model's own Bradley-Terry probabilities, so it uses the raw
@@ -379,7 +311,7 @@ def final_metrics(setup: RewardSetup, final_params, spec: dict) -> tuple[dict, l
     name = f"eval/calibration/{row['low']:.1f}-{row['high']:.1f}"
     metrics.update({f"{name}/predicted": row["predicted"], f"{name}/observed": row["observed"],
                     f"{name}/count": row["count"]})
-  fit = spec["normalization"]
+  fit = spec.normalization
   metrics.update({"norm/gain": fit["gain"], "norm/bias": fit["bias"], "norm/raw_mean": fit["raw_mean"],
                   "norm/raw_std": fit["raw_std"]})
   if setup.bon_texts is not None:  # Scores on the saved (normalised) scale: (raw - raw_mean) / raw_std.
@@ -413,7 +345,7 @@ def run(config, workdir: str) -> dict:
   require_init_from(config)
   mesh = common.make_mesh(config)
   setup = build_reward(config, workdir, mesh, sft=generate_comparisons(config, workdir, mesh))
-  common.save_tokenizer(workdir, setup.tokenizer)
+  models.save_tokenizer(workdir, setup.tokenizer)
   final_params, loop_summary = _train(setup, workdir)
   metrics, table = final_metrics(setup, final_params, save_reward_model(setup, workdir, final_params))
   summary = write_results(setup, workdir, loop_summary, metrics, table)
@@ -424,10 +356,6 @@ def run(config, workdir: str) -> dict:
 
 def _train(setup: RewardSetup, workdir: str):
   """The reward model's run of the one loop, `setup.num_steps` steps. Returns (final params, loop summary)."""
-  from rlhf_jax.train import state as state_lib
-  from rlhf_jax.train import steps
-  from rlhf_jax.train.loop import LoopConfig, train_loop
-
   config, model, mesh, examples = setup.config, setup.model, setup.mesh, setup.train_examples
   train, rcfg = config.train, config.reward
   tx, schedule = state_lib.make_optimizer(config.optim, setup.num_steps)

@@ -13,11 +13,13 @@ import sys
 
 import numpy as np
 
+from rlhf_jax.artifacts import models
+from rlhf_jax.artifacts.documents import load_documents
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval.gold import gold_evaluation
-from rlhf_jax.eval.lm import make_lm_evaluator
-from rlhf_jax.stages import common, pretrain
+from rlhf_jax.eval.lm import heldout_lm_evaluator, make_lm_evaluator
+from rlhf_jax.stages import common
 
 
 def load_conversations(config,
@@ -46,10 +48,10 @@ def run(config, workdir: str) -> dict:
   for line in bad.warnings():
     print(line, file=sys.stderr)
   mesh = common.make_mesh(config)
-  model, params, tokenizer = common.load_pretrained(config.init_from, mesh, config.model)
+  model, params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
-  tokenizer = common.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
-  common.check_vocab(tokenizer, model.config, config.init_from)
+  tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
+  models.check_vocab(tokenizer, model.config, config.init_from)
   t, b = config.train.seq_len, config.train.batch_size
 
   encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
@@ -67,7 +69,7 @@ def run(config, workdir: str) -> dict:
     heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
 
     # The held-out pretraining loss, as pretraining measured it: what instruction tuning costs the LM.
-    pretrain_eval = pretrain.heldout_lm_evaluator(model, mesh, tokenizer, pretrain.load_documents(config)[1],
+    pretrain_eval = heldout_lm_evaluator(model, mesh, tokenizer, load_documents(config)[1],
                                                   config.train.seq_len, b, config.seed, prefix="eval/pretrain")
 
     def evaluate_with_gold(state, seed):

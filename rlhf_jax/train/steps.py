@@ -118,16 +118,15 @@ def response_rewards(model: Transformer, params: Any, tokens_bkt: jax.Array, rng
 
 def rm_objective(model: Transformer, loss: str = "pairwise", margin: float = 1.0,
                  threshold: float = 1.0) -> Objective:
-  """The reward model's objective on an RMBatch, for the `reward.loss` variants (see losses.py):
-  pairwise and reward_token: InstructGPT's loss on the last token's score (the data decides whether that
-  token is the end of turn or an appended reward token); margin: the same with a margin per rank gap;
-  per_token: the aligned per-token loss of the Fudan seed article."""
+  """The reward model's objective on an RMBatch, for the `reward.loss` variant `loss`: a name of
+  `losses.REWARD_LOSSES` (pairwise, margin, per_token, reward_token; their docstrings say what each does)."""
+  if loss not in losses.REWARD_LOSSES:
+    raise ValueError(f"unknown reward loss {loss!r}; expected one of {', '.join(losses.REWARD_LOSSES)}")
+  loss_fn = losses.REWARD_LOSSES[loss]
+
   def objective(params, batch: RMBatch, rng: jax.Array):
     rewards_bkt = response_rewards(model, params, batch.tokens, rng, batch.start)
-    if loss == "per_token":
-      return losses.per_token_ranking_loss(rewards_bkt, batch.start, batch.end, batch.ranks, threshold)
-    scores_bk = jnp.take_along_axis(rewards_bkt, batch.end[..., None], axis=-1)[..., 0]
-    return losses.ranking_loss(scores_bk, batch.ranks, margin if loss == "margin" else 0.0)
+    return loss_fn(rewards_bkt, batch.start, batch.end, batch.ranks, margin, threshold)
   return objective
 
 
@@ -163,6 +162,32 @@ def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=m
   return run
 
 
+def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh, rules=mesh_lib.RULES):
+  """Compiles `update(state, rollout, ptx, rng, ref_params)` (`make_ppo_update`) as `jit_step` compiles a step:
+  the state in and out with its shardings (donated), the rollout's and the PPO-ptx batch's rows over the data
+  axes, the reference's params (or None, without the exact KL in the loss) with `ref_shardings`, the key and
+  the metrics replicated. A state laid out as the last call left it is the state the program expects, so
+  every iteration runs the one compiled program. Compiles at the first call: the batches' structure (ptx or
+  none) is known then."""
+  replicated = mesh_lib.replicated(mesh)
+  rows = lambda tree: jax.tree.map(lambda x: mesh_lib.batch_sharding(mesh, x.ndim), tree)
+  compiled = {}
+
+  def run(state, rollout, ptx, rng, ref_params):
+    key = (jax.tree.structure(rollout), jax.tree.structure(ptx), ref_params is None)
+    if key not in compiled:
+      compiled[key] = jax.jit(update, in_shardings=(state_shardings, rows(rollout), rows(ptx), replicated,
+                                                     None if ref_params is None else ref_shardings),
+                              out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    # Rows the sampler left replicated (generation's outputs) are split over the data axes here: a local slice.
+    rollout, ptx = jax.device_put(rollout, rows(rollout)), jax.device_put(ptx, rows(ptx))
+    with mesh_lib.activate(mesh, rules):
+      return compiled[key](state, rollout, ptx, rng, ref_params)
+
+  run.compiled = compiled
+  return run
+
+
 # ---------------------------------------------------------------------------------------------------------
 # PPO (Schulman et al. 2017) with InstructGPT's PPO-ptx (Ouyang et al. 2022, eq. 2).
 
@@ -183,34 +208,37 @@ class PPOBatch:
 
 @dataclasses.dataclass(frozen=True)
 class PPOSettings:
-  """The numbers `make_ppo_update` closes over (from the config's `ppo` section)."""
-  temperature: float = 1.0
-  epochs: int = 4
-  minibatches: int = 1
-  clip_eps: float = 0.2
-  value_clip_eps: float = 0.2
-  gamma: float = 1.0
-  lam: float = 0.95
-  vf_coef: float = 0.1
-  ent_coef: float = 0.0
-  kl_estimator: str = "k1"
-  adaptive_kl: bool = False
-  kl_target: float = 6.0
-  kl_horizon: int = 10000
-  reward_clip: float = 0.0
-  whiten_advantages: bool = True
-  samples_per_prompt: int = 1
-  group_baseline: bool = False
-  ptx_coef: float = 0.0
-  ema_decay: float = 0.0
-  critic_free: bool = False
-  critic_warmup: int = 0
-  reward_norm: bool = False
-  kl_loss_coef: float = 0.0
+  """The numbers `make_ppo_update` closes over, from the config's `ppo` section. The fields have no defaults of
+  their own: `config.base_config().ppo` is the one place a default is written, and `from_config` takes keyword
+  overrides (tests: `PPOSettings.from_config(base_config().ppo, epochs=1)`)."""
+  temperature: float
+  epochs: int
+  minibatches: int
+  clip_eps: float
+  value_clip_eps: float
+  gamma: float
+  lam: float
+  vf_coef: float
+  ent_coef: float
+  kl_estimator: str
+  adaptive_kl: bool
+  kl_target: float
+  kl_horizon: int
+  reward_clip: float
+  whiten_advantages: bool
+  samples_per_prompt: int
+  group_baseline: bool
+  ptx_coef: float
+  ema_decay: float
+  critic_free: bool
+  critic_warmup: int
+  reward_norm: bool
+  kl_loss_coef: float
 
   @classmethod
-  def from_config(cls, ppo) -> "PPOSettings":
-    return cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)})
+  def from_config(cls, ppo, **overrides) -> "PPOSettings":
+    """The settings of a `ppo` section (ConfigDict or dict), with single fields replaced by `overrides`."""
+    return dataclasses.replace(cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)}), **overrides)
 
 
 def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
