@@ -6,7 +6,9 @@ import os
 import signal
 
 from rlhf_jax import main as main_lib
-from rlhf_jax.stages.pipeline import stage_configs
+from rlhf_jax.eval.report import NUM_SAMPLE_PROMPTS
+from rlhf_jax.pipeline import stage_configs
+from rlhf_jax.train.checkpoint import Checkpointer
 from rlhf_jax.train.metrics import MetricsWriter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +27,7 @@ def test_stage_placeholders_name_earlier_stages(tmp_path):
 def test_pipeline_preempted_in_the_reward_stage_resumes_there(tmp_path, monkeypatch, capsys):
   workdir = tmp_path / "quickstart"
   argv = ["--config", SPEC, "--workdir", str(workdir), "--config.train.batch_size=8"]
+  stages = dict(stage_configs(SPEC, str(workdir), ["train.batch_size=8"]))
   original = MetricsWriter.write
 
   def preempt_in_reward(self, step, metrics):
@@ -37,18 +40,64 @@ def test_pipeline_preempted_in_the_reward_stage_resumes_there(tmp_path, monkeypa
   monkeypatch.setattr(MetricsWriter, "write", original)
   finished = {name: os.path.getmtime(workdir / name / "summary.json") for name in ("pretrain", "sft", "comparisons")}
   assert not (workdir / "reward" / "summary.json").exists() and not (workdir / "ppo").exists()
+  checkpoints = Checkpointer(str(workdir / "reward" / "checkpoints"))
+  preempted_at = checkpoints.latest_step()
+  checkpoints.close()
   capsys.readouterr()
 
   assert main_lib.main(argv) == 0
   out = capsys.readouterr().out
+  lines = out.splitlines()
   for name, mtime in finished.items():
     assert os.path.getmtime(workdir / name / "summary.json") == mtime, name
-  assert "pretrain: already finished" in out and "sft: already finished" in out
-  assert "reward: resuming from the checkpoint at step" in out
-  assert "win rate vs SFT (gold)" in out.split("pipeline done")[0].splitlines()[-1] or "win rate vs SFT" in out
+  assert f"pretrain: already finished at step {stages['pretrain'].train.steps} ({workdir / 'pretrain'})" in out
+  assert f"sft: already finished at step {stages['sft'].train.steps} ({workdir / 'sft'})" in out
+  assert f"comparisons: already written in {workdir / 'comparisons'}" in out
+  # It goes on from the checkpoint the preempted run saved, not from the start.
+  assert preempted_at and f"reward: resuming from the checkpoint at step {preempted_at}" in lines
+  banners = [line for line in lines if line.startswith("[")]
+  assert banners == [f"[{i + 1}/{len(STAGES)}] {name} ({stages[name].stage}) -> {workdir / name}"
+                     for i, name in enumerate(STAGES)]
+
+  # Every stage finished: a complete summary (the stages with their own) or the last step (training loops).
+  runs = {name: json.loads((workdir / name / "summary.json").read_text()) for name in STAGES}
+  for name in ("comparisons", "reward", "ppo"):
+    assert runs[name]["complete"] is True, name
+  for name in ("pretrain", "sft", "ppo"):
+    assert runs[name]["step"] == stages[name].train.steps, name
   summary = json.loads((workdir / "summary.json").read_text())
-  assert summary["complete"] is True and [row["name"] for row in summary["stages"]] == STAGES
-  for name in STAGES:
-    assert json.loads((workdir / name / "summary.json").read_text()).get("complete", True)
+  assert summary["complete"] is True
+  assert [(row["name"], row["stage"]) for row in summary["stages"]] == [(n, stages[n].stage) for n in STAGES]
+  assert [row["wall_time_s"] for row in summary["stages"]] == [runs[name]["wall_time_s"] for name in STAGES]
+  # The report's numbers are the finished stages' own (the resumed reward model's, the new PPO run's).
+  for key in ("pretrain/eval/loss", "reward/eval/label_accuracy", "ppo/eval/win_rate_gold", "ppo/eval/kl"):
+    stage, _, name = key.partition("/")
+    assert summary[key] == runs[stage][name], key
+
+  # The final table: a row per stage, in order, the PPO row with its gold win rate and 95% half-width; then
+  # the line naming the report.
+  assert lines[-1] == f"pipeline done: {workdir / 'report.md'}"
+  header = max(i for i, line in enumerate(lines) if line.split() == ["stage", "wall", "s", "result"])
+  rows = lines[header + 1:-1]
+  assert [row.split()[0] for row in rows] == STAGES
+  ppo = runs["ppo"]
+  assert f"win rate vs SFT (gold) {ppo['eval/win_rate_gold']:.3f} +- {ppo['eval/win_rate_gold_ci']:.3f}" in rows[-1]
+  assert f"held-out loss {runs['pretrain']['eval/loss']:.3f}" in rows[0]
+
+  # The report: a section per reported stage in pipeline order, PPO's win rate row against SFT's 0.5, each
+  # plot it names on disk, and every LM stage's answers to the same held-out prompts with their gold scores.
   report = (workdir / "report.md").read_text()
-  assert "ppo" in report.lower() and "sft" in report.lower()
+  sections = [line for line in report.splitlines() if line.startswith("## ")]
+  assert sections == ["## Pretraining", "## Instruction tuning (SFT)", "## Reward model", "## PPO",
+                      "## Sample answers"]
+  win = f"{ppo['eval/win_rate_gold']:.4g} ± {ppo['eval/win_rate_gold_ci']:.2g}"
+  assert f"| win rate vs SFT, by gold (± 95% CI) | {win} | 0.5 |" in report
+  assert {"plots/ppo_scores.png", "plots/gold_vs_kl.png", "plots/rm_calibration.png"} <= set(summary["plots"])
+  for name in summary["plots"]:
+    assert f"]({name})" in report and (workdir / name).stat().st_size > 0, name
+  samples = report.split("## Sample answers")[1].splitlines()
+  table = [line for line in samples if line.startswith("| <code>")]
+  assert "| prompt | Pretraining (gold) | Instruction tuning (SFT) (gold) | PPO (gold) |" in samples
+  assert len(table) == NUM_SAMPLE_PROMPTS and all(line.count(") |") == 3 for line in table), table
+  for stage in ("pretrain", "sft", "ppo"):
+    assert 0.0 <= summary[f"samples/{stage}/gold"] <= 1.0, stage

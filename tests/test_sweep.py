@@ -26,8 +26,11 @@ def test_kl_coef_sweep_writes_one_row_per_variant(toyworld_smoke, toyworld_rewar
     assert (ppo.kl_coef, ppo.adaptive_kl) == (beta, adaptive)
     assert ppo.kl_loss_coef == (0.0 if beta == 0 else default_kl_loss)
   variants = [v for v in module.VARIANTS if v[0] in ("beta_0", "adaptive")]
-  argv = [f"{path}:smoke", "--workdir", str(tmp_path), BATCH, "--config.train.steps=2",
-          f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={toyworld_reward_smoke[0]}"]
+  # Two iterations: the second logs the beta the first update left. Without a critic (as the full experiment
+  # runs) and without PPO-ptx, neither of which the table reads: each run builds and compiles less.
+  argv = [f"{path}:smoke", "--workdir", str(tmp_path), BATCH, "--config.train.steps=2", "--config.ppo.critic_free=True",
+          "--config.ppo.ptx_coef=0", f"--config.init_from={toyworld_smoke['sft'][0]}",
+          f"--config.ppo.reward_from={toyworld_reward_smoke[0]}"]
   assert sweep.main(argv) == 0
   with open(tmp_path / "results.csv") as f:
     rows = list(csv.DictReader(f))
