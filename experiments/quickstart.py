@@ -7,8 +7,8 @@ an interrupted one): `pretrain` (trains the tokenizer, then the 4-layer model on
 `sft` (instruction tuning on imperfect demonstrators), `comparisons` (4 SFT answers to each of 8,000 fresh
 prompts ranked by the simulated annotator), `reward` (one epoch over them, normalised on SFT samples, then
 best-of-n on the held-out prompts), `ppo` (30 iterations of 64 prompts x 4 answers, each answer scored
-against the other three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toyworld_ppo.py), then `report.md` with
-plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
+against the other three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toyworld_ppo.py),
+then `report.md` with plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
 gold's best of 4 SFT answers, per task) and `summary.json`.
 
 Budgets: 1,000 of toyworld_pretrain's 1,200 steps (700 leave a model that cannot copy a word from its

@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhf_jax.errors import UserError
@@ -133,7 +134,6 @@ def shard_batch(batch, mesh: Mesh, seed_axis: bool = False):
 def to_host(x) -> np.ndarray:
   """A (possibly multi-host) global array as one numpy array on every host."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return np.asarray(jax.device_get(x))
 

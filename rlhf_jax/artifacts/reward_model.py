@@ -65,7 +65,8 @@ def load_reward_model(path: str, mesh, runtime=None):
                     "stage finished?)")
   spec = RewardModelSpec.read(spec_path)
   weight = float(spec.likelihood_weight)
-  model, params, tokenizer = load_pretrained(directory, mesh, runtime, heads=("lm", "reward") if weight else ("reward",))
+  heads = ("lm", "reward") if weight else ("reward",)
+  model, params, tokenizer = load_pretrained(directory, mesh, runtime, heads=heads)
   return model.clone(heads=("reward",), reward_likelihood=weight), params, tokenizer, spec
 
 

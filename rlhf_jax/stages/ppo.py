@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import comparisons, models
@@ -208,12 +209,11 @@ class RewardRounds:
     if not os.path.exists(path):
       instances = toyworld.sample_instances(world, ppo.round_prompts, config.toyworld.seed + 100 + r, split="train")
       records, _ = comparisons.toyworld_comparisons(self.lm, actor_params, self.tokenizer, config, instances,
-                                                          config.seed + 100 + r)
+                                                    config.seed + 100 + r)
       if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         comparisons.write_jsonl(path, records)
       if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"round {r} comparisons written")
     # Every comparison so far, in a fixed order, read back from the files in their validated, normal form.
     every_round = []
@@ -232,7 +232,7 @@ class RewardRounds:
     tokens, start, end = encode_responses(self.tokenizer, pairs, self.seq_len, self.reward_token)
     head = jax.device_get(state.params["reward_head"])
     fit = rm_eval.fit_normalization(self.scorer(state.params, tokens, start, end), float(head["gain"]),
-                                          float(head["bias"]))
+                                    float(head["bias"]))
     params = normalize_params(state.params, fit)
     params = jax.device_put(params, jax.tree.map(lambda x: x.sharding, reward_state["params"]))
     gold = [g for rec in records for g in rec["gold"]]
@@ -573,8 +573,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
   pretrain_eval = None
   if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
-    pretrain_eval = heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len,
-                                                  config.train.batch_size, config.seed, prefix="eval/pretrain")
+    pretrain_eval = heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len, config.train.batch_size,
+                                         config.seed, prefix="eval/pretrain")
   baseline = {}
   return PPOSetup(
       config=config, mesh=mesh, tokenizer=tokenizer, world=world, actor=actor, reference=reference, critic=critic,

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import comparisons, models
@@ -128,7 +129,6 @@ def generate_comparisons(config, workdir: str, mesh) -> tuple[Transformer, dict,
   comparisons.ensure_comparisons(config, os.path.join(workdir, COMPARISONS_DIR), *lm_only(policy, params),
                                  tokenizer)
   if jax.process_count() > 1:  # Every process reads the files process 0 wrote (`read_sampled_comparisons`).
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("reward comparisons written")
   return sft
 

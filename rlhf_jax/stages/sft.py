@@ -69,8 +69,8 @@ def run(config, workdir: str) -> dict:
     heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
 
     # The held-out pretraining loss, as pretraining measured it: what instruction tuning costs the LM.
-    pretrain_eval = heldout_lm_evaluator(model, mesh, tokenizer, load_documents(config)[1],
-                                                  config.train.seq_len, b, config.seed, prefix="eval/pretrain")
+    pretrain_eval = heldout_lm_evaluator(model, mesh, tokenizer, load_documents(config)[1], config.train.seq_len, b,
+                                         config.seed, prefix="eval/pretrain")
 
     def evaluate_with_gold(state, seed):
       metrics = {**lm_eval(state), **pretrain_eval(state)}

@@ -27,6 +27,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from rlhf_jax.errors import UserError
 
@@ -194,7 +195,6 @@ class Checkpointer:
 
   def _sync_after_set_aside(self) -> None:
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("damaged checkpoints set aside")
     self._manager.reload()
 

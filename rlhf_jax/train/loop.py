@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rlhf_jax import config as config_lib
@@ -119,7 +120,6 @@ class _SignalGuard:
     if jax.process_count() == 1:
       return self.signum is not None
     # Every host must stop at the same step to write one consistent checkpoint.
-    from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
     if self.signum is None and flags.max() > 0:
       self.signum = int(flags.max())
