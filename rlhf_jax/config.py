@@ -238,6 +238,9 @@ def base_config() -> ConfigDict:
       prompt_len=48,  # Prompts are left-padded (or cut, keeping BOS and the end) to this many tokens.
       epochs=4,
       minibatches=1,
+      # Each minibatch's gradient is accumulated over this many equal microbatches (with its ptx rows): the
+      # same update (the losses are sums over the whole minibatch's tokens), in a memory of one microbatch.
+      microbatches=1,
       clip_eps=0.2,  # Policy ratio clipping.
       value_clip_eps=0.2,  # Value clipping, around the rollout's values.
       gamma=1.0,
@@ -476,6 +479,11 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.epochs < 1 or ppo.minibatches < 1 or config.train.batch_size % ppo.minibatches:
     raise UserError(f"config key 'ppo.minibatches': {ppo.minibatches} must be >= 1 and divide "
                     f"train.batch_size={config.train.batch_size} (ppo.epochs={ppo.epochs} must be >= 1)")
+  rows_per_minibatch = config.train.batch_size // ppo.minibatches
+  if ppo.microbatches < 1 or rows_per_minibatch % ppo.microbatches or (
+      ppo.ptx_coef > 0 and ppo.ptx_batch % ppo.microbatches):
+    raise UserError(f"config key 'ppo.microbatches': {ppo.microbatches} must be >= 1 and divide a minibatch's "
+                    f"{rows_per_minibatch} rows (and ppo.ptx_batch={ppo.ptx_batch} when ppo.ptx_coef > 0)")
   if ppo.samples_per_prompt < 1 or config.train.batch_size % ppo.samples_per_prompt:
     raise UserError(f"config key 'ppo.samples_per_prompt': {ppo.samples_per_prompt} must be >= 1 and divide "
                     f"train.batch_size={config.train.batch_size}")

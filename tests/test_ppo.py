@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ROOT, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
+from rlhf_jax.batches import LMBatch
 from rlhf_jax.config import base_config, parse_overrides
 from rlhf_jax.data import pipelines
 from rlhf_jax import losses
@@ -437,6 +438,38 @@ def test_kl_loss_pulls_the_actor_back_to_the_reference(models):
     update(state_of(models["actor_params"]), rollout, None, jax.random.PRNGKey(2))
   with pytest.raises(ValueError, match="reference"):
     steps.make_ppo_update(models["actor"], None, txs, settings)
+
+
+def test_microbatched_update_equals_the_whole_minibatch(models):
+  """ppo.microbatches = 3 (one row each, with one ptx row each): gradients accumulated over microbatches give
+  the whole minibatch's update -- actor with the exact KL and PPO-ptx, and the critic -- over 2 epochs of SGD,
+  to 1e-5, with the same metrics; a count that does not divide a minibatch is refused by the config."""
+  _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
+  rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
+  ptx = LMBatch.from_sequences(np.random.default_rng(0).integers(4, 31, (6, 9)))  # 2 epochs x 3 rows.
+  tx = optax.sgd(0.5)  # Adam would turn the float noise of a near-zero gradient into a step of lr.
+  txs = {"actor": tx, "critic": tx}
+  params = {"actor": models["actor_params"], "critic": models["critic_params"]}
+  state = PPOState(step=jnp.int32(0), params=params, opt_state={k: tx.init(v) for k, v in params.items()},
+                   kl_coef=jnp.float32(0.1), ema=None, reward=None, rng=jax.random.PRNGKey(0))
+  results = []
+  for micro in (1, 3):
+    settings = steps.PPOSettings.from_config(base_config().ppo, temperature=1.0, samples_per_prompt=3,
+                                              group_baseline=True, epochs=2, minibatches=1, microbatches=micro,
+                                              ptx_coef=0.5, kl_loss_coef=0.3)
+    update = jax.jit(steps.make_ppo_update(models["actor"], models["critic"], txs, settings,
+                                           reference=models["actor"]))
+    results.append(update(state, rollout, ptx, jax.random.PRNGKey(2), models["ref_params"]))
+  (whole, whole_metrics), (micro, micro_metrics) = jax.device_get(results)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5), whole.params, micro.params)
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), whole.params, params))) > 1e-3
+  for key in ("ppo/policy_loss", "ppo/value_loss", "ppo/ptx_loss", "ppo/kl_loss", "ppo/entropy", "train/loss",
+              "ppo/actor_grad_norm", "ppo/critic_grad_norm"):
+    np.testing.assert_allclose(micro_metrics[key], whole_metrics[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  smoke = os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke"  # 8 rows in 2 minibatches of 4.
+  assert main_lib.resolve_config(smoke, ["ppo.microbatches=4", "ppo.ptx_batch=4"]).ppo.microbatches == 4
+  with pytest.raises(UserError, match="'ppo.microbatches': 3 must be >= 1 and divide a minibatch's 4 rows"):
+    main_lib.resolve_config(smoke, ["ppo.microbatches=3"])
 
 
 def test_reward_norm_normalises_by_moments_with_this_batch_then_clips(models):

@@ -214,6 +214,7 @@ class PPOSettings:
   temperature: float
   epochs: int
   minibatches: int
+  microbatches: int
   clip_eps: float
   value_clip_eps: float
   gamma: float
@@ -330,14 +331,15 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     raise ValueError("critic_warmup: needs a separate critic (a shared trunk cannot learn values with the actor "
                      "frozen, and critic_free has none)")
 
-  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
+  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch], ref_params, denom, ptx_denom):
+    """The minibatch's loss and metrics on `mb` (the minibatch or one of its microbatches): sums over `mb`'s
+    tokens divided by the whole minibatch's token counts `denom` and `ptx_denom`, so microbatches add up."""
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
         actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
-    pg_sum, count, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
+    pg_sum, _, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
     # Without a bonus the entropy is only a diagnostic: its gradient (through a softmax over the vocabulary at
     # every response token, then times 0) is kept out of the backward pass.
     ent_sum, _ = losses.entropy(scaled_bnv if s.ent_coef else jax.lax.stop_gradient(scaled_bnv), mb.mask)
-    denom = jnp.maximum(count, 1.0)
     loss = (pg_sum - s.ent_coef * ent_sum) / denom
     metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/entropy": ent_sum / denom,
                "ppo/clip_fraction": aux["clip_fraction"] / denom, "ppo/approx_kl": aux["approx_kl"] / denom}
@@ -347,8 +349,8 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       metrics.update({"ppo/value_loss": v_sum / denom, "ppo/value_clip_fraction": v_aux["value_clip_fraction"] / denom})
     if ptx is not None:
       out = actor.apply({"params": params}, ptx.tokens, ptx.positions, ptx.segment_ids)
-      lm_sum, lm_count, _ = losses.lm_loss(out.logits, ptx.targets, ptx.loss_mask)
-      ptx_loss = lm_sum / jnp.maximum(lm_count, 1.0)
+      lm_sum, _, _ = losses.lm_loss(out.logits, ptx.targets, ptx.loss_mask)
+      ptx_loss = lm_sum / ptx_denom
       loss = loss + s.ptx_coef * ptx_loss
       metrics["ppo/ptx_loss"] = ptx_loss
     if s.kl_loss_coef > 0:
@@ -359,10 +361,9 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       metrics["ppo/kl_loss"] = kl_sum / denom
     return loss, metrics
 
-  def critic_loss(params, mb: PPOBatch):
+  def critic_loss(params, mb: PPOBatch, denom):
     values_bn = rollout_lib.critic_values(critic, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask)
-    v_sum, count, aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
-    denom = jnp.maximum(count, 1.0)
+    v_sum, _, aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
     return v_sum / denom, {"ppo/value_loss": v_sum / denom,
                            "ppo/value_clip_fraction": aux["value_clip_fraction"] / denom}
 
@@ -371,9 +372,31 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     params = optax.apply_updates(state.params[name], updates)
     return state.replace(params={**state.params, name: params}, opt_state={**state.opt_state, name: opt_state})
 
+  def token_counts(mb: PPOBatch, ptx: Optional[LMBatch]):
+    """The minibatch's response tokens and ptx target tokens (at least 1 each): the losses' denominators."""
+    count = lambda mask: jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+    return count(mb.mask), None if ptx is None else count(ptx.loss_mask)
+
+  def accumulate(loss_fn, params, batches, *args):
+    """(loss, metrics), grads of `loss_fn(params, batch, *args)` summed over `batches` split into
+    `s.microbatches` equal microbatches along the rows (one at a time, under lax.scan), or of the whole batch."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if s.microbatches == 1:
+      return grad_fn(params, batches, *args)
+    split = lambda x: x.reshape(s.microbatches, x.shape[0] // s.microbatches, *x.shape[1:])
+
+    def add(total, micro):
+      out = grad_fn(params, micro, *args)
+      return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.tree.map(lambda x: x[0], jax.tree.map(split, batches))
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, first, *args))
+    return jax.lax.scan(add, zeros, jax.tree.map(split, batches))[0]
+
   def actor_step(state, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
-    (loss, metrics), grads = jax.value_and_grad(actor_loss, has_aux=True)(state.params["actor"], mb, ptx,
-                                                                         ref_params)
+    denom, ptx_denom = token_counts(mb, ptx)
+    loss_fn = lambda params, batches, ref: actor_loss(params, *batches, ref, denom, ptx_denom)
+    (loss, metrics), grads = accumulate(loss_fn, state.params["actor"], (mb, ptx), ref_params)
     metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
     return apply("actor", grads, state), metrics
 
@@ -390,7 +413,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     else:
       state, metrics = actor_step(state, mb, ptx, ref_params)
     if critic is not None:
-      (_, c_metrics), c_grads = jax.value_and_grad(critic_loss, has_aux=True)(state.params["critic"], mb)
+      (_, c_metrics), c_grads = accumulate(critic_loss, state.params["critic"], mb, token_counts(mb, None)[0])
       metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
       state = apply("critic", c_grads, state)
     return state, metrics
