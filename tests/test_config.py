@@ -150,7 +150,7 @@ def test_model_and_ppo_settings_come_from_the_schema():
   settings = steps.PPOSettings.from_config(config_lib.base_config().ppo)
   # The dataclass default of temperature said 1.0 after the config moved to 0.7 (sampling.temperature's).
   assert dataclasses.asdict(settings) == dict(
-      temperature=0.7, epochs=4, minibatches=1, clip_eps=0.2, value_clip_eps=0.2, gamma=1.0, lam=0.95,
+      temperature=0.7, epochs=4, minibatches=1, microbatches=1, clip_eps=0.2, value_clip_eps=0.2, gamma=1.0, lam=0.95,
       vf_coef=0.1, ent_coef=0.0, kl_estimator="k1", adaptive_kl=False, kl_target=6.0, kl_horizon=10000,
       reward_clip=0.0, whiten_advantages=True, samples_per_prompt=1, group_baseline=False, ptx_coef=0.0,
       ema_decay=0.0, critic_free=False, critic_warmup=0, reward_norm=False, kl_loss_coef=0.0)
