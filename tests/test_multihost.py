@@ -23,20 +23,28 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process():
-  port = _free_port()
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(port), str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def _run_two(command, env, timeout, cwd=None) -> list[str]:
+  """Starts `command(i)` for processes i = 0, 1 together, waits for both, asserts each exited 0 (with its
+  stderr's tail), and returns their stdouts."""
+  procs = [subprocess.Popen(command(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
            for i in range(2)]
   outputs = []
   for p in procs:
     try:
-      out, err = p.communicate(timeout=240)
+      out, err = p.communicate(timeout=timeout)
     finally:
       p.kill()
     assert p.returncode == 0, err[-3000:]
-    outputs.append(json.loads(out.strip().splitlines()[-1]))
+    outputs.append(out)
+  return outputs
+
+
+def test_two_processes_match_one_process():
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  outs = _run_two(lambda i: [sys.executable, os.path.join(HERE, "multihost_worker.py"), str(port), str(i)], env,
+                  timeout=240)
+  outputs = [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
   state, step = build(mesh)
@@ -79,14 +87,7 @@ def test_two_process_sweep_of_two_runs(tmp_path):
   command = lambda i: [sys.executable, "-m", "rlhf_jax.sweep", str(ablation), "--workdir", str(tmp_path / "out"),
                        f"--config.mesh.coordinator_address=127.0.0.1:{port}", "--config.mesh.num_processes=2",
                        f"--config.mesh.process_id={i}"]
-  procs = [subprocess.Popen(command(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
-           for i in range(2)]
-  for p in procs:
-    try:
-      _, err = p.communicate(timeout=300)
-    finally:
-      p.kill()
-    assert p.returncode == 0, err[-3000:]
+  _run_two(command, env, timeout=300, cwd=root)
   for seed in (0, 1):
     run = tmp_path / "out" / f"seed_{seed}"
     config = json.loads((run / "config.json").read_text())
