@@ -2,8 +2,8 @@
 
 `python -m rlhf_jax.main` runs one stage (or a pipeline), `python -m rlhf_jax.sweep` the runs of an ablation
 file, and a pipeline file's stages run the same way (rlhf_jax/pipeline.py): each caller turns its file into
-(name, config) pairs and hands them to `run_in_order`, which finalises every config (with the command line's
-overrides) before anything runs, starts multi-host JAX once, and runs each into WORKDIR/name. A finished
+(name, config) pairs, finalises every config with the command line's overrides (`prepare`) before anything
+runs, and hands them to `run_in_order`, which starts multi-host JAX once and runs each into its workdir. A finished
 run is skipped by its stage and an interrupted one resumes, so re-running the command continues.
 """
 
@@ -36,11 +36,16 @@ def prepare(config, overrides: Sequence[str] = (), fill: Optional[Callable] = No
   return config_lib.finalize(config)
 
 
-def run_stage(config, workdir: str) -> dict:
-  """Runs `config.stage` into `workdir`; returns its summary."""
+def check_stage(config) -> None:
+  """One line when `config.stage` names no stage of the registry."""
   if config.stage not in STAGES:
     raise UserError(f"config key 'stage': stage {config.stage!r} cannot run yet in this version "
                     f"(available: {', '.join(STAGES)}, pipeline)")
+
+
+def run_stage(config, workdir: str) -> dict:
+  """Runs `config.stage` into `workdir`; returns its summary."""
+  check_stage(config)
   return STAGES[config.stage](config, workdir)
 
 
@@ -50,9 +55,8 @@ def run_in_order(runs: Sequence[tuple[str, object, str]],
   is checked before the first run starts, and multi-host JAX is started once, before any device is touched
   (a process may call jax.distributed.initialize only once). `announce(i, name, config, workdir)` prints the
   line before each run."""
-  for _, config, workdir in runs:
-    if config.stage not in STAGES:
-      run_stage(config, workdir)  # The one-line error.
+  for _, config, _ in runs:
+    check_stage(config)
   if runs:
     mesh_lib.maybe_initialize_distributed(runs[0][1].mesh)
   summaries = []

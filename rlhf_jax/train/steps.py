@@ -184,7 +184,6 @@ def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh,
     with mesh_lib.activate(mesh, rules):
       return compiled[key](state, rollout, ptx, rng, ref_params)
 
-  run.compiled = compiled
   return run
 
 
