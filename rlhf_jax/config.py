@@ -161,7 +161,8 @@ def base_config() -> ConfigDict:
       keep_checkpoints=2,
       # N > 1 trains N independent replicas (seeds seed, seed + 1, ...) as one compiled program, vmapped over
       # a leading seed axis: for small models that leave the device idle, so a comparison reports means and
-      # spreads. Pretraining and SFT only; the workdir then holds N models (stages/common.py:train_lm).
+      # spreads. Pretraining, SFT, and PPO with ppo.iterations_per_call >= 1; the workdir then holds N models
+      # (stages/common.py:train_lm, stages/ppo.py).
       seeds=1,
   ))
   config.data = ConfigDict(dict(
@@ -301,6 +302,13 @@ def base_config() -> ConfigDict:
       round_steps=100,
       round_batch=32,  # Comparisons (prompts with their K answers) per reward-model step in a round.
       round_lr=5e-5,
+      # K >= 1: each call runs K iterations as one compiled program (rl/iteration.py): generation with its
+      # early exit, the rollout pass and the update, scanned K times, metrics leaving the device once per
+      # call -- and `train.seeds` N > 1 vmaps it over N replicas. 0: the Python iteration, which iterated
+      # rounds and reward="gold" need (the host scores the answers) and which logs the training prompts'
+      # gold (ppo/gold) and the per-phase timings. train.steps, log_every, eval_every and checkpoint_every
+      # must be multiples of K.
+      iterations_per_call=0,
   ))
   return config
 
@@ -513,10 +521,35 @@ def finalize(config: ConfigDict) -> ConfigDict:
   for key in ("steps", "batch_size", "seq_len", "log_every", "eval_every", "checkpoint_every", "seeds"):
     if train[key] < 1:
       raise UserError(f"config key 'train.{key}' must be >= 1, got {train[key]}")
-  if train.seeds > 1 and config.stage not in ("pretrain", "sft"):
-    raise UserError(f"config key 'train.seeds': {train.seeds} seeds in one program run only in the pretrain and "
-                    f"sft stages, not in {config.stage!r}; run one seed at a time (--config.seed=...)")
+  if config.stage == "ppo":
+    _check_compiled_ppo(config)
+  elif train.seeds > 1 and config.stage not in ("pretrain", "sft"):
+    raise UserError(f"config key 'train.seeds': {train.seeds} seeds in one program run only in the pretrain, "
+                    f"sft and ppo stages, not in {config.stage!r}; run one seed at a time (--config.seed=...)")
   return config
+
+
+def _check_compiled_ppo(config: ConfigDict) -> None:
+  """ppo.iterations_per_call K: what the compiled iteration cannot do, and the loop's counts it must divide."""
+  ppo, train = config.ppo, config.train
+  k = ppo.iterations_per_call
+  if k < 0:
+    raise UserError(f"config key 'ppo.iterations_per_call' must be >= 0 (0 = the Python iteration), got {k}")
+  if k == 0:
+    if train.seeds > 1:
+      raise UserError(f"config key 'train.seeds': {train.seeds} PPO seeds in one program need the compiled "
+                      "iteration; set ppo.iterations_per_call >= 1")
+    return
+  if ppo.reward == "gold":
+    raise UserError("config key 'ppo.iterations_per_call': reward='gold' scores answers on the host; it runs "
+                    "only in the Python iteration (ppo.iterations_per_call=0)")
+  if ppo.round_every > 0:
+    raise UserError("config key 'ppo.iterations_per_call': iterated rounds (ppo.round_every > 0) label "
+                    "answers on the host; they run only in the Python iteration (ppo.iterations_per_call=0)")
+  for key in ("steps", "log_every", "eval_every", "checkpoint_every"):
+    if train[key] % k:
+      raise UserError(f"config key 'train.{key}': {train[key]} is not a multiple of ppo.iterations_per_call "
+                      f"({k}), the iterations each compiled call runs")
 
 
 def to_json(config: ConfigDict) -> str:

@@ -117,16 +117,21 @@ def num_batch_shards(mesh: Mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
 
 
-def shard_batch(batch, mesh: Mesh, seed_axis: bool = False):
+def shard_batch(batch, mesh: Mesh, seed_axis: bool = False, leading: int = 0):
   """Host-local rows (numpy) -> global arrays split over the batch axes of `mesh`.
 
   Every process passes only its own rows (its slice of the global batch, `process_batch_slice`); the global
-  batch is their concatenation in process order. Works the same with one process. With `seed_axis` the rows
-  are the second axis: the first stacks the batches of `train.seeds` replicas.
+  batch is their concatenation in process order. Works the same with one process. The rows are the first
+  axis after `leading` unsplit ones (the K iterations of a compiled PPO call) and, with `seed_axis`, one
+  more (the `train.seeds` replicas).
   """
+  unsplit = leading + int(seed_axis)
+
   def one(x):
     x = np.asarray(x)
-    sharding = stacked(batch_sharding(mesh, x.ndim - 1)) if seed_axis else batch_sharding(mesh, x.ndim)
+    sharding = batch_sharding(mesh, x.ndim - unsplit)
+    for _ in range(unsplit):
+      sharding = stacked(sharding)
     return jax.make_array_from_process_local_data(sharding, x)
   return jax.tree.map(one, batch)
 

@@ -830,3 +830,39 @@ def test_ppo_stage_without_a_critic(tmp_path, ppo_args, capsys):
   assert main_lib.main(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert "ppo.critic_free" in err[-1] and "ppo.shared_critic" in err[-1]
+
+
+def test_ppo_seeds_run_as_one_compiled_program(tmp_path, ppo_args):
+  """train.seeds=2 with ppo.iterations_per_call=2: one command trains both replicas, two iterations a call
+  (rl/iteration.py); the summary and the report give each evaluation's mean, its spread over the seeds and
+  the values; and replica 1 ends, to float rounding, with the parameters, EMA and beta of the Python
+  iteration run alone with seed 1 (its own prompts, keys and critic start) -- compiled == Python and
+  replica i == seed + i at once."""
+  from rlhf_jax.eval.report import write_report
+  from rlhf_jax.stages import ppo as ppo_stage
+  workdir = tmp_path / "seeds"
+  summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.train.seeds=2",
+                      "--config.ppo.iterations_per_call=2", "--config.train.log_every=2")
+  assert summary["complete"] is True and summary["step"] == 4
+  for key in ("eval/kl", "eval/rm_score", "eval/gold/all", "eval/win_rate_rm"):
+    values = summary[f"{key}/seeds"]
+    assert len(values) == 2 and summary[key] == pytest.approx(np.mean(values))
+    assert summary[f"{key}/seed_std"] == pytest.approx(np.std(values, ddof=1))
+  assert summary["eval/kl/seeds"][0] != summary["eval/kl/seeds"][1]  # Two different runs.
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["train/loss/seed_std"]) for r in rows)
+  numbers = write_report(str(tmp_path / "report"), {"ppo": str(workdir)})
+  assert numbers["ppo/eval/kl/seed_std"] == pytest.approx(summary["eval/kl/seed_std"])
+  assert "over 2 seeds" in open(numbers["report"]).read()
+
+  config = main_lib.resolve_config(os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke",
+                                   parse_overrides([*ppo_args, "--config.seed=1"]))
+  setup = ppo_stage.build_ppo(config, str(tmp_path / "alone"))
+  state, data = setup.state, setup.data()
+  for _ in range(4):
+    state, _ = setup.step_fn(state, setup.make_batch(next(data)), setup.rng)
+  _, stacked = _state_arrays(workdir)
+  replica = jax.tree.map(lambda x: x[1], {"params": stacked["params"], "ema": stacked["ema"],
+                                          "kl_coef": stacked["kl_coef"]})
+  alone = jax.device_get({"params": state.params, "ema": state.ema, "kl_coef": state.kl_coef})
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), replica, alone)

@@ -89,11 +89,21 @@ def test_a_workdir_of_several_seeds_is_not_a_starting_point(two_seeds):
   assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("overrides", [["train.seeds=0"], ["stage=reward", "train.seeds=2"]])
-def test_bad_seeds_name_the_key(overrides):
+@pytest.mark.parametrize("overrides, key", [
+    (["train.seeds=0"], "train.seeds"), (["stage=reward", "train.seeds=2"], "train.seeds"),
+    (["stage=ppo", "train.seeds=2"], "train.seeds"),  # PPO seeds run only in the compiled iteration.
+    (["stage=ppo", "ppo.iterations_per_call=-1"], "ppo.iterations_per_call"),
+    (["stage=ppo", "ppo.iterations_per_call=4", "train.log_every=4", "train.eval_every=4",
+      "train.checkpoint_every=4"], "train.steps"),
+    (["stage=ppo", "ppo.iterations_per_call=2", "train.log_every=5"], "train.log_every"),
+    (["stage=ppo", "data.source=toyworld", "ppo.iterations_per_call=2", "ppo.reward=gold"], "ppo.iterations_per_call"),
+    (["stage=ppo", "ppo.iterations_per_call=2", "ppo.round_every=10"], "ppo.iterations_per_call")])
+def test_bad_seeds_name_the_key(overrides, key):
+  """Bad `train.seeds` and `ppo.iterations_per_call` (K must divide the loop's counts: steps 6, log 2, eval 3,
+  checkpoint 3 here; the gold reward and iterated rounds need the host) name the key, in a line."""
   config = config_lib.load_config(os.path.join(ROOT, "experiments", "shakespeare_char.py") + ":smoke")
   config_lib.apply_overrides(config, overrides)
-  with pytest.raises(UserError, match=r"'train\.seeds'") as e:
+  with pytest.raises(UserError, match=f"'{key}'") as e:
     config_lib.finalize(config)
   assert "\n" not in str(e.value)
 

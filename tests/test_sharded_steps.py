@@ -20,6 +20,7 @@ from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.batches import LMBatch, RMBatch
 from rlhf_jax.config import base_config
 from rlhf_jax.model.transformer import Transformer
+from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl.rollout import make_collect
 from rlhf_jax.sampling import make_generate
 from rlhf_jax.train import state as state_lib
@@ -160,7 +161,8 @@ def test_ppo_iteration_on_a_2x2x2_mesh_matches_one_device_and_compiles_once():
   """Two iterations on one device and on the 8-device mesh: the same answers, rollouts, metrics and final
   parameters, EMA and beta; the update traced once, and nothing compiled in the second iteration -- the state
   the update hands back, and what generation and the rollout pass hand on, are laid out as the next call
-  expects."""
+  expects. And the compiled iteration (rl/iteration.py: both iterations scanned in one program, from the same
+  root key) gives, on each mesh, the metrics, parameters, EMA and beta of the two Python iterations."""
   cfg = tiny_model("llama", vocab_size=64, n_layers=1)
   actor, critic, rm = (Transformer(cfg, heads=(head,)) for head in ("lm", "value", "reward"))
   reference = actor.clone(heads=("lm",))
@@ -177,9 +179,10 @@ def test_ppo_iteration_on_a_2x2x2_mesh_matches_one_device_and_compiles_once():
   ptx = LMBatch.from_sequences(np.random.default_rng(4).integers(9, cfg.vocab_size, (8, 10)))  # 2 x 2 x 2 rows.
   tx = state_lib.make_optimizer(base_config().optim, total_steps=10)[0]
   txs = {"actor": tx, "critic": tx}
-  keys = [(jax.random.PRNGKey(10 + i), jax.random.PRNGKey(20 + i)) for i in range(2)]  # (sampling, update)
+  root = jax.random.PRNGKey(10)  # Iteration i samples with fold_in(fold_in(root, i), 0), updates with ..., 1).
+  keys = [tuple(jax.random.fold_in(jax.random.fold_in(root, i), j) for j in range(2)) for i in range(2)]
 
-  results = {}
+  results, compiled = {}, {}
   for name, mesh in _meshes().items():
     traces = []
     state, shardings = state_lib.create_ppo_state({"actor": actor, "critic": critic}, txs,
@@ -192,8 +195,9 @@ def test_ppo_iteration_on_a_2x2x2_mesh_matches_one_device_and_compiles_once():
     generate = make_generate(actor, max_new_tokens=8, temperature=0.7, stop_ids=STOP_IDS, pad_id=PAD)
     collect = make_collect(actor, reference, critic, rm, temperature=0.7, end_of_turn_id=EOT, reward_id=None,
                            pad_id=PAD, unfinished_penalty=1.0)
-    update = steps.jit_ppo_update(_counted(steps.make_ppo_update(actor, critic, txs, settings, reference), traces),
-                                  shardings, jax.tree.map(lambda x: x.sharding, ref), mesh)
+    update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
+    update = steps.jit_ppo_update(_counted(update_fn, traces), shardings, jax.tree.map(lambda x: x.sharding, ref),
+                                  mesh)
 
     def iteration(state, sample_key, update_key):
       sample = generate(state.params["actor"], prompt, prompt_mask, sample_key)
@@ -209,6 +213,24 @@ def test_ppo_iteration_on_a_2x2x2_mesh_matches_one_device_and_compiles_once():
       q = state.params["actor"]["layers_0"]["attn"]["q"]["kernel"]
       assert _spans_mesh(second[1].tokens, mesh) and _spans_mesh(q, mesh)
     results[name] = jax.device_get(([first, second], (state.params, state.ema, state.kl_coef)))
+
+    # The same two iterations as one compiled call, on the two prompt batches stacked.
+    state, _ = state_lib.create_ppo_state({"actor": actor, "critic": critic}, txs,
+                                          {"actor": actor_params, "critic": critic_params}, mesh,
+                                          jax.random.PRNGKey(0), kl_coef=0.1, ema=True)
+    frozen = {"ref": ref, "rm": scorer}
+    run = iteration_lib.jit_iterations(
+        iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=True, mesh=mesh), shardings,
+        jax.tree.map(lambda x: x.sharding, frozen), mesh, per_call=2, seeds=1)
+    batches = mesh_lib.shard_batch({"prompt": np.stack([prompts[0]] * 2), "prompt_mask": np.stack([prompts[1]] * 2),
+                                    "ptx": jax.tree.map(lambda x: np.stack([x] * 2), ptx)}, mesh, leading=1)
+    state, metrics = run(state, batches, root, frozen)
+    compiled[name] = jax.device_get((metrics, (state.params, state.ema, state.kl_coef)))
+    for i, (_, _, python_metrics) in enumerate(results[name][0]):
+      for key, value in python_metrics.items():
+        np.testing.assert_allclose(compiled[name][0][key][i], value, atol=1e-5, rtol=1e-5,
+                                   err_msg=f"{name}, compiled, iteration {i}: {key}")
+    _assert_close(compiled[name][1], results[name][1], 1e-5, f"{name}: compiled against Python, after 2 iterations")
 
   for i, (one, eight) in enumerate(zip(results["one"][0], results["eight"][0])):
     (sample_one, rollout_one, metrics_one), (sample_eight, rollout_eight, metrics_eight) = one, eight

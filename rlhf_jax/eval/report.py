@@ -199,11 +199,22 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
     numbers[f"{stage}/{key}"] = value
     return value
 
+  def show(stage, key, ci_key=None):
+    """The value (± its 95% CI under `ci_key`), and for a `train.seeds` run its spread over the seeds: the
+    summary holds the mean, `<key>/seed_std` and `<key>/seeds`."""
+    summary = summaries[stage]
+    text = _fmt(get(stage, key), get(stage, ci_key) if ci_key and ci_key in summary else None)
+    std, runs = finite(summary.get(f"{key}/seed_std")), summary.get(f"{key}/seeds") or []
+    if std is not None and len(runs) > 1:
+      numbers[f"{stage}/{key}/seed_std"] = std
+      text += f" (sd {std:.2g} over {len(runs)} seeds)"
+    return text
+
   def simple(stage, rows):
     lines = ["| | |", "|---|---|"]
     for label, key in rows:
       if key in summaries[stage]:
-        lines.append(f"| {label} | {_fmt(get(stage, key))} |")
+        lines.append(f"| {label} | {show(stage, key)} |")
     return lines
 
   if "pretrain" in summaries:
@@ -247,8 +258,7 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
              ("held-out pretraining loss", "pretrain/loss"), ("end-of-turn rate", "end_of_turn_rate")]
     for label, key in rows:
       if f"eval/{key}" in s or f"sft/{key}" in s:
-        cells = [_fmt(get("ppo", f"{side}/{key}"), get("ppo", f"{side}/{key}_ci") if f"{side}/{key}_ci" in s else None)
-                 for side in ("eval", "sft")]
+        cells = [show("ppo", f"{side}/{key}", f"{side}/{key}_ci") for side in ("eval", "sft")]
         for _, stage, prefix in extra:
           name = prefix + ("gold" if stage == "reward" and key == "gold/all" else key)
           cells.append(_fmt(get(stage, name)) if key.startswith("gold/") and name in summaries[stage] else "")
@@ -257,7 +267,7 @@ def stage_tables(summaries: dict) -> tuple[dict[str, list[str]], dict]:
                        ("win rate vs SFT, by the RM", "eval/win_rate_rm"),
                        ("gold gain over SFT, paired", "eval/gold_gain")):
       if key in s:
-        lines.append(f"| {label} (± 95% CI) | {_fmt(get('ppo', key), get('ppo', key + '_ci'))} | "
+        lines.append(f"| {label} (± 95% CI) | {show('ppo', key, key + '_ci')} | "
                      + ("0.5" if "win" in key else "0") + " |" + " |" * len(extra))
     tables["ppo"] = lines
   return tables, numbers
@@ -285,8 +295,8 @@ def stage_samples(stage_dirs: dict, prompts: Sequence[str], instances, world, sa
   out = {}
   mesh = mesh_lib.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
   for stage in ("pretrain", "sft", "ppo"):
-    if stage not in stage_dirs:
-      continue
+    if stage not in stage_dirs or (_run_config(stage_dirs[stage]).get("train") or {}).get("seeds", 1) > 1:
+      continue  # A `train.seeds` workdir holds several models: its tables give their means and spreads.
     model, params, tokenizer = load_pretrained(stage_dirs[stage], mesh)
     texts = sample_answers(model, params, tokenizer, list(prompts), sampling, seed=eval_seed(sampling),
                            mesh=mesh).texts

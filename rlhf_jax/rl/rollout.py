@@ -133,6 +133,11 @@ def reward_inputs(prompt_bp, prompt_mask_bp, tokens_bn, mask_bn, ended_b, *, end
   return seq_bs, positions_bs, segments_bs, p + last_b
 
 
+def strip_value(params: dict) -> dict:
+  """The policy's params without a shared critic's value head: what sampling and the evaluations read."""
+  return {k: v for k, v in params.items() if k != "value_head"}
+
+
 def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Transformer],
                  reward_model: Transformer, *, temperature: float, end_of_turn_id: int,
                  reward_id: Optional[int], pad_id: int, unfinished_penalty: float = 0.0,

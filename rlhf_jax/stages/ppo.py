@@ -46,14 +46,15 @@ from rlhf_jax.eval import gold as eval_gold
 from rlhf_jax.eval.lm import heldout_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, PolicySamples, to_host
 from rlhf_jax.model.transformer import Transformer
+from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl import rollout as rollout_lib
-from rlhf_jax.rl.rollout import make_collect
+from rlhf_jax.rl.rollout import make_collect, strip_value
 from rlhf_jax.sampling import make_generate, response_token_ids
 from rlhf_jax.stages import common
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
+from rlhf_jax.train.loop import LoopConfig, combine_seeds, read_summary, train_loop, write_summary
 from rlhf_jax.train.metrics import read_metrics
 
 
@@ -355,11 +356,6 @@ class PPOSetup:
   rng: jax.Array
 
 
-def strip_value(params: dict) -> dict:
-  """The policy's params without a shared critic's value head: what sampling and the evaluations read."""
-  return {k: v for k, v in params.items() if k != "value_head"}
-
-
 def load_models(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenizer, Transformer, dict, dict]:
   """(actor, SFT params, tokenizer, reward model, its params, its reward.json spec): the SFT model from
   `init_from` (with a fresh value head under ppo.shared_critic) and the reward model from `ppo.reward_from`,
@@ -382,9 +378,10 @@ def load_models(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenize
   return actor, sft_params, tokenizer, rm_model, rm_params, spec
 
 
-def training_data(config, tokenizer, train_prompts: Prompts, docs) -> Iterable[dict]:
-  """The endless PPO inputs (`pipelines.ppo_pipeline`): train.batch_size rows of `train_prompts` an iteration
-  and, with PPO-ptx, epochs x minibatches x ppo.ptx_batch windows of the training documents `docs[0]`."""
+def training_data(config, tokenizer, train_prompts: Prompts, docs) -> Callable[[int], Iterable[dict]]:
+  """`make_data(seed)`: the endless PPO inputs of a run with that seed (`pipelines.ppo_pipeline`):
+  train.batch_size rows of `train_prompts` an iteration and, with PPO-ptx, epochs x minibatches x
+  ppo.ptx_batch windows of the training documents `docs[0]`."""
   ppo = config.ppo
   ptx_rows = ppo.ptx_batch * ppo.epochs * ppo.minibatches if ppo.ptx_coef > 0 else 0
   if ptx_rows and docs is None:
@@ -392,17 +389,19 @@ def training_data(config, tokenizer, train_prompts: Prompts, docs) -> Iterable[d
   # PPO-ptx reads the training documents as one token stream (BOS + text + EOS each, concatenated).
   ptx_stream = (np.concatenate([pipelines.document_ids(tokenizer, text) for text in docs[0]]) if ptx_rows
                 else None)
-  return pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, config.train.batch_size, config.seed,
-                                ptx_stream, ptx_rows, ppo.ptx_seq_len, ppo.samples_per_prompt)
+  return lambda seed: pipelines.ppo_pipeline(train_prompts.tokens, train_prompts.mask, config.train.batch_size,
+                                             seed, ptx_stream, ptx_rows, ppo.ptx_seq_len, ppo.samples_per_prompt)
 
 
-def batch_maker(mesh) -> Callable[[dict], dict]:
-  """`make_batch(rows) -> batch`: this host's rows sharded over the mesh, the ptx rows as an LM batch."""
+def batch_maker(mesh, leading: int = 0, seed_axis: bool = False) -> Callable[[dict], dict]:
+  """`make_batch(rows) -> batch`: this host's rows sharded over the mesh, the ptx rows as an LM batch; the
+  rows after `leading` stacked axes (K iterations a compiled call) and a seed axis (`mesh.shard_batch`)."""
+  shard = lambda tree: mesh_lib.shard_batch(tree, mesh, seed_axis=seed_axis, leading=leading)
 
   def make_batch(rows):
-    batch = mesh_lib.shard_batch({k: v for k, v in rows.items() if k != "ptx"}, mesh)
+    batch = shard({k: v for k, v in rows.items() if k != "ptx"})
     if "ptx" in rows:
-      batch["ptx"] = mesh_lib.shard_batch(pipelines.to_lm_batch({"tokens": rows["ptx"]}), mesh)
+      batch["ptx"] = shard(pipelines.to_lm_batch({"tokens": rows["ptx"]}))
     return batch
 
   return make_batch
@@ -542,7 +541,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
   docs = ptx_documents(config)
-  dataset, make_batch = training_data(config, tokenizer, train_prompts, docs), batch_maker(mesh)
+  make_data, make_batch = training_data(config, tokenizer, train_prompts, docs), batch_maker(mesh)
+  dataset = make_data(config.seed)
   reward_id = tokenizer.reward_id if spec.reward_token else None
   generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
                            stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
@@ -563,8 +563,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
                          end_of_turn_id=tokenizer.end_of_turn_id, reward_id=reward_id, pad_id=tokenizer.pad_id,
                          unfinished_penalty=ppo.unfinished_penalty)
   settings = steps.PPOSettings.from_config(ppo)
-  update = steps.jit_ppo_update(steps.make_ppo_update(actor, critic, txs, settings, reference), shardings,
-                                jax.tree.map(lambda x: x.sharding, ref_params), mesh)
+  update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
+  update = steps.jit_ppo_update(update_fn, shardings, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
                           train_prompts=train_prompts)
@@ -576,7 +576,7 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
     pretrain_eval = heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len, config.train.batch_size,
                                          config.seed, prefix="eval/pretrain")
   baseline = {}
-  return PPOSetup(
+  setup = PPOSetup(
       config=config, mesh=mesh, tokenizer=tokenizer, world=world, actor=actor, reference=reference, critic=critic,
       reward_model=rm_model, ref_params=ref_params, rm_params=rm_params, reward_spec=spec, txs=txs,
       settings=settings, rounds=rounds, state=state, shardings=shardings, train_prompts=train_prompts,
@@ -584,6 +584,52 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
       collect=collect, update=update, step_fn=step_fn, evaluator=evaluator, cold=cold, pretrain_eval=pretrain_eval,
       evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline), baseline=baseline,
       loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
+  return compile_iterations(setup, update_fn, make_data) if ppo.iterations_per_call else setup
+
+
+def replica_critic(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]], seed: int) -> dict:
+  """The initial critic params of the run with this seed (`make_critic` on its first batch and keys)."""
+  config = setup.config.copy_and_resolve_references()
+  with config.unlocked():
+    config.seed = seed
+  reward_id = setup.tokenizer.reward_id if setup.reward_spec.reward_token else None
+  return make_critic(config, setup.reward_model, setup.rm_params, tokenizer=setup.tokenizer, reward_id=reward_id,
+                     first_batch=lambda: setup.make_batch(next(iter(make_data(seed)))), generate=setup.generate,
+                     ref_params=setup.ref_params)[1]
+
+
+def compile_iterations(setup: PPOSetup, update_fn: Callable, make_data: Callable[[int], Iterable[dict]]
+                       ) -> PPOSetup:
+  """The setup with `step_fn` the compiled iteration (ppo.iterations_per_call K >= 1, rl/iteration.py: K
+  iterations a call on K stacked batches) and, with train.seeds N > 1, N replicas in one program: the state
+  stacked (replica i keyed by config.seed + i), each replica's own prompts (`make_data(seed + i)`) and root
+  key, and `evaluate` giving each figure's mean over the replicas, `/seed_std` and `/seeds`, all against the
+  one SFT baseline (the evaluations' keys do not depend on config.seed)."""
+  config, mesh = setup.config, setup.mesh
+  k, n = config.ppo.iterations_per_call, config.train.seeds
+  iteration = iteration_lib.make_ppo_iteration(setup.generate, setup.collect, update_fn,
+                                               kl_in_loss=config.ppo.kl_loss_coef > 0, mesh=mesh)
+  frozen = {"ref": setup.ref_params, "rm": setup.rm_params}
+  state, shardings, rng, data, evaluate = setup.state, setup.shardings, setup.rng, setup.data, setup.evaluate
+  if n > 1:
+    seeds = [config.seed + i for i in range(n)]
+    keys = lambda offset: jnp.stack([jax.random.PRNGKey(seed + offset) for seed in seeds])
+    state, shardings = state_lib.stack_replicas(state, shardings, keys(0))
+    if setup.critic is not None:  # Each replica's critic bias measured on its own first batch (`make_critic`).
+      critics = [replica_critic(setup, make_data, seed) for seed in seeds]
+      state = state.replace(params={**state.params, "critic": jax.device_put(
+          jax.tree.map(lambda *x: jnp.stack(x), *critics), shardings.params["critic"])})
+    rng = keys(1)
+    data = lambda: pipelines.SeedIterators([iter(make_data(seed)) for seed in seeds])
+    take = state_lib.unstack_seed(shardings)
+    evaluate = lambda state: combine_seeds([setup.evaluate(take(state, i)) for i in range(n)])
+  run = iteration_lib.jit_iterations(iteration, shardings, jax.tree.map(lambda x: x.sharding, frozen), mesh,
+                                     per_call=k, seeds=n)
+  loop = dataclasses.replace(setup.loop, steps_per_call=k, tokens_per_step=n * setup.loop.tokens_per_step)
+  return dataclasses.replace(
+      setup, state=state, shardings=shardings, rng=rng, data=data, evaluate=evaluate, loop=loop,
+      make_batch=batch_maker(mesh, leading=int(k > 1), seed_axis=n > 1),
+      step_fn=lambda state, batch, rng: run(state, batch, rng, frozen))
 
 
 def finish_summary(setup: PPOSetup, workdir: str, summary: dict) -> dict:
@@ -608,7 +654,8 @@ def run(config, workdir: str) -> dict:
   _, summary = train_loop(setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings,
                           step_fn=setup.step_fn, rng=setup.rng, data=setup.data(), make_batch=setup.make_batch,
                           evaluate=setup.evaluate, config=config,
-                          extra_summary={"num_params/actor": state_lib.count_params(setup.state.params["actor"])})
+                          extra_summary={"num_params/actor": state_lib.count_params(setup.state.params["actor"])
+                                         // setup.config.train.seeds})
   summary = finish_summary(setup, workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
                                             "eval/win_rate_gold", "eval/win_rate_rm"]))

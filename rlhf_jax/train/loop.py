@@ -1,6 +1,7 @@
 """The one training loop, shared by pretraining, SFT and the reward model.
 
   for step in start..total:  batch = next(data); state, metrics = step_fn(state, batch, rng)
+    (steps_per_call K > 1: one call per K steps, on the K next batches stacked, its metrics per step)
     every log_every:          average the window's metrics (fetched from the device only now), stop on NaN/inf
     every eval_every:         evaluate(state)
     every checkpoint_every:   save state + data-iterator position (asynchronously)
@@ -59,6 +60,10 @@ class LoopConfig:
   tokens_per_step: int
   keep_checkpoints: int = 2
   desc: str = "train"
+  # K > 1: each step_fn call runs K steps (a compiled scan: rl/iteration.py) on the K next batches stacked on
+  # a leading axis, and returns metrics with that leading axis; total_steps and the log, evaluation and
+  # checkpoint intervals are multiples of K.
+  steps_per_call: int = 1
 
 
 def write_summary(workdir: str, summary: dict) -> None:
@@ -147,23 +152,31 @@ def combine_seeds(runs: list[dict]) -> dict:
   return out
 
 
-def _mean_metrics(window: list[dict]) -> dict:
+def _mean_metrics(window: list[dict], steps_per_call: int = 1) -> dict:
   """Averages a window of per-step device metrics (fetched here, once); sums token counts.
 
   Metrics of a `train.seeds` = N run have shape (N,): each replica's window is reduced alone, then the
   replicas are averaged, and the loss gets its spread over them too (`train/loss/seed_std`). The mean is
-  NaN when any replica's loss is, so one diverging replica stops the run.
+  NaN when any replica's loss is, so one diverging replica stops the run. With `steps_per_call` K > 1 each
+  entry holds K steps' metrics on a leading axis.
   """
   fetched = jax.device_get(window)
   out = {}
   keys = dict.fromkeys(key for m in fetched for key in m)  # Some metrics come only on some steps.
   for key in keys:
-    values = np.asarray([m[key] for m in fetched if key in m], np.float64)  # (steps,) or (steps, N)
+    per_call = [np.asarray(m[key], np.float64) for m in fetched if key in m]
+    # (steps,) or (steps, N)
+    values = np.concatenate(per_call) if steps_per_call > 1 else np.stack(per_call)
     per_run = values.sum(0) if key.endswith("/tokens") else values.mean(0)
     out[key] = float(np.mean(per_run))
     if per_run.ndim and key == "train/loss":
       out[f"{key}/seed_std"] = seed_std(per_run)
   return out
+
+
+def stack_rows(batches: list) -> Any:
+  """K host batches (trees of numpy rows) -> one tree, each leaf stacked on a new leading axis of K."""
+  return jax.tree.map(lambda *rows: np.stack(rows), *batches)
 
 
 def _describe(metrics: dict) -> str:
@@ -198,6 +211,11 @@ def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, st
   except BaseException:
     checkpoints.close()
     raise
+  if start % loop.steps_per_call:
+    checkpoints.close()
+    raise UserError(f"{loop.desc}: the checkpoint in {checkpoints.directory} is at step {start}, which is not a "
+                    f"multiple of the {loop.steps_per_call} steps each call runs (ppo.iterations_per_call); "
+                    "resume with the setting the run was started with")
   if start:
     summary = read_summary(workdir)
     if start >= loop.total_steps and summary is not None:
@@ -230,19 +248,21 @@ def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, st
           bar.write(f"{loop.desc} step {start}: " + _describe(eval_metrics))
         if guard.stop_requested():
           raise Preempted(start, guard.signum)
-      for step in range(start, loop.total_steps):
-        state, metrics = step_fn(state, make_batch(next(data)), rng)
+      per_call = loop.steps_per_call
+      for step in range(start, loop.total_steps, per_call):
+        rows = next(data) if per_call == 1 else stack_rows([next(data) for _ in range(per_call)])
+        state, metrics = step_fn(state, make_batch(rows), rng)
         window.append(metrics)
-        window_steps += 1
-        done = step + 1
-        bar.update(1)
+        window_steps += per_call
+        done = step + per_call
+        bar.update(per_call)
         if jax.process_count() > 1:  # Agreeing across hosts costs a collective: only on log steps.
           stopping = (done % loop.log_every == 0 or done == loop.total_steps) and guard.stop_requested()
         else:
           stopping = guard.stop_requested()
         save = done % loop.checkpoint_every == 0 or done == loop.total_steps or stopping
         if done % loop.log_every == 0 or save:
-          last = _mean_metrics(window)
+          last = _mean_metrics(window, per_call)
           loss = last.get("train/loss", 0.0)
           if not math.isfinite(loss):
             raise Diverged(f"{loop.desc}: loss is {loss} in steps {done - len(window) + 1}..{done}; stopped. The "

@@ -112,9 +112,19 @@ def create_seed_states(model: Transformer, tx: optax.GradientTransformation, mes
   return state, shardings
 
 
+def stack_replicas(state: Any, shardings: Any, rngs_n2: jax.Array) -> tuple[Any, Any]:
+  """N copies of a state (a PPOState from pretrained params: every replica starts from the same weights) on
+  a leading seed axis, replica i with root key `rngs_n2[i]`, and their shardings (`mesh.stacked`)."""
+  n = rngs_n2.shape[0]
+  stacked = jax.tree.map(mesh_lib.stacked, shardings)
+  build = lambda s, rngs: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), s).replace(rng=rngs)
+  return jax.jit(build, out_shardings=stacked)(state, rngs_n2), stacked
+
+
 def unstack_seed(shardings: TrainState):
-  """`take(stacked_state, i) -> replica i's TrainState for evaluation`: its step, parameters and RNG, laid out as
-  a single run's (`shardings` are the stacked ones, from `create_seed_states`), and no optimizer state --
+  """`take(stacked_state, i) -> replica i's state for evaluation`: its step, parameters and RNG, laid out as
+  a single run's (`shardings` are the stacked ones, from `create_seed_states` or `stack_replicas`; a
+  TrainState or a PPOState), and no optimizer state --
   evaluation reads only the parameters, and the Adam moments are twice their size. Compiled once for every i.
   """
   single = jax.tree.map(lambda s: NamedSharding(s.mesh, P(*s.spec[1:])), shardings.replace(opt_state=None))
