@@ -1,27 +1,26 @@
-"""New tokens per second of batched sampling: ours (`make_generate`) against Hugging Face `model.generate`.
+"""New tokens per second of batched sampling: ours (`make_generate`) against Hugging Face `model.generate`,
+and ours against this machine's roofline, measured in the same run.
 
 Command:  python benchmarks/generate.py [--quick] [--repeats N]
 
-Both sides run the same random weights of our GPT-2 style Transformer (written with `save_hf`, loaded as a
-`GPT2LMHeadModel`) and differ only in how they generate. Ours: `make_generate(model, max_new_tokens=N,
-temperature=0.7, top_k=0, top_p=1.0, stop_ids=())`, one jitted program compiled ahead of time (prefill, then a
-KV-cache loop per ~16 steps). HF: `model.generate(do_sample=True, temperature=0.7, top_k=0, top_p=1.0,
-eos_token_id=None, min_new_tokens=N, max_new_tokens=N)`, float32, `torch.set_num_threads(2)`,
-OMP_WAIT_POLICY=PASSIVE (spin-waiting OpenMP threads stall whenever anything else wants a core).
-Setting: batch 64, prompts of 16 random tokens, temperature 0.7 over the full vocabulary, exactly N = 32 or
-128 new tokens a row; tokens/s = 64 N / median seconds of a whole call (prefill included); ratio = ours / HF.
-Models (float32, unscanned layers, XLA attention, max_len 256): toy L=4 D=128 H=4 F=512 V=1024; base L=12
-D=768 H=12 F=3072 V=50304 (GPT-2 small). Timed repeats alternate the sides so other load falls on both alike.
-Checks (a failure stops the run): N tokens a row on both sides, HF's processed scores equal logits / 0.7, and
-greedy log-probs equal to 1e-4 while the rows agree.
-
+Same random weights on both sides (ours, written with `save_hf`, loaded as a `GPT2LMHeadModel`). Ours:
+`make_generate(model, max_new_tokens=N, temperature=0.7, top_k=0, top_p=1.0, stop_ids=())`, compiled ahead of
+time. HF: `model.generate(do_sample=True, temperature=0.7, top_k=0, top_p=1.0, eos_token_id=None,
+min_new_tokens=N, max_new_tokens=N)`, float32, 2 torch threads, OMP_WAIT_POLICY=PASSIVE. Batch 64, prompts of
+16 random tokens, exactly N = 32 or 128 new tokens a row; tokens/s = 64 N / median s of a whole call (prefill
+included); ratio = ours / HF; timed repeats alternate the sides. Models (float32): toy L=4 D=128 H=4 F=512
+V=1024; base L=12 D=768 H=12 F=3072 V=50304 (GPT-2 small). Checks (a failure stops the run): N tokens a row,
+HF's scores = logits / 0.7, greedy log-probs equal to 1e-4.
+Roofline (`decode_step_cost`): a decode step needs its model FLOPs, 64 (2 N + 4 L S H K) for S keys, at the
+float32 matmul peak, or its bytes, 4 N of weights + 8 L 64 G K S of K/V cache, at the streaming bandwidth (x + 1
+over 256 MiB), whichever takes longer; both rates measured before and after the cases. The measured step is the
+N=128 call less the N=32 one, over its 96 steps; a whole call's roofline adds the prefill's.
 Hardware: 2-core Intel Xeon (AVX-512) VM, shared; jax 0.10.2, torch 2.13.0, transformers 5.23.0. Runtime ~3
-min idle, 5-6 min with other jobs on ~1-1.5 of the 2 cores; `--quick` (toy only, one repeat) ~20-30 s, a smoke
-test. The share of the cores other processes used while timing is printed: the ratio depends on it.
-Measured 2026-11-30 (run 7, the Intel Xeon with AMX, alone), ours/HF at N=32 / N=128: toy 4.19x / 3.93x, base
-1.70x / 2.03x; the 2x target is met for the toy model, not for GPT-2 small. The method in full, earlier runs,
-the profile and what was tried: benchmarks/README.md. Last line: `BENCH generate key=value ...` (tokens/s,
-ratios and compile seconds per case, ours_compile_s = the longest compile; with --quick only the toy keys).
+min idle, 5-6 min with other jobs; `--quick` (toy only, one repeat) ~30 s, a smoke test.
+Measured 2026-11-30 (the Intel Xeon with AMX, alone), ours/HF at N=32 / N=128: toy 4.19x / 3.93x, base 1.70x /
+2.03x. 2026-12-05, not alone (others on 0.7-1 of the 2 cores): a base decode step 244 ms against a roofline of
+113 ms, 46% (FLOP-bound: 16.0 GFLOP at 142 GFLOP/s; its 945 MB at 28 GB/s take 33 ms); toy 25% (bytes-bound).
+More, and the method in full: benchmarks/README.md. Last line: `BENCH generate key=value ...`.
 """
 
 from __future__ import annotations
@@ -42,11 +41,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from machine import ForeignLoad, cpu_model  # noqa: E402
+from machine import ForeignLoad, cpu_model, measure_bandwidth  # noqa: E402
 from rlhf_jax import config as config_lib  # noqa: E402
 from rlhf_jax.model import hf  # noqa: E402
 from rlhf_jax.model.transformer import Transformer, TransformerConfig, unbox  # noqa: E402
 from rlhf_jax.sampling import make_generate, prompt_batch  # noqa: E402
+from train_step import measure_matmul_peak, model_flops_per_token  # noqa: E402
 
 BATCH = 64
 PROMPT_LEN = 16
@@ -184,6 +184,63 @@ def time_case(case: Case, model, params, hf_model, prompt_bp: np.ndarray, mask_b
               compile_s=compile_s, foreign=foreign)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The roofline: model FLOPs against the float32 matmul peak, bytes against the streaming bandwidth, both
+# measured in the same run.
+
+
+def decode_step_cost(cfg: TransformerConfig, batch: int, context: int) -> tuple[float, float]:
+  """(model FLOPs, bytes) of one decode step of `batch` rows, each new token attending to `context` keys (the
+  prompt and the tokens so far, itself included: the causal prefix, not the empty slots of the loop's cache).
+
+    FLOPs  batch (2 N + 4 L context H K)       = batch x `model_flops_per_token(cfg, context)` / 3
+    bytes  4 N + 4 x 2 L batch G K context     the matmul weights read once for all rows, K and V read once
+
+  N: the matmul parameters of `model_flops_per_token` (the tied LM head's V D included); float32, 4 bytes.
+  Left out: biases, norms, activations and the sampler over V (elementwise FLOPs, few bytes) and the position
+  row and the cache write (1/context of the cache read)."""
+  n_matmul = model_flops_per_token(cfg, 0) / 6
+  flops = batch * model_flops_per_token(cfg, context) / 3
+  moved = 4.0 * (n_matmul + 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * context)
+  return flops, moved
+
+
+def prefill_cost(cfg: TransformerConfig, batch: int, prompt_len: int) -> tuple[float, float]:
+  """(model FLOPs, bytes) of the prefill: `batch` x `prompt_len` tokens over `prompt_len` keys (the full
+  square, as `model_flops_per_token` counts it), the LM head at the last column only; the weights read once
+  and the K and V cache written once."""
+  head = 2.0 * cfg.vocab_size * cfg.d_model
+  flops = batch * (prompt_len * (model_flops_per_token(cfg, prompt_len) / 3 - head) + head)
+  moved = 4.0 * (model_flops_per_token(cfg, 0) / 6
+                 + 2 * cfg.n_layers * batch * cfg.n_kv_heads * cfg.head_dim * prompt_len)
+  return flops, moved
+
+
+def roofline(cost: tuple[float, float], peak: float, bandwidth: float) -> float:
+  """Least seconds for `cost` (FLOPs, bytes): the longer of its FLOPs at the peak and its bytes at the
+  bandwidth (each bound alone; a program that overlapped neither would need their sum)."""
+  return max(cost[0] / peak, cost[1] / bandwidth)
+
+
+def call_roofline(cfg: TransformerConfig, new_tokens: int, peak: float, bandwidth: float) -> dict:
+  """A whole call's roofline seconds, FLOPs and bytes: the prefill, then decode steps 1 .. N-1 (step n
+  attends to PROMPT_LEN + n keys; step 0 samples from the prefill's logits)."""
+  costs = [prefill_cost(cfg, BATCH, PROMPT_LEN)]
+  costs += [decode_step_cost(cfg, BATCH, PROMPT_LEN + n) for n in range(1, new_tokens)]
+  return dict(seconds=sum(roofline(c, peak, bandwidth) for c in costs), flops=sum(c[0] for c in costs),
+              bytes=sum(c[1] for c in costs))
+
+
+def step_roofline(cfg: TransformerConfig, first: int, last: int, peak: float, bandwidth: float) -> dict:
+  """Mean decode step of steps `first` .. `last - 1`: its FLOPs, bytes, the seconds each bound needs alone,
+  the roofline seconds and which bound sets it."""
+  costs = [decode_step_cost(cfg, BATCH, PROMPT_LEN + n) for n in range(first, last)]
+  flops, moved = (statistics.mean(c[i] for c in costs) for i in (0, 1))
+  seconds = statistics.mean(roofline(c, peak, bandwidth) for c in costs)
+  return dict(flops=flops, bytes=moved, flops_s=flops / peak, bytes_s=moved / bandwidth, seconds=seconds,
+              bound="flops" if flops / peak >= moved / bandwidth else "bytes")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="the toy model only, one repeat (smoke test)")
@@ -207,13 +264,17 @@ def main():
         f"{load_start:.2f}{' (quick: smoke numbers)' if args.quick else ''}", flush=True)
   print(f"batch {BATCH}, prompt {PROMPT_LEN} tokens, temperature {TEMPERATURE}, full vocabulary, no stop token",
         flush=True)
+  # The roofline's two rates, measured before the cases and again after them (the better of each counts).
+  repeats = 3 if args.quick else 5
+  print("float32 matmul peak and streaming bandwidth, before the cases:", flush=True)
+  rates = [(measure_matmul_peak((2048,), repeats)[2048], measure_bandwidth(repeats=repeats))]
 
-  results, checks = {}, {}
+  results, checks, configs = {}, {}, {}
   prompts = np.random.default_rng(0)
   for case in cases:
     with tempfile.TemporaryDirectory() as scratch:
       model, params, hf_model = build_models(case, os.path.join(scratch, case.name))
-    cfg = model.config
+    configs[case.name] = cfg = model.config
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
     print(f"{case.name}: {n_params / 1e6:.1f}M parameters (L={cfg.n_layers} D={cfg.d_model} H={cfg.n_heads} "
           f"F={cfg.d_ff} V={cfg.vocab_size})", flush=True)
@@ -230,6 +291,18 @@ def main():
       results[case.name, n] = time_case(case, model, params, hf_model, prompt_bp, mask_bp, n)
     del model, params, hf_model
 
+  print("float32 matmul peak and streaming bandwidth, after the cases:", flush=True)
+  rates.append((measure_matmul_peak((2048,), repeats)[2048], measure_bandwidth(repeats=repeats)))
+  peak, bandwidth = max(r[0]["best"] for r in rates), max(r[1]["best"] for r in rates)
+  rate_foreign = [f for r in rates for f in (r[0]["foreign"], r[1]["foreign"]) if f is not None]
+  rate_foreign = statistics.mean(rate_foreign) if rate_foreign else None
+  for (name, n), r in results.items():
+    r["roofline"] = call_roofline(configs[name], n, peak, bandwidth)
+  steps = {}  # The mean decode step of steps N_short .. N_long - 1: the difference of the two calls.
+  short, long = LENGTHS
+  for name, cfg in configs.items():
+    steps[name] = step = step_roofline(cfg, short, long, peak, bandwidth)
+    step["measured"] = (results[name, long]["ours_s"] - results[name, short]["ours_s"]) / (long - short)
   load_end = os.getloadavg()[0]
   print()
   header = (f"{'model':<5} {'N':>4} {'ours tok/s':>10} {'HF tok/s':>9} {'ours/HF':>8} {'ours s':>14} "
@@ -245,6 +318,30 @@ def main():
   print("(seconds: median (min-max) of a whole call of 64 rows, prefill included; compile s: ours, ahead of time)")
   below = [f"{name} N={n}" for (name, n), r in results.items() if r["ratio"] < 2.0]
   print(f"target ours >= 2x HF: {'met' if not below else 'NOT met for ' + ', '.join(below)}")
+
+  print(f"\nours against the roofline: float32 matmul peak {peak / 1e9:.1f} GFLOP/s, streaming bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s (best 2048x2048 product, best x + 1 over 256 MiB; before/after the cases "
+        f"{', '.join(format(r[0]['best'] / 1e9, '.1f') for r in rates)} GFLOP/s, "
+        f"{', '.join(format(r[1]['best'] / 1e9, '.1f') for r in rates)} GB/s)")
+  print(f"  {'model':<5} {'N':>4} {'GFLOP':>7} {'GB moved':>8} {'roofline s':>10} {'ours s':>7} "
+        f"{'roofline/ours':>13}")
+  for (name, n), r in results.items():
+    roof = r["roofline"]
+    print(f"  {name:<5} {n:>4} {roof['flops'] / 1e9:7.1f} {roof['bytes'] / 1e9:8.2f} {roof['seconds']:10.3f} "
+          f"{r['ours_s']:7.3f} {roof['seconds'] / r['ours_s']:13.1%}")
+  print(f"  a decode step, the mean of steps {short}..{long - 1} (measured: the N={long} call less the N={short} "
+        f"one, over {long - short} steps):")
+  print(f"  {'model':<5} {'GFLOP':>7} {'MB':>7} {'flops ms':>8} {'bytes ms':>8} {'roofline ms':>11} "
+        f"{'measured ms':>11} {'roofline/measured':>17}  bound")
+  for name, st in steps.items():
+    print(f"  {name:<5} {st['flops'] / 1e9:7.3f} {st['bytes'] / 1e6:7.1f} {st['flops_s'] * 1e3:8.2f} "
+          f"{st['bytes_s'] * 1e3:8.2f} {st['seconds'] * 1e3:11.2f} {st['measured'] * 1e3:11.2f} "
+          f"{st['seconds'] / st['measured']:17.1%}  {st['bound']}")
+  case_foreign = [r["foreign"] for r in results.values() if r["foreign"] is not None]
+  if rate_foreign is not None and case_foreign and max(abs(f - rate_foreign) for f in case_foreign) > 0.25:
+    print(f"  WARNING: other processes used {rate_foreign:.2f} cores while the peak and bandwidth were measured "
+          f"and {min(case_foreign):.2f}-{max(case_foreign):.2f} during the cases: the fractions compare different "
+          "shares of the machine")
   elapsed = time.perf_counter() - wall
   busy = max(load_start, load_end) > 0.5 and load_start > 0.5
   print(f"total {elapsed:.0f} s; load average {load_start:.2f} at start, {load_end:.2f} at end"
@@ -258,6 +355,15 @@ def main():
                f"{key}_compile_s={r['compile_s']:.1f}"]
   fields += [f"{name}_greedy_rows_same={c['same_rows']}/{c['rows']}" for name, c in checks.items()]
   fields.append(f"ours_compile_s={max(r['compile_s'] for r in results.values()):.1f}")
+  fields += [f"peak_gflops={peak / 1e9:.1f}", f"bandwidth_gbs={bandwidth / 1e9:.1f}",
+             f"others_cores_rates={'nan' if rate_foreign is None else f'{rate_foreign:.2f}'}"]
+  for (name, n), r in results.items():
+    fields += [f"{name}_n{n}_roofline_s={r['roofline']['seconds']:.3f}",
+               f"{name}_n{n}_frac_of_roofline={r['roofline']['seconds'] / r['ours_s']:.3f}"]
+  for name, st in steps.items():
+    fields += [f"{name}_step_ms={st['measured'] * 1e3:.2f}", f"{name}_step_roofline_ms={st['seconds'] * 1e3:.2f}",
+               f"{name}_step_frac={st['seconds'] / st['measured']:.3f}", f"{name}_step_bound={st['bound']}",
+               f"{name}_step_gflop={st['flops'] / 1e9:.3f}", f"{name}_step_mb={st['bytes'] / 1e6:.1f}"]
   fields += [f"quick={int(args.quick)}", f"load={load_start:.2f}", f"device={device.platform}"]
   print("BENCH generate " + " ".join(fields))
 

@@ -1,28 +1,28 @@
-"""Seconds per PPO iteration: ours (generate -> collect -> update) against TRL's PPOTrainer, same setting.
+"""Seconds per PPO iteration: ours (generate -> collect -> update) against TRL's PPOTrainer, same setting, and
+ours against the limit, the iteration's model FLOPs at the float32 matmul peak measured in the same run.
 
 Command:  python benchmarks/ppo_iteration.py [--quick] [--iterations N] [--breakdown]
 Needs TRL: pip install -c constraints.txt -r benchmarks/requirements-ppo.txt   (torch stays 2.13.0, CPU)
 
-Setting (both sides): a GPT-2 style policy with random weights, L=4 D=128 H=4 F=512 V=1024 (max_len 64), and
-a reference, a value model and a reward model of the same size (separate trunks); 64 prompts of 16 tokens
-(`write_prompts`; TRL gets the same ids), exactly 32 new tokens a row at temperature 0.7 from the full
-vocabulary; KL 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages, clip 0.2 / value clip 0.2; 4 epochs of
-1 minibatch (all 64 rows); float32 throughout, no gradient checkpointing on either side.
-  ours  what `stages/ppo.py:build_ppo` builds from `ppo_config` (random-weight stand-ins written by
-        `write_models`): `generate` -> `collect` -> `update`, compiled ahead of time, each phase timed to
-        `block_until_ready` as `step_fn` times it; it recomputes the old log-probs (one forward more).
-  TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0, `trl.experimental.ppo`), torch 2.13.0,
-        `torch.set_num_threads(2)`, OMP_WAIT_POLICY=PASSIVE, in its own process (ppo_iteration_trl.py).
-The two processes alternate iteration by iteration, so other load falls on both alike; the first iteration
-of each is a warm-up. Each figure is the median over the timed iterations; ratio = TRL's s per iteration /
-ours. `--breakdown` then times our pieces alone. The method and checks in full: benchmarks/README.md.
-
-Hardware: 2-core AMD EPYC (AVX-512) CPU shared with other jobs, jax 0.10.2, torch 2.13.0, transformers
-5.23.0, trl 1.12.0. Runtime 1.5-5 min (7 timed iterations a side; `--breakdown` adds ~20 s); `--quick`
-(2 timed iterations) ~1-3 min, a smoke test.
-Measured 2026-11-30 on the AMD EPYC, alone, before issue 16 built ours through `build_ppo`: ours 1.25 s
-(generate 0.082, collect 0.135, update 1.041) against TRL 2.40 s, 1.92x (target 1.5x). Later and earlier
-figures, where our time goes: benchmarks/README.md. Last line: `BENCH ppo_iteration key=value ...`.
+Setting (both sides): GPT-2 style policy, reference, value and reward models with random weights, each L=4
+D=128 H=4 F=512 V=1024 (separate trunks); 64 prompts of 16 tokens (TRL gets the same ids), exactly 32 new
+tokens a row at T=0.7 from the full vocabulary; KL 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages,
+clip 0.2 / value clip 0.2; 4 epochs of 1 minibatch (all 64 rows); float32, no gradient checkpointing.
+  ours  `stages/ppo.py:build_ppo` on random-weight stand-ins (`write_models`): `generate` -> `collect` ->
+        `update`, each timed to `block_until_ready` as `step_fn` times it; collect recomputes the old log-probs.
+  TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0), torch 2.13.0, 2 threads, in its own process.
+The two alternate iteration by iteration, the first a warm-up; figures are medians; ratio = TRL's s / ours.
+Limit = `iteration_flops` (157 GFLOP: generate 5.4, collect 21.8, update 129.7) / the best 2048^2 matmul rate
+before and after the iterations; limit/measured per phase. `--breakdown` times our pieces alone, each with its
+limit (not alone: forwards ~65% of it, a forward+backward+AdamW step and generation ~36%). The rest is work
+outside matmuls: elementwise ops (GELU, norms, softmax and their backward: ~37% of the update's op time in the
+README's profile) and, in generation, 31 decode steps of 64-row matmuls, the sampler and the loop.
+Hardware: 2-core CPU shared with other jobs, jax 0.10.2, torch 2.13.0, trl 1.12.0. Runtime 1.5-5 min; `--quick`
+(2 timed iterations) ~1-3 min, a smoke test. Measured 2026-11-30 on the AMD EPYC, alone: ours 1.25 s against
+TRL 2.40 s, 1.92x. 2026-12-05 on an Intel Xeon, not alone (others on 1.0 of the 2 cores, as while the peak
+was measured): ours 2.92 s, 1.24x TRL; 38% of the limit (1.11 s at 141 GFLOP/s; generate 37%, collect 56%,
+update 36%). More: benchmarks/README.md.
+Last line: `BENCH ppo_iteration key=value ...`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from rlhf_jax.stages.ppo import build_ppo, strip_value
 from rlhf_jax.tokenizer import NUM_SPECIAL, CharTokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
+from train_step import measure_matmul_peak, model_flops_per_token
 
 BATCH = 64
 HELDOUT = 16  # Evaluation prompts: the setup needs some; nothing here evaluates.
@@ -156,7 +157,9 @@ class Ours:
       assert dtypes == {"float32"}, f"ours: parameters in {dtypes}, not float32"
 
   def compile(self) -> dict:
-    """Ahead-of-time compiles the three programs; returns the seconds each took."""
+    """Ahead-of-time compiles generate and collect; `update` (`steps.jit_ppo_update`) compiles at its first
+    call, so it is called once here on a copy of the state (it donates it) and a real rollout. Returns the
+    seconds each took (update: compile and one run)."""
     s, key = self.setup, jax.random.PRNGKey(0)
     params, batch = self.state.params, s.make_batch(self.rows[0])
     seconds = {}
@@ -170,11 +173,12 @@ class Ours:
                     batch["prompt_mask"])
     collect = s.collect.lower(*collect_args, sample).compile()
     seconds["collect"] = time.perf_counter() - start
-    rollout = jax.eval_shape(s.collect, *collect_args, sample)
+    rollout = collect(*collect_args, generate(*gen_args))
     start = time.perf_counter()
-    update = s.update.lower(self.state, rollout, batch.get("ptx"), key, self.kl_ref).compile()
+    jax.block_until_ready(s.update(jax.tree.map(jnp.copy, self.state), rollout, batch.get("ptx"), key,
+                                   self.kl_ref))
     seconds["update"] = time.perf_counter() - start
-    self.compiled = dict(generate=generate, collect=collect, update=update)
+    self.compiled = dict(generate=generate, collect=collect, update=s.update)
     return seconds
 
   def iteration(self, i: int) -> dict:
@@ -263,6 +267,57 @@ class Ours:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Model FLOPs, against the float32 matmul peak measured in the same run.
+
+
+def forward_flops(cfg: TransformerConfig, tokens: int, context: int, head_tokens: int, head_width: int) -> float:
+  """Model FLOPs of a forward pass of `tokens` tokens, each attending to `context` keys, with an output head of
+  `head_width` outputs (V for the LM head, 1 for a value or reward head) at `head_tokens` of them:
+
+    tokens (2 N_trunk + 4 L context H K) + head_tokens 2 D head_width
+
+  A third of `model_flops_per_token` (train_step.py: 6 N + 12 L T H K forward and backward, N the matmul
+  parameters with the LM head's V D) less the LM head's 2 V D a token, put back where a head is applied.
+  Gathers, norms, activations, softmaxes and the sampler are elementwise and do not count."""
+  trunk = model_flops_per_token(cfg, context) / 3 - 2.0 * cfg.vocab_size * cfg.d_model
+  return tokens * trunk + head_tokens * 2.0 * cfg.d_model * head_width
+
+
+def iteration_flops(setup) -> dict:
+  """Model FLOPs of one PPO iteration of `setup` (BATCH rows, P = PROMPT_LEN, N = NEW_TOKENS, S = P + N), by
+  phase and by the pieces `Ours.breakdown` times:
+    generate  the prefill (B P tokens over P keys, the LM head at the last column) and N - 1 decode steps
+              (step n: B tokens over the P + n keys written so far -- the causal prefix, not the padded
+              cache a loop reads -- and the LM head)
+    collect   forwards over the S columns: actor and reference (LM head at the N response columns), critic
+              (value head there), reward model (S + 2 columns: the appended end of turn and a pad column; its
+              head at all of them)
+    update    epochs x (forward + backward = 3 forwards) of the actor and the critic over all B rows; the
+              old log-probs are the collect's actor forward, not recomputed here
+  Attention counts the full S x S square in the full-sequence passes, as `model_flops_per_token` does."""
+  actor, ref = setup.actor.config, setup.reference.config
+  critic, rm = setup.critic.config, setup.reward_model.config
+  b, p, n, v = BATCH, PROMPT_LEN, NEW_TOKENS, actor.vocab_size
+  s = p + n
+  prefill = forward_flops(actor, b * p, p, b, v)
+  decode = sum(forward_flops(actor, b, p + i, b, v) for i in range(1, n))
+  pieces = {
+      "generate": prefill + decode,
+      "collect: actor forward": forward_flops(actor, b * s, s, b * n, v),
+      "collect: reference forward": forward_flops(ref, b * s, s, b * n, ref.vocab_size),
+      "collect: critic forward": forward_flops(critic, b * s, s, b * n, 1),
+      "collect: reward forward": forward_flops(rm, b * (s + 2), s + 2, b * (s + 2), 1),
+  }
+  pieces["update: actor fwd+bwd+AdamW (1 minibatch)"] = 3 * pieces["collect: actor forward"] / MINIBATCHES
+  pieces["update: critic fwd+bwd+AdamW (1 minibatch)"] = 3 * pieces["collect: critic forward"] / MINIBATCHES
+  phases = dict(generate=pieces["generate"],
+                collect=sum(f for k, f in pieces.items() if k.startswith("collect")),
+                update=EPOCHS * MINIBATCHES * sum(f for k, f in pieces.items() if k.startswith("update")))
+  phases["total"] = sum(phases.values())
+  return dict(phases=phases, pieces=pieces)
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def median(rows, key):
@@ -330,6 +385,11 @@ def main():
   print("ours: compiling...", end="", flush=True)
   compile_s = ours.compile()
   print(" " + ", ".join(f"{k} {v:.1f} s" for k, v in compile_s.items()), flush=True)
+  # The limit: the iteration's model FLOPs at the float32 matmul peak, measured before TRL's process starts
+  # and again after it has ended (the better of the two counts; this CPU's rate drifts by ~10%).
+  peak_repeats = 3 if args.quick else 5
+  print("matmul peak (float32), before the iterations:", flush=True)
+  rates = [measure_matmul_peak((2048,), peak_repeats)]
   print("TRL: starting its process...", end="", flush=True)
   worker = TRLWorker(prompt_bp, total)
   info = worker.info
@@ -360,6 +420,12 @@ def main():
   rows = {side: rows[1:] for side, rows in results.items()}
 
   breakdown = ours.breakdown(repeats=3 if args.quick else 7) if args.breakdown else None
+  print("matmul peak (float32), after the iterations:", flush=True)
+  rates.append(measure_matmul_peak((2048,), peak_repeats))
+  peak = max(r[2048]["best"] for r in rates)
+  peak_foreign = [r[2048]["foreign"] for r in rates if r[2048]["foreign"] is not None]
+  peak_foreign = statistics.mean(peak_foreign) if peak_foreign else None
+  flops = iteration_flops(ours.setup)
   load_end = os.getloadavg()[0]
 
   ours_s, trl_s = median(rows["ours"], "total"), median(rows["trl"], "total")
@@ -383,10 +449,25 @@ def main():
         f"{sum(compile_s.values()):.1f} s, in no iteration)")
   verdict = "goal met" if ratio >= GOAL else "target met, goal not" if ratio >= TARGET else "target NOT met"
   print(f"ratio: ours {ratio:.2f}x TRL's iterations/s (target {TARGET}x, goal {GOAL}x: {verdict})")
+
+  measured = {**ph, "total": ours_s}
+  limit = {k: f / peak for k, f in flops["phases"].items()}
+  frac = {k: limit[k] / measured[k] for k in limit}
+  before_after = ", ".join(f"{r[2048]['best'] / 1e9:.1f}" for r in rates)
+  print(f"\nours against the limit: model FLOPs at the float32 matmul peak of this run, {peak / 1e9:.1f} GFLOP/s "
+        f"(best 2048x2048 product; before/after the iterations {before_after})")
+  print(f"  {'phase':<9} {'GFLOP':>7} {'measured s':>10} {'limit s':>8} {'limit/measured':>14} {'GFLOP/s':>8}")
+  for k in ("generate", "collect", "update", "total"):
+    print(f"  {k:<9} {flops['phases'][k] / 1e9:7.2f} {measured[k]:10.3f} {limit[k]:8.3f} {frac[k]:14.1%} "
+          f"{flops['phases'][k] / measured[k] / 1e9:8.1f}")
+  if peak_foreign is not None and foreign["ours"] is not None and abs(peak_foreign - foreign["ours"]) > 0.25:
+    print(f"  WARNING: other processes used {peak_foreign:.2f} cores while the peak was measured and "
+          f"{foreign['ours']:.2f} during our iterations: limit/measured compares different shares of the machine")
   if breakdown:
-    print("\nour pieces, each jitted alone (median s):")
+    print("\nour pieces, each jitted alone (median s; limit: its model FLOPs at the peak):")
     for name, seconds in breakdown.items():
-      print(f"  {name:<44} {seconds:.3f}")
+      piece_limit = flops["pieces"][name] / peak
+      print(f"  {name:<44} {seconds:.3f}  (limit {piece_limit:.3f}, {piece_limit / seconds:5.1%})")
     per_epoch = (breakdown["update: actor fwd+bwd+AdamW (1 minibatch)"]
                  + breakdown["update: critic fwd+bwd+AdamW (1 minibatch)"])
     collect = sum(v for k, v in breakdown.items() if k.startswith("collect"))
@@ -404,6 +485,10 @@ def main():
             f"trl_rollout_s={tp['rollout']:.3f}", f"trl_update_s={tp['update']:.3f}",
             f"ours_compile_s={sum(compile_s.values()):.1f}", f"iterations={timed}",
             f"others_cores_ours={fmt_foreign(foreign['ours'])}", f"others_cores_trl={fmt_foreign(foreign['trl'])}",
+            f"peak_gflops={peak / 1e9:.1f}", f"iteration_gflop={flops['phases']['total'] / 1e9:.2f}",
+            f"limit_s={limit['total']:.3f}", f"frac_of_limit={frac['total']:.3f}",
+            f"generate_frac={frac['generate']:.3f}", f"collect_frac={frac['collect']:.3f}",
+            f"update_frac={frac['update']:.3f}", f"others_cores_peak={fmt_foreign(peak_foreign)}",
             f"quick={int(args.quick)}", f"load={load_start:.2f}", f"device={platform}"]
   print("BENCH ppo_iteration " + " ".join(fields))
 
