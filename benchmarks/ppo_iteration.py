@@ -48,6 +48,7 @@ from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import reward_model
 from rlhf_jax.model.converted import save_converted
 from rlhf_jax.model.transformer import Transformer, TransformerConfig
+from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.stages.ppo import build_ppo, strip_value
 from rlhf_jax.tokenizer import NUM_SPECIAL, CharTokenizer
@@ -152,6 +153,12 @@ class Ours:
         f"ours: {self.prompt_bp.shape} prompts, some padded; expected {BATCH} x {PROMPT_LEN} tokens, none padded"
     self.kl_ref = setup.ref_params if config.ppo.kl_loss_coef > 0 else None  # As `step_fn` passes it.
     self.compiled = None
+    # The same iterations as one program each (rl/iteration.py: ppo.iterations_per_call=1), on a state of
+    # their own (each call donates it).
+    self.frozen = {"ref": setup.ref_params, "rm": setup.rm_params}
+    self.one_program = iteration_lib.jit_iterations(
+        setup.iteration, setup.shardings, jax.tree.map(lambda x: x.sharding, self.frozen), mesh, per_call=1, seeds=1)
+    self.state_one = jax.tree.map(jnp.copy, self.state)
     for tree in (self.state.params, setup.ref_params, setup.rm_params):
       dtypes = {str(x.dtype) for x in jax.tree.leaves(tree)}
       assert dtypes == {"float32"}, f"ours: parameters in {dtypes}, not float32"
@@ -179,6 +186,21 @@ class Ours:
                                    self.kl_ref))
     seconds["update"] = time.perf_counter() - start
     self.compiled = dict(generate=generate, collect=collect, update=s.update)
+    start = time.perf_counter()
+    jax.block_until_ready(self.one_program(jax.tree.map(jnp.copy, self.state_one), batch, key, self.frozen))
+    seconds["one program"] = time.perf_counter() - start
+    return seconds
+
+  def iteration_one_program(self, i: int) -> float:
+    """Iteration i as one compiled program (generation, rollout pass and update, no host step between);
+    returns its seconds, outputs ready."""
+    batch = self.setup.make_batch(self.rows[1 + i])
+    start = time.perf_counter()
+    self.state_one, metrics = jax.block_until_ready(
+        self.one_program(self.state_one, batch, self.setup.rng, self.frozen))
+    seconds = time.perf_counter() - start
+    assert int(metrics["ppo/decode_steps"]) == NEW_TOKENS, "ours (one program): some row stopped early"
+    assert np.isfinite(float(metrics["train/loss"])), "ours (one program): non-finite loss"
     return seconds
 
   def iteration(self, i: int) -> dict:
@@ -397,7 +419,7 @@ def main():
         f"{info['threads']} (OMP_WAIT_POLICY={info['omp_wait_policy']})", flush=True)
   print("alternating iterations (TRL, then ours), the first of each a warm-up:", flush=True)
 
-  results = {"ours": [], "trl": []}
+  results = {"ours": [], "trl": [], "one": []}
   try:
     worker.go()
     while (phases := worker.wait()) is not None:
@@ -407,10 +429,13 @@ def main():
       mine = ours.iteration(i)
       mine["foreign"] = load.cores()
       results["ours"].append(mine)
+      load = ForeignLoad()
+      results["one"].append(dict(total=ours.iteration_one_program(i), foreign=load.cores()))
       label = "warm-up" if i == 0 else f"{i}/{timed}"
       print(f"  iteration {label}: TRL {phases['total']:.2f} s (generate {phases['generate']:.2f}, rollout "
             f"{phases['rollout']:.2f}, update {phases['update']:.2f}); ours {mine['total']:.2f} s (generate "
-            f"{mine['generate']:.2f}, collect {mine['collect']:.2f}, update {mine['update']:.2f})", flush=True)
+            f"{mine['generate']:.2f}, collect {mine['collect']:.2f}, update {mine['update']:.2f}); ours as one "
+            f"program {results['one'][-1]['total']:.2f} s", flush=True)
       worker.go()
   finally:
     worker.close()
@@ -428,8 +453,8 @@ def main():
   flops = iteration_flops(ours.setup)
   load_end = os.getloadavg()[0]
 
-  ours_s, trl_s = median(rows["ours"], "total"), median(rows["trl"], "total")
-  ratio = trl_s / ours_s
+  ours_s, trl_s, one_s = median(rows["ours"], "total"), median(rows["trl"], "total"), median(rows["one"], "total")
+  ratio, ratio_one = trl_s / ours_s, trl_s / one_s
   foreign = {side: [r["foreign"] for r in rs if r["foreign"] is not None] for side, rs in rows.items()}
   foreign = {side: statistics.mean(f) if f else None for side, f in foreign.items()}
   spread = lambda rs: f"{min(r['total'] for r in rs):.2f}-{max(r['total'] for r in rs):.2f}"
@@ -442,23 +467,28 @@ def main():
   print("-" * 100)
   print(f"{'ours':<5} {ours_s:7.2f} {spread(rows['ours']):>11} {1 / ours_s:7.2f} {fmt_foreign(foreign['ours']):>6}  "
         f"generate {ph['generate']:.3f}, collect {ph['collect']:.3f}, update {ph['update']:.3f}")
+  print(f"{'one':<5} {one_s:7.2f} {spread(rows['one']):>11} {1 / one_s:7.2f} {fmt_foreign(foreign['one']):>6}  "
+        "ours as one compiled program (rl/iteration.py), no host step between the phases")
   print(f"{'TRL':<5} {trl_s:7.2f} {spread(rows['trl']):>11} {1 / trl_s:7.2f} {fmt_foreign(foreign['trl']):>6}  "
         f"rollout {tp['rollout']:.3f} (of which generate {tp['generate']:.3f}), update {tp['update']:.3f}")
   print(f"(median over {timed} timed iterations a side, alternating; others: cores other processes used "
         f"meanwhile; warm-up iteration ours {warm['ours']:.2f} s, TRL {warm['trl']:.2f} s; our compile "
         f"{sum(compile_s.values()):.1f} s, in no iteration)")
   verdict = "goal met" if ratio >= GOAL else "target met, goal not" if ratio >= TARGET else "target NOT met"
-  print(f"ratio: ours {ratio:.2f}x TRL's iterations/s (target {TARGET}x, goal {GOAL}x: {verdict})")
+  print(f"ratio: ours {ratio:.2f}x TRL's iterations/s (target {TARGET}x, goal {GOAL}x: {verdict}); as one "
+        f"program {ratio_one:.2f}x")
 
-  measured = {**ph, "total": ours_s}
+  measured = {**ph, "total": ours_s, "one program": one_s}
   limit = {k: f / peak for k, f in flops["phases"].items()}
+  limit["one program"] = limit["total"]
+  flops["phases"]["one program"] = flops["phases"]["total"]
   frac = {k: limit[k] / measured[k] for k in limit}
   before_after = ", ".join(f"{r[2048]['best'] / 1e9:.1f}" for r in rates)
   print(f"\nours against the limit: model FLOPs at the float32 matmul peak of this run, {peak / 1e9:.1f} GFLOP/s "
         f"(best 2048x2048 product; before/after the iterations {before_after})")
-  print(f"  {'phase':<9} {'GFLOP':>7} {'measured s':>10} {'limit s':>8} {'limit/measured':>14} {'GFLOP/s':>8}")
-  for k in ("generate", "collect", "update", "total"):
-    print(f"  {k:<9} {flops['phases'][k] / 1e9:7.2f} {measured[k]:10.3f} {limit[k]:8.3f} {frac[k]:14.1%} "
+  print(f"  {'phase':<11} {'GFLOP':>7} {'measured s':>10} {'limit s':>8} {'limit/measured':>14} {'GFLOP/s':>8}")
+  for k in ("generate", "collect", "update", "total", "one program"):
+    print(f"  {k:<11} {flops['phases'][k] / 1e9:7.2f} {measured[k]:10.3f} {limit[k]:8.3f} {frac[k]:14.1%} "
           f"{flops['phases'][k] / measured[k] / 1e9:8.1f}")
   if peak_foreign is not None and foreign["ours"] is not None and abs(peak_foreign - foreign["ours"]) > 0.25:
     print(f"  WARNING: other processes used {peak_foreign:.2f} cores while the peak was measured and "
@@ -487,6 +517,8 @@ def main():
             f"others_cores_ours={fmt_foreign(foreign['ours'])}", f"others_cores_trl={fmt_foreign(foreign['trl'])}",
             f"peak_gflops={peak / 1e9:.1f}", f"iteration_gflop={flops['phases']['total'] / 1e9:.2f}",
             f"limit_s={limit['total']:.3f}", f"frac_of_limit={frac['total']:.3f}",
+            f"one_program_s_per_iter={one_s:.3f}", f"ratio_one_program={ratio_one:.2f}",
+            f"one_program_frac_of_limit={frac['one program']:.3f}",
             f"generate_frac={frac['generate']:.3f}", f"collect_frac={frac['collect']:.3f}",
             f"update_frac={frac['update']:.3f}", f"others_cores_peak={fmt_foreign(peak_foreign)}",
             f"quick={int(args.quick)}", f"load={load_start:.2f}", f"device={platform}"]

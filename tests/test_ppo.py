@@ -842,7 +842,8 @@ def test_ppo_seeds_run_as_one_compiled_program(tmp_path, ppo_args):
   from rlhf_jax.stages import ppo as ppo_stage
   workdir = tmp_path / "seeds"
   summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.train.seeds=2",
-                      "--config.ppo.iterations_per_call=2", "--config.train.log_every=2")
+                      "--config.ppo.iterations_per_call=2", "--config.train.log_every=2",
+                      "--config.train.eval_every=4")
   assert summary["complete"] is True and summary["step"] == 4
   for key in ("eval/kl", "eval/rm_score", "eval/gold/all", "eval/win_rate_rm"):
     values = summary[f"{key}/seeds"]

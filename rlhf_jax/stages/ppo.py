@@ -316,7 +316,11 @@ class PPOSetup:
     generate       `(policy params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput`, at ppo.temperature
     collect        `(actor, critic, ref, rm params, prompt_bp, prompt_mask_bp, sample) -> Rollout`
     update         `(state, rollout, ptx, rng, ref_params or None) -> (state, metrics)`, state donated
-    step_fn        one iteration, `(state, batch, rng) -> (state, metrics)`: rollout, then update
+    step_fn        one iteration, `(state, batch, rng) -> (state, metrics)`: rollout, then update; with
+                   ppo.iterations_per_call K >= 1 the compiled program of K iterations (`compile_iterations`)
+    iteration      the same iteration as a pure function `(state, batch, rng, frozen) -> (state, metrics)`,
+                   `frozen` = {"ref": ref_params, "rm": rm_params} (rl/iteration.py), for reward-model
+                   rewards: what the compiled program scans and vmaps, for a notebook or a benchmark to jit
     evaluate       `(state) -> metrics` on `eval_prompts`; the first call fills `baseline` with the SFT
                    model's samples (and its pretraining loss), which the summary reports
   and the finalised config, the mesh, the tokenizer, toyworld's `world` (or None), the optimizers `txs`, the
@@ -347,6 +351,7 @@ class PPOSetup:
   collect: Callable
   update: Callable
   step_fn: Callable
+  iteration: Callable
   evaluator: PolicyEvaluator
   cold: PolicyEvaluator
   pretrain_eval: Callable | None
@@ -565,26 +570,26 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   settings = steps.PPOSettings.from_config(ppo)
   update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
   update = steps.jit_ppo_update(update_fn, shardings, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
+  iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=ppo.kl_loss_coef > 0,
+                                               mesh=mesh)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
                           train_prompts=train_prompts)
   evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
                                     rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
-  pretrain_eval = None
-  if docs is not None:  # The pretraining loss on held-out text, as the pretraining stage measures it.
-    pretrain_eval = heldout_lm_evaluator(lm, mesh, tokenizer, docs[1], config.train.seq_len, config.train.batch_size,
-                                         config.seed, prefix="eval/pretrain")
+  pretrain_eval = None if docs is None else heldout_lm_evaluator(  # As the pretraining stage measures it.
+      lm, mesh, tokenizer, docs[1], config.train.seq_len, config.train.batch_size, config.seed, prefix="eval/pretrain")
   baseline = {}
   setup = PPOSetup(
       config=config, mesh=mesh, tokenizer=tokenizer, world=world, actor=actor, reference=reference, critic=critic,
       reward_model=rm_model, ref_params=ref_params, rm_params=rm_params, reward_spec=spec, txs=txs,
       settings=settings, rounds=rounds, state=state, shardings=shardings, train_prompts=train_prompts,
       eval_prompts=eval_prompts, data=lambda: iter(dataset), make_batch=make_batch, generate=generate,
-      collect=collect, update=update, step_fn=step_fn, evaluator=evaluator, cold=cold, pretrain_eval=pretrain_eval,
-      evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline), baseline=baseline,
-      loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
-  return compile_iterations(setup, update_fn, make_data) if ppo.iterations_per_call else setup
+      collect=collect, update=update, step_fn=step_fn, iteration=iteration, evaluator=evaluator, cold=cold,
+      pretrain_eval=pretrain_eval, evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline),
+      baseline=baseline, loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
+  return compile_iterations(setup, make_data) if ppo.iterations_per_call else setup
 
 
 def replica_critic(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]], seed: int) -> dict:
@@ -598,8 +603,7 @@ def replica_critic(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]], 
                      ref_params=setup.ref_params)[1]
 
 
-def compile_iterations(setup: PPOSetup, update_fn: Callable, make_data: Callable[[int], Iterable[dict]]
-                       ) -> PPOSetup:
+def compile_iterations(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]]) -> PPOSetup:
   """The setup with `step_fn` the compiled iteration (ppo.iterations_per_call K >= 1, rl/iteration.py: K
   iterations a call on K stacked batches) and, with train.seeds N > 1, N replicas in one program: the state
   stacked (replica i keyed by config.seed + i), each replica's own prompts (`make_data(seed + i)`) and root
@@ -607,8 +611,6 @@ def compile_iterations(setup: PPOSetup, update_fn: Callable, make_data: Callable
   one SFT baseline (the evaluations' keys do not depend on config.seed)."""
   config, mesh = setup.config, setup.mesh
   k, n = config.ppo.iterations_per_call, config.train.seeds
-  iteration = iteration_lib.make_ppo_iteration(setup.generate, setup.collect, update_fn,
-                                               kl_in_loss=config.ppo.kl_loss_coef > 0, mesh=mesh)
   frozen = {"ref": setup.ref_params, "rm": setup.rm_params}
   state, shardings, rng, data, evaluate = setup.state, setup.shardings, setup.rng, setup.data, setup.evaluate
   if n > 1:
@@ -623,7 +625,7 @@ def compile_iterations(setup: PPOSetup, update_fn: Callable, make_data: Callable
     data = lambda: pipelines.SeedIterators([iter(make_data(seed)) for seed in seeds])
     take = state_lib.unstack_seed(shardings)
     evaluate = lambda state: combine_seeds([setup.evaluate(take(state, i)) for i in range(n)])
-  run = iteration_lib.jit_iterations(iteration, shardings, jax.tree.map(lambda x: x.sharding, frozen), mesh,
+  run = iteration_lib.jit_iterations(setup.iteration, shardings, jax.tree.map(lambda x: x.sharding, frozen), mesh,
                                      per_call=k, seeds=n)
   loop = dataclasses.replace(setup.loop, steps_per_call=k, tokens_per_step=n * setup.loop.tokens_per_step)
   return dataclasses.replace(
