@@ -9,19 +9,18 @@ D=128 H=4 F=512 V=1024 (separate trunks); 64 prompts of 16 tokens (TRL gets the 
 tokens a row at T=0.7 from the full vocabulary; KL 0.05 (k1), GAE gamma 1 lambda 0.95, whitened advantages,
 clip 0.2 / value clip 0.2; 4 epochs of 1 minibatch (all 64 rows); float32, no gradient checkpointing.
   ours  `stages/ppo.py:build_ppo` on random-weight stand-ins (`write_models`): `generate` -> `collect` ->
-        `update`, each timed to `block_until_ready` as `step_fn` times it; collect recomputes the old log-probs.
+        `update`, each timed to `block_until_ready` as `step_fn` times it; and `one`, the same iteration as
+        one compiled program (`setup.iteration`, rl/iteration.py), on a state of its own.
   TRL   one pass of `PPOTrainer.train`'s loop (trl 1.12.0), torch 2.13.0, 2 threads, in its own process.
-The two alternate iteration by iteration, the first a warm-up; figures are medians; ratio = TRL's s / ours.
+The sides alternate iteration by iteration, the first a warm-up; figures are medians; ratio = TRL's s / ours.
 Limit = `iteration_flops` (157 GFLOP: generate 5.4, collect 21.8, update 129.7) / the best 2048^2 matmul rate
-before and after the iterations; limit/measured per phase. `--breakdown` times our pieces alone, each with its
-limit (not alone: forwards ~65% of it, a forward+backward+AdamW step and generation ~36%). The rest is work
-outside matmuls: elementwise ops (GELU, norms, softmax and their backward: ~37% of the update's op time in the
-README's profile) and, in generation, 31 decode steps of 64-row matmuls, the sampler and the loop.
-Hardware: 2-core CPU shared with other jobs, jax 0.10.2, torch 2.13.0, trl 1.12.0. Runtime 1.5-5 min; `--quick`
-(2 timed iterations) ~1-3 min, a smoke test. Measured 2026-11-30 on the AMD EPYC, alone: ours 1.25 s against
-TRL 2.40 s, 1.92x. 2026-12-05 on an Intel Xeon, not alone (others on 1.0 of the 2 cores, as while the peak
-was measured): ours 2.92 s, 1.24x TRL; 38% of the limit (1.11 s at 141 GFLOP/s; generate 37%, collect 56%,
-update 36%). More: benchmarks/README.md.
+before and after the iterations. `--breakdown` times our pieces alone, each against its limit. Where the rest
+goes: the update's forward+backward+AdamW steps run at ~31% of their limit (elementwise work: GELU, norms,
+softmax and their backward), generation at ~22% (31 decode steps of 64-row matmuls, the sampler, the loop).
+Hardware: 2-core Intel Xeon, jax 0.10.2, torch 2.13.0, trl 1.12.0. Runtime ~1.5 min alone; `--quick` is a
+smoke test. Measured 2026-12-05 alone (others on 0.01 cores): ours 1.32 s (generate 0.087, collect 0.142,
+update 1.092), as one program 1.31 s, TRL 2.52 s: 1.90x / 1.92x; 42% of the limit (0.556 s at 282 GFLOP/s).
+Earlier (AMD EPYC, 2026-11-30): 1.25 s against 2.40 s, 1.92x. More: benchmarks/README.md.
 Last line: `BENCH ppo_iteration key=value ...`.
 """
 
