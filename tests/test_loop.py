@@ -1,6 +1,7 @@
 """The training loop as a user meets it: killed and resumed, preempted, diverging, re-run when finished.
 
-These run the real CLI on the Shakespeare smoke config over a small generated text file.
+These run the real CLI on the Shakespeare smoke config over a small generated text file; the last calls the
+loop directly, with a state of one number, for calls of several steps (`LoopConfig.steps_per_call`).
 """
 
 import json
@@ -146,3 +147,43 @@ def test_a_finished_run_is_not_redone(tmp_path, text_file, capsys):
   assert json.load(open(os.path.join(workdir, "summary.json"))) == summary
   for name in ("config.json", "tokenizer.json", "tensorboard"):
     assert os.path.exists(os.path.join(workdir, name))
+
+
+def _counting_loop(workdir, per_call: int, total: int, checkpoint_every: int):
+  """The loop over a one-number state: step i reads x = i and adds it (a call of K steps, K x's at once);
+  the logged loss is x."""
+  import grain
+  from rlhf_jax import mesh as mesh_lib
+  from rlhf_jax.config import mesh_config
+  from rlhf_jax.train.loop import LoopConfig, train_loop
+  mesh = mesh_lib.make_mesh(mesh_config(), jax.devices()[:1])
+  shardings = {"w": mesh_lib.replicated(mesh)}
+  state = jax.device_put({"w": np.float32(0)}, shardings)
+  data = iter(grain.MapDataset.range(1000).map(lambda i: {"x": np.float32(i)}).to_iter_dataset())
+  step = lambda state, batch, rng: ({"w": state["w"] + batch["x"].sum()}, {"train/loss": batch["x"]})
+  loop = LoopConfig(total_steps=total, log_every=4, eval_every=total, checkpoint_every=checkpoint_every,
+                    tokens_per_step=1, steps_per_call=per_call)
+  return train_loop(loop, workdir=str(workdir), state=state, shardings=shardings, step_fn=step,
+                    rng=jax.random.PRNGKey(0), data=data, make_batch=lambda rows: jax.tree.map(np.asarray, rows))
+
+
+def test_calls_of_k_steps_see_the_same_batches_and_log_at_the_same_steps(tmp_path):
+  """LoopConfig.steps_per_call K (the compiled PPO iteration's K iterations a call): each call gets the K next
+  batches stacked and returns K steps' metrics; the state, the logged steps and their means are those of a
+  loop of one step a call. A checkpoint at a step K does not divide is refused by name."""
+  from rlhf_jax.errors import UserError
+  one_state, _ = _counting_loop(tmp_path / "one", per_call=1, total=8, checkpoint_every=4)
+  two_state, _ = _counting_loop(tmp_path / "two", per_call=2, total=8, checkpoint_every=4)
+  assert float(one_state["w"]) == float(two_state["w"]) == sum(range(8))
+  logged = lambda name: [(r["step"], r["train/loss"]) for r in read_metrics(str(tmp_path / name)) if "train/loss" in r]
+  assert logged("two") == [(4, 1.5), (8, 5.5)]  # Steps 1-4 read x = 0..3; 5-8 read 4..7.
+  assert logged("one") == logged("two")
+  # The K axis is steps, not seeds: no spread over "replicas" is logged.
+  assert not any("train/loss/seed_std" in r for r in read_metrics(str(tmp_path / "two")))
+  _counting_loop(tmp_path / "odd", per_call=1, total=3, checkpoint_every=3)
+  try:
+    _counting_loop(tmp_path / "odd", per_call=2, total=8, checkpoint_every=4)
+  except UserError as e:
+    assert "step 3" in str(e) and "multiple" in str(e) and "\n" not in str(e)
+  else:
+    raise AssertionError("a checkpoint at step 3 was resumed with 2 steps a call")
