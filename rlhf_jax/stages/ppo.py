@@ -17,6 +17,9 @@
   evaluate: held-out prompts, sampled like SFT was evaluated: RM score, KL to SFT, gold per task (toyworld),
             win rate against the SFT model's answers by gold and by the RM (eval/policy.py)
   `build_ppo` builds all of it (a `PPOSetup`) without running or writing anything; `run` hands it to the loop.
+  ppo.iterations_per_call K >= 1: rollout and update as one compiled program, K iterations a call (lax.scan),
+  and train.seeds N > 1 replicas of it vmapped (`compile_iterations`, rl/iteration.py); the Python iteration
+  above stays for the gold reward, iterated rounds, ppo/gold and the per-phase timings.
 """
 
 from __future__ import annotations
