@@ -265,7 +265,7 @@ def train_loop(loop: LoopConfig, *, workdir: str, state: Any, shardings: Any, st
           last = _mean_metrics(window, per_call)
           loss = last.get("train/loss", 0.0)
           if not math.isfinite(loss):
-            raise Diverged(f"{loop.desc}: loss is {loss} in steps {done - len(window) + 1}..{done}; stopped. The "
+            raise Diverged(f"{loop.desc}: loss is {loss} in steps {done - window_steps + 1}..{done}; stopped. The "
                            f"last good checkpoint (step {last_good}) in {checkpoints.directory} is intact; "
                            "lower optim.lr or raise optim.warmup_steps")
           elapsed = time.time() - window_start
