@@ -18,7 +18,7 @@ Rows become `LMBatch`es with `to_lm_batch`: inputs [:-1], targets [1:], loss onl
 from __future__ import annotations
 
 import json
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import grain
 import jax
@@ -189,6 +189,12 @@ def to_lm_batch(rows: dict) -> LMBatch:
   return LMBatch.from_sequences(rows["tokens"], rows.get("mask"))
 
 
+def stack_rows(batches: Sequence[Any]) -> Any:
+  """Host batches (trees of numpy rows) -> one tree, each leaf stacked on a new leading axis: the replicas
+  of a `train.seeds` run (`SeedIterators`), or the K batches of a call of K steps (train/loop.py)."""
+  return jax.tree.map(lambda *rows: np.stack(rows), *batches)
+
+
 class SeedIterators:
   """The data iterators of N replicas (`train.seeds`, one pipeline per seed) as one iterator: yields their
   host batches stacked on a new leading axis, and checkpoints all their positions.
@@ -205,7 +211,7 @@ class SeedIterators:
     return self
 
   def __next__(self) -> dict:
-    return jax.tree.map(lambda *rows: np.stack(rows), *[next(it) for it in self.iterators])
+    return stack_rows([next(it) for it in self.iterators])
 
   def get_state(self) -> bytes:
     return json.dumps([it.get_state() for it in self.iterators]).encode()

@@ -40,6 +40,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from rlhf_jax import config as config_lib
+from rlhf_jax.data.pipelines import stack_rows
 from rlhf_jax.errors import Preempted, UserError
 from rlhf_jax.train.checkpoint import Checkpointer
 from rlhf_jax.train.metrics import MetricsWriter, read_metrics
@@ -172,11 +173,6 @@ def _mean_metrics(window: list[dict], steps_per_call: int = 1) -> dict:
     if per_run.ndim and key == "train/loss":
       out[f"{key}/seed_std"] = seed_std(per_run)
   return out
-
-
-def stack_rows(batches: list) -> Any:
-  """K host batches (trees of numpy rows) -> one tree, each leaf stacked on a new leading axis of K."""
-  return jax.tree.map(lambda *rows: np.stack(rows), *batches)
 
 
 def _describe(metrics: dict) -> str:
