@@ -66,3 +66,15 @@ class RMBatch:
   start: jax.Array
   end: jax.Array
   ranks: jax.Array
+
+
+@flax.struct.dataclass
+class PreferenceBatch:
+  """K-wise comparisons for an offline preference loss (DPO, IPO): an RMBatch's fields (tokens (B, K, T),
+  start, end, ranks (B, K)) and ref_log_probs (B, K) float32, log pi_ref(response | prompt) summed over each
+  response's tokens start..end, computed once before training (0 for padding slots)."""
+  tokens: jax.Array
+  start: jax.Array
+  end: jax.Array
+  ranks: jax.Array
+  ref_log_probs: jax.Array

@@ -221,6 +221,15 @@ def base_config() -> ConfigDict:
       # best_of_n answers next to the gold scorer's own pick (eval/best_of_n.py); 0 = off.
       best_of_n=8,
   ))
+  # Offline preference optimisation (stages/dpo.py): the policy learns from data.path's comparisons directly,
+  # against its frozen SFT reference, with no reward model and no sampling in training.
+  config.dpo = ConfigDict(dict(
+      loss="dpo",  # dpo | ipo (losses.PREFERENCE_LOSSES)
+      beta=0.1,  # dpo: the implicit reward's scale; ipo: the log-ratio gap is regressed to 1 / (2 beta).
+      # A reward model's workdir: its only use is the evaluation's RM-score column, so that a DPO policy is
+      # evaluated exactly as PPO's (KL to SFT, win rates, SFT at T 0.5); "": held-out gold alone (toyworld).
+      reward_from="",
+  ))
   # How responses are sampled for evaluation (gold scores, win rates, best-of-n; eval/gold.py:sample_answers)
   # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage
   # and for every training seed, so one model gets one figure wherever it is evaluated.
@@ -283,6 +292,10 @@ def base_config() -> ConfigDict:
       # remainder of the return.
       samples_per_prompt=1,
       group_baseline=False,
+      # With group_baseline: divide each centred score by the standard deviation of its group's scores, as
+      # GRPO does (Shao et al. 2024; rl/advantages.py:group_std): every prompt whose answers differ pushes the
+      # policy as hard as any other, however small its differences (exact copies against a one-word slip).
+      group_std=False,
       ptx_coef=0.0,  # gamma_ptx of InstructGPT's PPO-ptx: weight of the pretraining LM loss.
       ptx_batch=8,  # Pretraining rows per minibatch update.
       ptx_seq_len=64,
@@ -465,6 +478,9 @@ def finalize(config: ConfigDict) -> ConfigDict:
     raise UserError(f"config key 'data.max_bad_records' must be >= 0 (0 = every record must be valid), got "
                     f"{config.data.max_bad_records}")
   _check_choice("reward.loss", config.reward.loss, losses.REWARD_LOSSES)
+  _check_choice("dpo.loss", config.dpo.loss, losses.PREFERENCE_LOSSES)
+  if config.dpo.beta <= 0:
+    raise UserError(f"config key 'dpo.beta' must be > 0, got {config.dpo.beta}")
   if not config.reward.likelihood_weight >= 0:
     raise UserError(f"config key 'reward.likelihood_weight' must be >= 0, got {config.reward.likelihood_weight}")
   if config.reward.likelihood_weight > 0 and config.reward.loss == "reward_token":
@@ -495,6 +511,9 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.samples_per_prompt < 1 or config.train.batch_size % ppo.samples_per_prompt:
     raise UserError(f"config key 'ppo.samples_per_prompt': {ppo.samples_per_prompt} must be >= 1 and divide "
                     f"train.batch_size={config.train.batch_size}")
+  if ppo.group_std and not ppo.group_baseline:
+    raise UserError("config key 'ppo.group_std': divides the centred scores of a group; it needs "
+                    "ppo.group_baseline=true")
   if ppo.group_baseline and ppo.samples_per_prompt < 2:
     raise UserError("config key 'ppo.group_baseline': a baseline from the other answers to a prompt needs "
                     f"ppo.samples_per_prompt >= 2, got {ppo.samples_per_prompt}")

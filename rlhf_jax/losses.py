@@ -146,6 +146,53 @@ REWARD_LOSSES = {"pairwise": last_token_loss, "margin": margin_loss, "per_token"
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Offline preference losses on the same K-wise comparisons, from the policy's log-ratio to the reference:
+# h_bk = log pi(y_k | x) - log pi_ref(y_k | x), summed over response k's tokens. Every pair (w, l) of a
+# ranking (w ranked strictly better; ties and padding slots make no pair) enters with
+#
+#   dpo  -log sigmoid(beta (h_w - h_l))              Rafailov et al. 2023, "Direct Preference Optimization",
+#                                                    eq. 7: the RM loss of eq. 1 with the implicit reward
+#                                                    beta h in place of r -- `ranking_loss` on beta h;
+#   ipo  (h_w - h_l - 1 / (2 beta))^2                Azar et al. 2023, "A General Theoretical Paradigm to
+#                                                    Understand Learning from Human Preferences", eq. 17
+#                                                    (tau = beta): the log-ratio gap is regressed to a
+#                                                    finite target instead of pushed to infinity.
+#
+# and, as the RM loss does, each prompt's pairs are averaged and prompts summed: (sum, prompts with a pair,
+# aux) with aux `correct` (the fraction of a prompt's pairs whose implicit reward orders them right, a tie
+# counting half) and `margin` (the mean implicit-reward gap beta (h_w - h_l)). A new preference loss is one
+# function of (h_bk, ranks_bk, beta) in PREFERENCE_LOSSES; config.py accepts exactly its names.
+
+
+def _pair_gaps(logratio_bk: jax.Array, ranks_bk: jax.Array, beta: float):
+  """(beta (h_i - h_j) (B, K, K), pair weights (B, K, K)): the implicit-reward gap of every ordered pair."""
+  h_bk = logratio_bk.astype(jnp.float32)
+  return beta * (h_bk[:, :, None] - h_bk[:, None, :]), pair_weights(ranks_bk)
+
+
+def dpo_loss(logratio_bk: jax.Array, ranks_bk: jax.Array, beta: float):
+  """DPO's loss averaged over each prompt's pairs (see above)."""
+  gap_bkk, weights_bkk = _pair_gaps(logratio_bk, ranks_bk, beta)
+  return _preference_mean(-jax.nn.log_sigmoid(gap_bkk), gap_bkk, weights_bkk)
+
+
+def ipo_loss(logratio_bk: jax.Array, ranks_bk: jax.Array, beta: float):
+  """IPO's loss averaged over each prompt's pairs (see above)."""
+  gap_bkk, weights_bkk = _pair_gaps(logratio_bk, ranks_bk, beta)
+  return _preference_mean(jnp.square(gap_bkk / beta - 1.0 / (2.0 * beta)), gap_bkk, weights_bkk)
+
+
+def _preference_mean(loss_bkk: jax.Array, gap_bkk: jax.Array, weights_bkk: jax.Array):
+  correct_bkk = (gap_bkk > 0).astype(jnp.float32) + 0.5 * (gap_bkk == 0).astype(jnp.float32)
+  total, prompts, aux = _per_prompt_mean(loss_bkk, correct_bkk, weights_bkk)
+  margin, _, _ = _per_prompt_mean(gap_bkk, correct_bkk, weights_bkk)
+  return total, prompts, {**aux, "margin": margin}
+
+
+PREFERENCE_LOSSES = {"dpo": dpo_loss, "ipo": ipo_loss}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # PPO (Schulman et al. 2017) on response tokens. Shapes: B responses, N tokens, V vocabulary; `mask_bn` is 1
 # on the tokens a response has. Each returns (sum over masked tokens, number of masked tokens, aux sums), so
 # minibatch averages stay exact under accumulation.

@@ -45,6 +45,24 @@ def run_smoke(experiment, workdir, *extra):
     return json.load(f)
 
 
+def checkpoint_state(workdir):
+  """(step, the state of a run's latest checkpoint as host arrays), restored onto one device whatever mesh
+  saved it: what resume tests compare to the last bit."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  from rlhf_jax.train.checkpoint import Checkpointer
+  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = checkpoints.latest_step()
+  meta = checkpoints._manager.item_metadata(step)["state"]
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  restored = checkpoints._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract))))
+  checkpoints.close()
+  return step, jax.device_get(restored["state"])
+
+
 @pytest.fixture(scope="session")
 def text_file(tmp_path_factory):
   """A small text file of random words: the Shakespeare smoke runs' data."""

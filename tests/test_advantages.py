@@ -115,6 +115,18 @@ def test_leave_one_out_baseline_by_hand():
     adv.leave_one_out(scores, 1)
 
 
+def test_group_std_by_hand():
+  # Two prompts, three answers each: the sample standard deviation (ddof 1) of each prompt's scores, on every
+  # row of the prompt; a group whose answers all score the same has 0.
+  scores = jnp.array([1.0, 2.0, 6.0, 4.0, 4.0, 4.0])
+  first = np.sqrt(((1 - 3) ** 2 + (2 - 3) ** 2 + (6 - 3) ** 2) / 2)  # sqrt(7)
+  np.testing.assert_allclose(adv.group_std(scores, 3), [first] * 3 + [0.0] * 3, rtol=1e-6)
+  pairs = [np.sqrt(0.5)] * 2 + [np.sqrt(2.0)] * 2 + [0.0] * 2  # (1, 2), (6, 4), (4, 4)
+  np.testing.assert_allclose(adv.group_std(scores, 2), pairs, rtol=1e-6)
+  with pytest.raises(ValueError, match="at least 2"):
+    adv.group_std(scores, 1)
+
+
 def test_masked_whiten_matches_numpy():
   rng = np.random.default_rng(2)
   x = rng.normal(3.0, 2.0, size=(4, 9))

@@ -59,7 +59,8 @@ def test_finalize_checks_cross_key_constraints():
   with pytest.raises(UserError, match="optim.grad_accum_steps"):
     config_lib.finalize(config)
   for overrides, key in ((["ppo.samples_per_prompt=3"], "ppo.samples_per_prompt"),  # batch_size 4.
-                          (["ppo.group_baseline=true"], "ppo.group_baseline")):  # One answer per prompt.
+                          (["ppo.group_baseline=true"], "ppo.group_baseline"),  # One answer per prompt.
+                          (["ppo.group_std=true"], "ppo.group_std")):  # Divides a group's centred scores.
     config = _config()
     config_lib.apply_overrides(config, overrides)
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
@@ -152,7 +153,8 @@ def test_model_and_ppo_settings_come_from_the_schema():
   assert dataclasses.asdict(settings) == dict(
       temperature=0.7, epochs=4, minibatches=1, microbatches=1, clip_eps=0.2, value_clip_eps=0.2, gamma=1.0, lam=0.95,
       vf_coef=0.1, ent_coef=0.0, kl_estimator="k1", adaptive_kl=False, kl_target=6.0, kl_horizon=10000,
-      reward_clip=0.0, whiten_advantages=True, samples_per_prompt=1, group_baseline=False, ptx_coef=0.0,
+      reward_clip=0.0, whiten_advantages=True, samples_per_prompt=1, group_baseline=False, group_std=False,
+      ptx_coef=0.0,
       ema_decay=0.0, critic_free=False, critic_warmup=0, reward_norm=False, kl_loss_coef=0.0)
   overridden = steps.PPOSettings.from_config(config_lib.base_config().ppo, epochs=1, gamma=0.9)
   assert overridden == dataclasses.replace(settings, epochs=1, gamma=0.9)

@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, run_smoke, tiny_model
+from conftest import ROOT, checkpoint_state, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.batches import LMBatch
 from rlhf_jax.config import base_config, parse_overrides
@@ -201,15 +200,18 @@ def _numpy_targets(rollout, beta, gamma, lam):
   return whitened, returns
 
 
-def test_group_baseline_centres_each_score_on_its_prompts_other_answers(models):
+@pytest.mark.parametrize("group_std", [False, True])
+def test_group_baseline_centres_each_score_on_its_prompts_other_answers(models, group_std):
   """With group_baseline the targets are those of the plain path with each score replaced by itself less the
-  mean of the other answers of its group (the test's 3 rows as one group), computed here by hand."""
+  mean of the other answers of its group (the test's 3 rows as one group), computed here by hand; with
+  group_std (GRPO's normalisation) that difference divided by the group's sample std, 1.5 here."""
   _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
   rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
   settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=3, group_baseline=True, gamma=0.9,
-                                            lam=0.8)
+                                            lam=0.8, group_std=group_std)
   batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
-  centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]))
+  scale = 1.5 + steps.GROUP_STD_EPS if group_std else 1.0  # np.std([0.5, -1.0, 2.0], ddof=1) == 1.5
+  centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]) / scale)
   adv, returns = _numpy_targets(centred, 0.2, 0.9, 0.8)
   np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
@@ -566,18 +568,6 @@ def ppo_run(toyworld_ppo_smoke):
   return toyworld_ppo_smoke
 
 
-def _state_arrays(workdir):
-  checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
-  step = checkpoints.latest_step()
-  meta = checkpoints._manager.item_metadata(step)["state"]
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  restored = checkpoints._manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=abstract, restore_args=jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), abstract))))
-  checkpoints.close()
-  return step, jax.device_get(restored["state"])
-
-
 def test_ppo_stage_smoke(ppo_run):
   """The smoke run finishes with every per-iteration metric the issue lists, and evaluations against SFT."""
   workdir, summary = ppo_run
@@ -640,8 +630,8 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, e
   assert main_lib.main(argv) == 0
   reference = tmp_path / "uninterrupted"  # Beside the preempted run, in the same process state.
   run_smoke("toyworld_ppo.py", reference, *ppo_args, *extra)
-  step_a, a = _state_arrays(reference)
-  step_b, b = _state_arrays(workdir)
+  step_a, a = checkpoint_state(reference)
+  step_b, b = checkpoint_state(workdir)
   assert step_a == step_b == 4
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert (b.get("score_moments") is not None) == bool(extra)
@@ -665,7 +655,7 @@ def test_ppo_stage_with_critic_warmup_and_reward_norm(tmp_path, ppo_args, capsys
   totals = [r["ppo/score_total"] for r in rows]  # Equal batches: the running mean is the mean of their means.
   assert rows[0]["ppo/score_mean_running"] == pytest.approx(totals[0], abs=1e-5)
   assert rows[1]["ppo/score_mean_running"] == pytest.approx(np.mean(totals), abs=1e-5)
-  _, state = _state_arrays(workdir)
+  _, state = checkpoint_state(workdir)
   moments = state["score_moments"]
   assert float(moments["count"]) == 16 and float(moments["mean"]) == pytest.approx(np.mean(totals), abs=1e-5)
   assert float(np.sqrt(moments["m2"] / moments["count"])) == pytest.approx(rows[1]["ppo/score_std_running"],
@@ -709,7 +699,7 @@ def test_ppo_iterated_rounds_retrain_the_reward_model(tmp_path, ppo_args, toywor
   round_log = [r for r in read_metrics(str(workdir / "rounds" / "round_1")) if "train/loss" in r]
   assert [r["step"] for r in round_log] == [2] and round_log[0]["train/loss"] == rows[0]["round/rm_loss"]
   assert os.listdir(workdir / "rounds" / "round_1" / "checkpoints") == ["2"]
-  _, state = _state_arrays(workdir)
+  _, state = checkpoint_state(workdir)
   _, start = convert.load_converted(str(toyworld_reward_smoke[0] / "reward_model"))
   trained = {k: v for k, v in state["reward"]["params"].items() if k != "reward_head"}
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()), trained,
@@ -825,7 +815,7 @@ def test_ppo_stage_without_a_critic(tmp_path, ppo_args, capsys):
   assert summary["complete"] is True
   rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
   assert len(rows) == 2 and all(r["ppo/value_mean"] == 0.0 and "ppo/value_loss" not in r for r in rows)
-  _, state = _state_arrays(workdir)
+  _, state = checkpoint_state(workdir)
   assert set(state["params"]) == {"actor"}
   argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py:smoke"), "--workdir",
           str(tmp_path / "both"), *ppo_args, "--config.ppo.critic_free=True", "--config.ppo.shared_critic=True"]
@@ -864,7 +854,7 @@ def test_ppo_seeds_run_as_one_compiled_program(tmp_path, ppo_args):
   state, data = setup.state, setup.data()
   for _ in range(4):
     state, _ = setup.step_fn(state, setup.make_batch(next(data)), setup.rng)
-  _, stacked = _state_arrays(workdir)
+  _, stacked = checkpoint_state(workdir)
   replica = jax.tree.map(lambda x: x[1], {"params": stacked["params"], "ema": stacked["ema"],
                                           "kl_coef": stacked["kl_coef"]})
   alone = jax.device_get({"params": state.params, "ema": state.ema, "kl_coef": state.kl_coef})

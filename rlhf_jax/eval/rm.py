@@ -31,16 +31,25 @@ CALIBRATION_EDGES = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 def make_scorer(model: Transformer, mesh: Mesh, chunk: int):
   """Returns `score(params, tokens (N, T), start (N,), end (N,)) -> (N,) numpy`: the reward head read at `end`
-  of each row whose response begins at `start`. Rows are scored `chunk` at a time (the last chunk padded), so
-  one compilation serves any N."""
+  of each row whose response begins at `start` (`chunked_scorer`)."""
   eval_model = model.clone(deterministic=True)
+
+  def score_rows(params, tokens_nt, start_n, end_n):
+    rewards_nt = eval_model.apply({"params": params}, tokens_nt, response_start_b=start_n).rewards
+    return jnp.take_along_axis(rewards_nt, end_n[:, None], axis=-1)[:, 0]
+
+  return chunked_scorer(score_rows, mesh, chunk)
+
+
+def chunked_scorer(score_rows, mesh: Mesh, chunk: int):
+  """`score_rows(params, tokens (n, T), start (n,), end (n,)) -> (n,)` (traceable) as a host function of any
+  number of rows N -> (N,) numpy: rows go `chunk` at a time (the last chunk padded) through one compiled
+  program, so one compilation serves any N; each process passes the same rows and gets all the scores."""
   replicated = mesh_lib.replicated(mesh)
 
   @jax.jit
   def score_chunk(params, tokens_nt, start_n, end_n):
-    rewards_nt = eval_model.apply({"params": params}, tokens_nt, response_start_b=start_n).rewards
-    scores_n = jnp.take_along_axis(rewards_nt, end_n[:, None], axis=-1)[:, 0]
-    return jax.lax.with_sharding_constraint(scores_n, replicated)
+    return jax.lax.with_sharding_constraint(score_rows(params, tokens_nt, start_n, end_n), replicated)
 
   def score(params, tokens_nt: np.ndarray, start_n: np.ndarray, end_n: np.ndarray) -> np.ndarray:
     n = len(tokens_nt)

@@ -137,6 +137,18 @@ def leave_one_out(scores_b: jax.Array, group_size: int) -> jax.Array:
   return (groups - others).reshape(scores_b.shape)
 
 
+def group_std(scores_b: jax.Array, group_size: int) -> jax.Array:
+  """(B,) the standard deviation (ddof 1) of the scores of each row's group of `group_size` answers to one
+  prompt (rows as for `leave_one_out`). GRPO (Shao et al. 2024, "DeepSeekMath", sec. 4.1.2) divides each
+  answer's advantage by it, so that every prompt whose answers differ at all pushes the policy equally hard,
+  however small the differences between its answers are (`ppo.group_std`)."""
+  if group_size < 2:
+    raise ValueError(f"a group's standard deviation needs groups of at least 2 responses, got {group_size}")
+  groups = scores_b.astype(jnp.float32).reshape(-1, group_size)
+  std = jnp.std(groups, axis=1, keepdims=True, ddof=1)
+  return jnp.broadcast_to(std, groups.shape).reshape(scores_b.shape)
+
+
 def gae(rewards_bn: jax.Array, values_bn: jax.Array, mask_bn: jax.Array, gamma: float = 1.0,
         lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
   """(advantages, returns), each (B, N), by a reverse scan; masked tokens are outside the episode."""

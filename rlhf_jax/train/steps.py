@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from rlhf_jax import losses
 from rlhf_jax import mesh as mesh_lib
-from rlhf_jax.batches import LMBatch, RMBatch
+from rlhf_jax.batches import LMBatch, PreferenceBatch, RMBatch
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import advantages as advantages_lib
 from rlhf_jax.rl import kl_control
@@ -138,6 +138,35 @@ def make_rm_step(model: Transformer, tx: optax.GradientTransformation, schedule:
                    count_name="prompts")
 
 
+def response_log_probs(model: Transformer, params: Any, tokens_nt: jax.Array, start_n: jax.Array,
+                       end_n: jax.Array) -> jax.Array:
+  """(N,) log p(response | prompt) of each row: the LM head's log-probabilities of the tokens at positions
+  start..end (a response and its end-of-turn token, as `pipelines.scored_sequence` lays a row out), summed.
+  A padding row (start = end = 0) sums nothing and gives 0."""
+  logits_ntv = model.apply({"params": params}, tokens_nt).logits
+  logp_nt = losses.token_log_probs(logits_ntv[:, :-1], tokens_nt[:, 1:])  # [n, i]: the token at position i + 1.
+  position_t = jnp.arange(1, tokens_nt.shape[1])
+  in_response_nt = (position_t >= start_n[:, None]) & (position_t <= end_n[:, None])
+  return jnp.sum(jnp.where(in_response_nt, logp_nt, 0.0), axis=-1)
+
+
+def preference_objective(model: Transformer, loss: str = "dpo", beta: float = 0.1) -> Objective:
+  """The offline preference objective (`dpo.loss`: a name of `losses.PREFERENCE_LOSSES`) on a
+  PreferenceBatch: the K responses of each prompt as rows of one (B*K, T) forward pass, their log-ratio to
+  the reference (whose log-probabilities the batch carries) into the loss."""
+  if loss not in losses.PREFERENCE_LOSSES:
+    raise ValueError(f"unknown preference loss {loss!r}; expected one of {', '.join(losses.PREFERENCE_LOSSES)}")
+  loss_fn = losses.PREFERENCE_LOSSES[loss]
+
+  def objective(params, batch: PreferenceBatch, rng: jax.Array):
+    del rng  # The policy is evaluated deterministically (dropout off), as the reference was.
+    b, k, t = batch.tokens.shape
+    log_probs_bk = response_log_probs(model, params, batch.tokens.reshape(b * k, t), batch.start.reshape(b * k),
+                                      batch.end.reshape(b * k)).reshape(b, k)
+    return loss_fn(log_probs_bk - batch.ref_log_probs, batch.ranks, beta)
+  return objective
+
+
 def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=mesh_lib.RULES,
              seed_axis: bool = False):
   """Compiles `step(state, batch, rng)` once: state in and out with its shardings (donated), batch rows over
@@ -228,6 +257,7 @@ class PPOSettings:
   whiten_advantages: bool
   samples_per_prompt: int
   group_baseline: bool
+  group_std: bool
   ptx_coef: float
   ema_decay: float
   critic_free: bool
@@ -239,6 +269,9 @@ class PPOSettings:
   def from_config(cls, ppo, **overrides) -> "PPOSettings":
     """The settings of a `ppo` section (ConfigDict or dict), with single fields replaced by `overrides`."""
     return dataclasses.replace(cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)}), **overrides)
+
+
+GROUP_STD_EPS = 1e-4  # Added to a group's score std (ppo.group_std); GRPO implementations add 1e-4 to 1e-6.
 
 
 def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
@@ -256,7 +289,10 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
     scores_b = advantages_lib.normalize_scores(scores_b, moments)
   scores_b = advantages_lib.clip_scores(scores_b, settings.reward_clip)
   if settings.group_baseline:  # Rows come in groups of samples_per_prompt answers to one prompt.
-    scores_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
+    centred_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
+    if settings.group_std:  # A group whose answers all score the same has centred scores of exactly 0.
+      centred_b = centred_b / (advantages_lib.group_std(scores_b, settings.samples_per_prompt) + GROUP_STD_EPS)
+    scores_b = centred_b
   rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef)
   values_bn, lam = rollout.values, settings.lam
   if settings.critic_free:  # No value estimates: lambda < 1 would only discount the score for early tokens.
