@@ -150,7 +150,7 @@ class Ours:
     self.prompt_bp = setup.train_prompts.tokens  # TRL's prompts: the same ids.
     assert self.prompt_bp.shape == (BATCH, PROMPT_LEN) and setup.train_prompts.mask.all(), \
         f"ours: {self.prompt_bp.shape} prompts, some padded; expected {BATCH} x {PROMPT_LEN} tokens, none padded"
-    self.kl_ref = setup.ref_params if config.ppo.kl_loss_coef > 0 else None  # As `step_fn` passes it.
+    self.kl_ref = setup.ref_params if setup.settings.kl_needs_reference else None  # As `step_fn` passes it.
     self.compiled = None
     # The same iterations as one program each (rl/iteration.py: ppo.iterations_per_call=1), on a state of
     # their own (each call donates it).

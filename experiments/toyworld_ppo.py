@@ -30,8 +30,29 @@ from rlhf_jax.config import base_config, load_module, model_config
 common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
 
 
+# The critic-free estimators as their papers specify them, on this file's rollouts (64 prompts x 4 answers)
+# and clipped update; `:grpo`, `:rloo`, `:dr_grpo` (with smoke: `:smoke,grpo`). ppo.* keys they set:
+METHODS = {
+    # Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+    # Feedback in LLMs": each answer's score less the mean of the other k - 1 (leave-one-out), the KL as a
+    # per-token penalty in the reward, no normalisation of the advantages.
+    "rloo": dict(critic_free=True, group_baseline=True, group_std=False, whiten_advantages=False, kl_coef=0.1,
+                 kl_loss_coef=0.0),
+    # Shao et al. 2024, "DeepSeekMath" (sec. 4.1): (r - mean) / std over the group, no KL in the reward but the
+    # k3 estimate in the loss with beta 0.04, each answer's token mean averaged over answers (eq. 3).
+    "grpo": dict(critic_free=True, group_baseline=True, group_std=True, whiten_advantages=False, kl_coef=0.0,
+                 kl_loss="k3", kl_loss_coef=0.04, loss_aggregation="sequence_mean"),
+    # Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective": GRPO without its two
+    # normalisations -- the group's mean only, and token sums over a constant (the response width); GRPO's KL.
+    "dr_grpo": dict(critic_free=True, group_baseline=True, group_std=False, whiten_advantages=False, kl_coef=0.0,
+                    kl_loss="k3", kl_loss_coef=0.04, loss_aggregation="constant"),
+}
+
+
 def get_config(arg=None):
-  common.parse_variants(arg, "smoke")
+  variants = common.parse_variants(arg, "smoke", *METHODS, combine=True)
+  if len(variants & set(METHODS)) > 1:
+    raise ValueError(f"variants {arg!r}: name at most one of {', '.join(METHODS)}")
   config = base_config()
   config.stage = "ppo"
   config.seed = 0
@@ -61,7 +82,7 @@ def get_config(arg=None):
   config.ppo.prompt_len = 40
   config.ppo.epochs = 1  # 1 epoch x 4 minibatches of 64 rows: 4 actor updates an iteration.
   config.ppo.minibatches = 4
-  if arg == "smoke":  # Seconds on a CPU; init_from / reward_from must name smoke SFT and reward workdirs.
+  if "smoke" in variants:  # Seconds on a CPU; init_from / reward_from must name smoke SFT and reward workdirs.
     common.smoke_evaluation(config)  # Evaluated as the smoke SFT and reward stages evaluate (eval/gold.py).
     config.toyworld.num_docs = 300
     config.ppo.num_prompts = 32
@@ -83,4 +104,6 @@ def get_config(arg=None):
     config.train.eval_every = 2
     config.train.checkpoint_every = 2
     config.optim.warmup_steps = 1
+  for name in variants & set(METHODS):
+    config.ppo.update(METHODS[name])
   return config

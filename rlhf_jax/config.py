@@ -275,6 +275,12 @@ def base_config() -> ConfigDict:
       # tokens, to the actor's loss (losses.exact_kl; one more forward of the reference a minibatch): a pull
       # back to SFT at every visited state with no sampling noise, beside or instead of the KL in the reward.
       kl_loss_coef=0.0,
+      # Which KL the loss term is: "exact" (over the vocabulary, above) or "k3", GRPO's estimate at the sampled
+      # tokens, pi_ref / pi - log(pi_ref / pi) - 1 (Shao et al. 2024, eq. 4; no reference forward pass).
+      kl_loss="exact",
+      # How the actor's per-token terms become the minibatch's loss (train/steps.py:LOSS_AGGREGATIONS):
+      # token_mean (DAPO) | sequence_mean (GRPO) | constant (Dr. GRPO).
+      loss_aggregation="token_mean",
       adaptive_kl=False,  # Ziegler et al. 2019: adapt beta towards kl_target over kl_horizon samples.
       kl_target=6.0,  # Nats per response.
       kl_horizon=10000,
@@ -497,6 +503,8 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.reward == "gold" and config.data.source != "toyworld":
     raise UserError("config key 'ppo.reward': 'gold' scores with toyworld's gold scorer; it needs "
                     "data.source='toyworld'")
+  _check_choice("ppo.kl_loss", ppo.kl_loss, ("exact", "k3"))
+  _check_choice("ppo.loss_aggregation", ppo.loss_aggregation, ("token_mean", "sequence_mean", "constant"))
   if ppo.kl_loss_coef < 0:
     raise UserError(f"config key 'ppo.kl_loss_coef' must be >= 0 (0 = off), got {ppo.kl_loss_coef}")
   _check_choice("ppo.kl_estimator", ppo.kl_estimator, advantages.KL_ESTIMATORS)

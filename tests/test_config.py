@@ -155,7 +155,8 @@ def test_model_and_ppo_settings_come_from_the_schema():
       vf_coef=0.1, ent_coef=0.0, kl_estimator="k1", adaptive_kl=False, kl_target=6.0, kl_horizon=10000,
       reward_clip=0.0, whiten_advantages=True, samples_per_prompt=1, group_baseline=False, group_std=False,
       ptx_coef=0.0,
-      ema_decay=0.0, critic_free=False, critic_warmup=0, reward_norm=False, kl_loss_coef=0.0)
+      ema_decay=0.0, critic_free=False, critic_warmup=0, reward_norm=False, kl_loss_coef=0.0, kl_loss="exact",
+      loss_aggregation="token_mean")
   overridden = steps.PPOSettings.from_config(config_lib.base_config().ppo, epochs=1, gamma=0.9)
   assert overridden == dataclasses.replace(settings, epochs=1, gamma=0.9)
   with pytest.raises(TypeError):

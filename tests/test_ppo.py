@@ -204,18 +204,43 @@ def _numpy_targets(rollout, beta, gamma, lam):
 def test_group_baseline_centres_each_score_on_its_prompts_other_answers(models, group_std):
   """With group_baseline the targets are those of the plain path with each score replaced by itself less the
   mean of the other answers of its group (the test's 3 rows as one group), computed here by hand; with
-  group_std (GRPO's normalisation) that difference divided by the group's sample std, 1.5 here."""
+  group_std, GRPO's: the score less the group's mean (0.5, itself included), over the group's sample std
+  (1.5)."""
   _, rollout = _rollout(models, 1.0, 3, ref_params=models["ref_params"])
   rollout = rollout.replace(scores=jnp.array([0.5, -1.0, 2.0]))
   settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=3, group_baseline=True, gamma=0.9,
                                             lam=0.8, group_std=group_std)
   batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
-  scale = 1.5 + steps.GROUP_STD_EPS if group_std else 1.0  # np.std([0.5, -1.0, 2.0], ddof=1) == 1.5
-  centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]) / scale)
+  if group_std:  # np.std([0.5, -1.0, 2.0], ddof=1) == 1.5
+    centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 0.5, 2.0 - 0.5]) / (1.5 + steps.GROUP_STD_EPS))
+  else:
+    centred = rollout.replace(scores=jnp.array([0.5 - 0.5, -1.0 - 1.25, 2.0 - -0.25]))
   adv, returns = _numpy_targets(centred, 0.2, 0.9, 0.8)
   np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
   assert float(stats["ppo/score_total"]) == pytest.approx(0.5)  # The statistics keep the raw scores.
+
+
+def test_grpo_advantages_match_numpy():
+  """GRPO's outcome advantages (Shao et al. 2024, sec. 4.1.2), the experiment file's `grpo` variant settings:
+  no critic, no whitening, no KL in the reward -- every token of answer i gets (r_i - mean(r)) / std(r) of
+  its group; two groups of four here, one of them all tied (advantage 0)."""
+  rng = np.random.default_rng(5)
+  b, n = 8, 6
+  mask = (np.arange(n)[None, :] < rng.integers(1, n + 1, size=(b, 1))).astype(np.float32)
+  scores = np.concatenate([rng.normal(size=4), np.full(4, 0.3)]).astype(np.float32)
+  zeros = jnp.zeros((b, n), jnp.float32)
+  rollout = rollout_lib.Rollout(prompt=jnp.zeros((b, 2), jnp.int32), prompt_mask=jnp.ones((b, 2), bool),
+                                tokens=jnp.zeros((b, n), jnp.int32), mask=jnp.asarray(mask),
+                                log_probs=zeros - 0.5, ref_log_probs=zeros - 0.7, values=zeros + 0.4,
+                                scores=jnp.asarray(scores), rm_scores=jnp.asarray(scores), ended=jnp.ones(b, bool))
+  settings = steps.PPOSettings.from_config(base_config().ppo, samples_per_prompt=4, group_baseline=True,
+                                            group_std=True, critic_free=True, whiten_advantages=False)
+  batch, _ = steps.ppo_targets(rollout, jnp.float32(0.0), settings)
+  groups = scores.astype(np.float64).reshape(2, 4)
+  want = ((groups - groups.mean(1, keepdims=True)) / (groups.std(1, ddof=1, keepdims=True) + steps.GROUP_STD_EPS))
+  np.testing.assert_allclose(batch.advantages, want.reshape(b, 1) * mask, rtol=1e-5, atol=1e-6)
+  assert not np.asarray(batch.advantages)[4:].any()
 
 
 def test_ppo_pipeline_repeats_each_prompt_for_its_group():
@@ -237,11 +262,15 @@ def _log_softmax(z):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-@pytest.mark.parametrize("ptx_coef", [0.0, 0.5])
-def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
+@pytest.mark.parametrize("ptx_coef,aggregation,kl_loss", [(0.0, "token_mean", ""), (0.5, "token_mean", ""),
+                                                           (0.0, "sequence_mean", "k3"), (0.0, "constant", "")])
+def test_ppo_update_diagnostics_match_numpy(models, ptx_coef, aggregation, kl_loss):
   """One epoch of one minibatch: the reported policy loss, entropy, clip fraction, approx KL and value loss
   are those of the parameters before the step, computed here in NumPy (float64) from the models' logits
-  and values; the ptx loss is the LM loss of the ptx rows. The step then changes actor and critic."""
+  and values, each per-token term aggregated as ppo.loss_aggregation says (the separate critic's value loss
+  is a token mean always); the ptx loss is the LM loss of the ptx rows; GRPO's k3 KL in the loss is the k3
+  estimate at the sampled tokens against the rollout's reference log-probs. The step then changes actor and
+  critic."""
   (prompt, mask), _ = _prompts()
   temperature, eps, veps, beta = 0.8, 0.1, 0.05, 0.3
   _, rollout = _rollout(models, temperature, 1, ref_params=models["ref_params"])
@@ -249,9 +278,17 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   # so clipping happens.
   noise = np.random.default_rng(0).normal(0, 0.3, rollout.mask.shape) * np.asarray(rollout.mask)
   rollout = rollout.replace(log_probs=rollout.log_probs + noise, values=rollout.values - noise)
+  # Responses of different lengths (the first ones cut short), so that the aggregations differ.
+  n = rollout.mask.shape[1]
+  cut = jnp.asarray(np.arange(n)[None, :] < np.minimum(np.arange(rollout.mask.shape[0]) + 2, n)[:, None],
+                    jnp.float32) * rollout.mask
+  rollout = rollout.replace(mask=cut, log_probs=rollout.log_probs * cut, ref_log_probs=rollout.ref_log_probs * cut,
+                            values=rollout.values * cut)
 
   settings = steps.PPOSettings.from_config(base_config().ppo, temperature=temperature, epochs=1, minibatches=1,
-                                            clip_eps=eps, value_clip_eps=veps, gamma=0.9, lam=0.8, ptx_coef=ptx_coef)
+                                            clip_eps=eps, value_clip_eps=veps, gamma=0.9, lam=0.8, ptx_coef=ptx_coef,
+                                            loss_aggregation=aggregation, kl_loss=kl_loss or "exact",
+                                            kl_loss_coef=0.2 if kl_loss else 0.0)
   txs = {"actor": optax.sgd(1e-2), "critic": optax.sgd(1e-2)}
   params = {"actor": models["actor_params"], "critic": models["critic_params"]}
   state = PPOState(step=jnp.int32(0), params=params, opt_state={k: txs[k].init(v) for k, v in params.items()},
@@ -275,7 +312,11 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   logp = np.take_along_axis(log_p, tokens[..., None], -1)[..., 0]
   ratio = np.exp(logp - np.asarray(rollout.log_probs, np.float64))
   unclipped, clipped = -adv * ratio, -adv * np.clip(ratio, 1 - eps, 1 + eps)
-  mean = lambda x: (x * m).sum() / m.sum()
+  token_mean = lambda x: (x * m).sum() / m.sum()
+  mean = {"token_mean": token_mean,
+          "sequence_mean": lambda x: ((x * m).sum(1) / m.sum(1)).mean(),
+          "constant": lambda x: ((x * m).sum(1) / m.shape[1]).mean()}[aggregation]
+  assert len(set(m.sum(1))) > 1  # Responses of different lengths: the three aggregations differ.
   expected = {
       "ppo/policy_loss": mean(np.maximum(unclipped, clipped)),
       "ppo/clip_fraction": mean(clipped > unclipped),
@@ -286,8 +327,12 @@ def test_ppo_update_diagnostics_match_numpy(models, ptx_coef):
   values = np.asarray(values, np.float64)[:, 5:10]
   old_values = np.asarray(rollout.values, np.float64)
   v_clip = old_values + np.clip(values - old_values, -veps, veps)
-  expected["ppo/value_loss"] = mean(0.5 * np.maximum((values - returns) ** 2, (v_clip - returns) ** 2))
-  expected["ppo/value_clip_fraction"] = mean((v_clip - returns) ** 2 > (values - returns) ** 2)
+  expected["ppo/value_loss"] = token_mean(0.5 * np.maximum((values - returns) ** 2, (v_clip - returns) ** 2))
+  expected["ppo/value_clip_fraction"] = token_mean((v_clip - returns) ** 2 > (values - returns) ** 2)
+  if kl_loss:
+    d = logp - np.asarray(rollout.ref_log_probs, np.float64)
+    expected["ppo/kl_loss"] = mean(np.exp(-d) - 1 + d)
+    expected["train/loss"] = expected["ppo/policy_loss"] + 0.2 * expected["ppo/kl_loss"]
   if ptx_coef:
     lm_logits = np.asarray(_forward(models["actor"], models["actor_params"], ptx.tokens).logits, np.float64)
     nll = -np.take_along_axis(_log_softmax(lm_logits), np.asarray(ptx.targets)[..., None], -1)[..., 0]
@@ -636,6 +681,23 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, e
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert (b.get("score_moments") is not None) == bool(extra)
   assert [r["step"] for r in read_metrics(str(workdir)) if "ppo/kl" in r] == [1, 2, 3, 4]
+
+
+def test_grpo_variant_runs_as_its_paper_specifies(tmp_path, ppo_args):
+  """`toyworld_ppo.py:smoke,grpo`: the experiment file's GRPO settings (no critic, group mean and std, no
+  whitening, no KL in the reward, k3 KL in the loss, per-answer token means) run through the stage: the
+  logged reward carries no KL term and the loss's k3 KL is logged. Two method variants at once are refused."""
+  workdir = tmp_path / "grpo"
+  argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke,grpo", "--workdir",
+          str(workdir), "--config.train.batch_size=8", "--config.train.steps=2", *ppo_args]
+  assert main_lib.main(argv) == 0
+  config = json.loads((workdir / "config.json").read_text())["ppo"]
+  assert (config["group_std"], config["critic_free"], config["kl_loss"], config["loss_aggregation"]) == (
+      True, True, "k3", "sequence_mean")
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert len(rows) == 2 and all(r["ppo/non_score_reward"] == 0.0 and np.isfinite(r["ppo/kl_loss"]) for r in rows)
+  argv[1] = argv[1].replace("smoke,grpo", "grpo,rloo")
+  assert main_lib.main(argv[:3] + [str(tmp_path / "two")] + argv[4:]) == 2
 
 
 def test_ppo_stage_with_critic_warmup_and_reward_norm(tmp_path, ppo_args, capsys):

@@ -464,6 +464,7 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
   """`ppo_step(state, batch, rng) -> (state, metrics)`: one PPO iteration, a reward-model round first when one
   is due; Python, as generation's early exit and the phase timings need the host."""
   ppo = config.ppo
+  loss_ref = ref_params if steps.PPOSettings.from_config(ppo).kl_needs_reference else None
 
   def ppo_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -490,7 +491,7 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
     new_tokens = float(host_sample.lengths.sum())
     started = time.time()
     state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1),
-                            ref_params if ppo.kl_loss_coef > 0 else None)
+                            loss_ref)
     metrics = jax.block_until_ready(metrics)
     update_s = time.time() - started
     metrics = {**metrics, **round_metrics, "perf/rollout_s": rollout_s, "perf/update_s": update_s,
@@ -573,7 +574,7 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   settings = steps.PPOSettings.from_config(ppo)
   update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
   update = steps.jit_ppo_update(update_fn, shardings, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
-  iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=ppo.kl_loss_coef > 0,
+  iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=settings.kl_needs_reference,
                                                mesh=mesh)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,

@@ -223,12 +223,14 @@ def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh,
 @flax.struct.dataclass
 class PPOBatch:
   """A rollout with its PPO targets. prompt (B, P), prompt_mask (B, P); tokens, mask, old_log_probs,
-  old_values, advantages, returns (B, N)."""
+  ref_log_probs (the reference's, for a sampled KL estimate in the loss), old_values, advantages, returns
+  (B, N)."""
   prompt: jax.Array
   prompt_mask: jax.Array
   tokens: jax.Array
   mask: jax.Array
   old_log_probs: jax.Array
+  ref_log_probs: jax.Array
   old_values: jax.Array
   advantages: jax.Array
   returns: jax.Array
@@ -264,6 +266,14 @@ class PPOSettings:
   critic_warmup: int
   reward_norm: bool
   kl_loss_coef: float
+  kl_loss: str
+  loss_aggregation: str
+
+  @property
+  def kl_needs_reference(self) -> bool:
+    """Whether the update reads the reference's params: the exact KL in the loss needs its logits (the k3
+    estimate reads the rollout's reference log-probabilities instead)."""
+    return self.kl_loss_coef > 0 and self.kl_loss == "exact"
 
   @classmethod
   def from_config(cls, ppo, **overrides) -> "PPOSettings":
@@ -271,6 +281,14 @@ class PPOSettings:
     return dataclasses.replace(cls(**{f.name: ppo[f.name] for f in dataclasses.fields(cls)}), **overrides)
 
 
+# How the actor's per-token terms (surrogate, entropy, KL in the loss, a shared critic's value loss) become
+# the minibatch's loss (`ppo.loss_aggregation`), for B rows with |o_b| response tokens and width N:
+#   token_mean     sum over all tokens / number of tokens (DAPO, Yu et al. 2025: every token counts the same)
+#   sequence_mean  mean over rows of each row's token mean, 1/B sum_b 1/|o_b| sum_t (GRPO, Shao et al. 2024,
+#                  eq. 3: a short answer's tokens weigh more)
+#   constant       1/B sum_b 1/N sum_t, N fixed (Dr. GRPO, Liu et al. 2025: no length normalisation, whose
+#                  bias towards long wrong answers they measured)
+LOSS_AGGREGATIONS = ("token_mean", "sequence_mean", "constant")
 GROUP_STD_EPS = 1e-4  # Added to a group's score std (ppo.group_std); GRPO implementations add 1e-4 to 1e-6.
 
 
@@ -289,10 +307,12 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
     scores_b = advantages_lib.normalize_scores(scores_b, moments)
   scores_b = advantages_lib.clip_scores(scores_b, settings.reward_clip)
   if settings.group_baseline:  # Rows come in groups of samples_per_prompt answers to one prompt.
-    centred_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
-    if settings.group_std:  # A group whose answers all score the same has centred scores of exactly 0.
-      centred_b = centred_b / (advantages_lib.group_std(scores_b, settings.samples_per_prompt) + GROUP_STD_EPS)
-    scores_b = centred_b
+    if settings.group_std:  # GRPO exactly: (r - the group's mean, r included) / (the group's std + eps).
+      g = settings.samples_per_prompt
+      centred_b = (g - 1) / g * advantages_lib.leave_one_out(scores_b, g)
+      scores_b = centred_b / (advantages_lib.group_std(scores_b, g) + GROUP_STD_EPS)
+    else:
+      scores_b = advantages_lib.leave_one_out(scores_b, settings.samples_per_prompt)
   rewards_bn = advantages_lib.shaped_rewards(scores_b, kl_bn, mask_bn, kl_coef)
   values_bn, lam = rollout.values, settings.lam
   if settings.critic_free:  # No value estimates: lambda < 1 would only discount the score for early tokens.
@@ -320,7 +340,7 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
   if settings.reward_norm:
     stats.update({"ppo/score_mean_running": moments.mean, "ppo/score_std_running": moments.std})
   batch = PPOBatch(prompt=rollout.prompt, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens, mask=mask_bn,
-                   old_log_probs=rollout.log_probs, old_values=values_bn, advantages=adv_bn,
+                   old_log_probs=rollout.log_probs, ref_log_probs=rollout.ref_log_probs, old_values=values_bn, advantages=adv_bn,
                    returns=returns_bn)
   return batch, stats
 
@@ -360,40 +380,47 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   shared = critic is None and not s.critic_free
   if shared and "value" not in actor.heads:
     raise ValueError("a shared critic needs the actor to have a value head")
-  if s.kl_loss_coef > 0 and reference is None:
+  if s.loss_aggregation not in LOSS_AGGREGATIONS:
+    raise ValueError(f"unknown loss aggregation {s.loss_aggregation!r}; expected one of {', '.join(LOSS_AGGREGATIONS)}")
+  if s.kl_loss_coef > 0 and s.kl_loss == "exact" and reference is None:
     raise ValueError("kl_loss_coef: pass the reference model (the KL in the loss needs its logits)")
   if s.critic_warmup > 0 and critic is None:
     raise ValueError("critic_warmup: needs a separate critic (a shared trunk cannot learn values with the actor "
                      "frozen, and critic_free has none)")
 
-  def actor_loss(params, mb: PPOBatch, ptx: Optional[LMBatch], ref_params, denom, ptx_denom):
-    """The minibatch's loss and metrics on `mb` (the minibatch or one of its microbatches): sums over `mb`'s
-    tokens divided by the whole minibatch's token counts `denom` and `ptx_denom`, so microbatches add up."""
+  def actor_loss(params, mb: PPOBatch, weights_bn, ptx: Optional[LMBatch], ref_params, ptx_denom):
+    """The minibatch's loss and metrics on `mb` (the minibatch or one of its microbatches): per-token terms
+    summed with `weights_bn` (`token_weights` of the whole minibatch: each term is then its mean as
+    ppo.loss_aggregation defines it) and the ptx loss over the whole minibatch's `ptx_denom` target tokens,
+    so microbatches add up."""
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
         actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
-    pg_sum, _, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, mb.mask, s.clip_eps)
+    pg, _, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, weights_bn, s.clip_eps)
     # Without a bonus the entropy is only a diagnostic: its gradient (through a softmax over the vocabulary at
     # every response token, then times 0) is kept out of the backward pass.
-    ent_sum, _ = losses.entropy(scaled_bnv if s.ent_coef else jax.lax.stop_gradient(scaled_bnv), mb.mask)
-    loss = (pg_sum - s.ent_coef * ent_sum) / denom
-    metrics = {"ppo/policy_loss": pg_sum / denom, "ppo/entropy": ent_sum / denom,
-               "ppo/clip_fraction": aux["clip_fraction"] / denom, "ppo/approx_kl": aux["approx_kl"] / denom}
+    ent, _ = losses.entropy(scaled_bnv if s.ent_coef else jax.lax.stop_gradient(scaled_bnv), weights_bn)
+    loss = pg - s.ent_coef * ent
+    metrics = {"ppo/policy_loss": pg, "ppo/entropy": ent, "ppo/clip_fraction": aux["clip_fraction"],
+               "ppo/approx_kl": aux["approx_kl"]}
     if shared:
-      v_sum, _, v_aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
-      loss = loss + s.vf_coef * v_sum / denom
-      metrics.update({"ppo/value_loss": v_sum / denom, "ppo/value_clip_fraction": v_aux["value_clip_fraction"] / denom})
+      v, _, v_aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, weights_bn, s.value_clip_eps)
+      loss = loss + s.vf_coef * v
+      metrics.update({"ppo/value_loss": v, "ppo/value_clip_fraction": v_aux["value_clip_fraction"]})
     if ptx is not None:
       out = actor.apply({"params": params}, ptx.tokens, ptx.positions, ptx.segment_ids)
       lm_sum, _, _ = losses.lm_loss(out.logits, ptx.targets, ptx.loss_mask)
       ptx_loss = lm_sum / ptx_denom
       loss = loss + s.ptx_coef * ptx_loss
       metrics["ppo/ptx_loss"] = ptx_loss
-    if s.kl_loss_coef > 0:
+    if s.kl_loss_coef > 0 and s.kl_loss == "exact":
       _, ref_scaled_bnv, _ = rollout_lib.policy_outputs(reference, jax.lax.stop_gradient(ref_params), mb.prompt,
                                                         mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
-      kl_sum, _ = losses.exact_kl(scaled_bnv, ref_scaled_bnv, mb.mask)
-      loss = loss + s.kl_loss_coef * kl_sum / denom
-      metrics["ppo/kl_loss"] = kl_sum / denom
+      kl, _ = losses.exact_kl(scaled_bnv, ref_scaled_bnv, weights_bn)
+    elif s.kl_loss_coef > 0:  # GRPO's k3 estimate at the sampled tokens, differentiated through log pi.
+      kl = jnp.sum(advantages_lib.k3_estimate(log_probs_bn - mb.ref_log_probs) * weights_bn)
+    if s.kl_loss_coef > 0:
+      loss = loss + s.kl_loss_coef * kl
+      metrics["ppo/kl_loss"] = kl
     return loss, metrics
 
   def critic_loss(params, mb: PPOBatch, denom):
@@ -412,6 +439,16 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     count = lambda mask: jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
     return count(mb.mask), None if ptx is None else count(ptx.loss_mask)
 
+  def token_weights(mb: PPOBatch):
+    """(B, N) the weight of each response token of the minibatch in the actor's loss (LOSS_AGGREGATIONS)."""
+    mask_bn = mb.mask.astype(jnp.float32)
+    rows = mask_bn.shape[0]
+    if s.loss_aggregation == "token_mean":
+      return mask_bn / token_counts(mb, None)[0]
+    if s.loss_aggregation == "sequence_mean":
+      return mask_bn / (jnp.maximum(mask_bn.sum(-1, keepdims=True), 1.0) * rows)
+    return mask_bn / (mask_bn.shape[1] * rows)  # "constant": Dr. GRPO's fixed normaliser, the response width.
+
   def accumulate(loss_fn, params, batches, *args):
     """(loss, metrics), grads of `loss_fn(params, batch, *args)` summed over `batches` split into
     `s.microbatches` equal microbatches along the rows (one at a time, under lax.scan), or of the whole batch."""
@@ -429,9 +466,9 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     return jax.lax.scan(add, zeros, jax.tree.map(split, batches))[0]
 
   def actor_step(state, mb: PPOBatch, ptx: Optional[LMBatch], ref_params):
-    denom, ptx_denom = token_counts(mb, ptx)
-    loss_fn = lambda params, batches, ref: actor_loss(params, *batches, ref, denom, ptx_denom)
-    (loss, metrics), grads = accumulate(loss_fn, state.params["actor"], (mb, ptx), ref_params)
+    ptx_denom = token_counts(mb, ptx)[1]
+    loss_fn = lambda params, batches, ref: actor_loss(params, *batches, ref, ptx_denom)
+    (loss, metrics), grads = accumulate(loss_fn, state.params["actor"], (mb, token_weights(mb), ptx), ref_params)
     metrics.update({"train/loss": loss, "ppo/actor_grad_norm": optax.tree.norm(grads)})
     return apply("actor", grads, state), metrics
 
@@ -454,7 +491,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     return state, metrics
 
   def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array, ref_params=None):
-    if s.kl_loss_coef > 0 and ref_params is None:
+    if s.kl_needs_reference and ref_params is None:
       raise ValueError("kl_loss_coef: pass ref_params (the reference's params) to the update")
     moments = state.score_moments
     if s.reward_norm:
