@@ -6,7 +6,9 @@ An ablation file defines
   sweep(arg, workdir) -> [(name, config), ...]   the runs, in order, each into DIR/name; a run may read an
                                                  earlier one's output (shared comparison data, say);
   COLUMNS = ("key", ...)                         summary keys of the results table; a run is a row when its
-                                                 summary has the first of them.
+                                                 summary has the first of them;
+  report(arg, workdir, [(name, summary), ...])   optional: the ablation's own figures and tables, drawn from
+                                                 the runs' summaries after the table is written.
 The overrides apply to every run (e.g. --config.init_from=runs/sft). Each run resumes like any other and a
 finished one is skipped, so an interrupted sweep is continued by running the same command again. The table
 goes to DIR/results.csv and DIR/results.md (with each run's wall time), and DIR/results.png draws it: one
@@ -46,9 +48,12 @@ def run_sweep(spec: str, workdir: str, overrides: Sequence[str] = ()) -> list[di
   announce = lambda i, name, config, run_dir: print(f"sweep {path}: run {name} ({config.stage}) -> {run_dir}",
                                                     flush=True)
   summaries = orchestrate.run_in_order(runs, announce)
-  rows = table_rows([(name, summary) for (name, _, _), summary in zip(runs, summaries)], module.COLUMNS)
+  named = [(name, summary) for (name, _, _), summary in zip(runs, summaries)]
+  rows = table_rows(named, module.COLUMNS)
   if jax.process_index() == 0:  # One table, written by one process.
     write_table(workdir, rows)
+    if hasattr(module, "report"):  # The ablation's own figures and tables, from every run's summary.
+      module.report(arg or None, workdir, named)
   return rows
 
 
