@@ -226,6 +226,7 @@ def base_config() -> ConfigDict:
   config.dpo = ConfigDict(dict(
       loss="dpo",  # dpo | ipo (losses.PREFERENCE_LOSSES)
       beta=0.1,  # dpo: the implicit reward's scale; ipo: the log-ratio gap is regressed to 1 / (2 beta).
+      epochs=1.0,  # Passes over data.path's training comparisons (train.steps follows); 0: train.steps as given.
       # A reward model's workdir: its only use is the evaluation's RM-score column, so that a DPO policy is
       # evaluated exactly as PPO's (KL to SFT, win rates, SFT at T 0.5); "": held-out gold alone (toyworld).
       reward_from="",

@@ -7,8 +7,9 @@
 Runs (`METHODS`): PPO as experiments/toyworld_ppo.py runs it, with its two KL weights (beta in the reward,
 the exact KL in the loss) both scaled by 0.3, 1 and 3; GRPO and RLOO (toyworld_ppo.py's :grpo and :rloo);
 each for the quickstart's 30 iterations of 64 prompts x 4, 3 seeds in one program (train.seeds, with
-ppo.iterations_per_call 5). DPO at beta 0.1 and 0.5 and IPO at beta 0.1 (experiments/toyworld_dpo.py, one
-epoch over the comparisons the reward model learned from), seeds 0-2 as runs of their own. Every policy is
+ppo.iterations_per_call 5). DPO at beta 0.1 (lr 5e-6) and 0.5 (lr 1e-5) and IPO at beta 0.1
+(experiments/toyworld_dpo.py, one epoch over the comparisons the reward model learned from), seeds 0-2 as
+runs of their own. Every policy is
 evaluated by the one evaluator on the same held-out prompts and keys. `report` writes frontier.png -- held-out
 gold, and the RM's score, against KL to SFT, mean +- sd over seeds -- with SFT, SFT sampled at T 0.5 and
 best-of-n (n = 1, 2, 4, 8; the reward run's summary: the RM's pick and gold's, at best-of-n's KL bound
@@ -38,7 +39,7 @@ METHODS = {
     "grpo": ("ppo", "grpo", {}),
     "rloo": ("ppo", "rloo", {}),
     "dpo_beta0.1": ("dpo", None, {"dpo.beta": 0.1}),
-    "dpo_beta0.5": ("dpo", None, {"dpo.beta": 0.5}),
+    "dpo_beta0.5": ("dpo", None, {"dpo.beta": 0.5, "optim.lr": 1e-5}),
     "ipo_beta0.1": ("dpo", None, {"dpo.loss": "ipo", "dpo.beta": 0.1}),
 }
 SMOKE = ("ppo", "grpo", "dpo_beta0.1")
@@ -75,6 +76,8 @@ def sweep(arg, workdir):
         runs.append((name, config))
       else:
         config.seed = seed
+        if not smoke:  # One evaluation, at the end of the epoch (the loop evaluates the last step always).
+          config.train.eval_every = config.train.checkpoint_every = 10_000
         runs.append((f"{name}_s{seed}", config))
   return runs
 

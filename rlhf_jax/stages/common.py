@@ -4,6 +4,7 @@ comparisons, documents) is in rlhf_jax/artifacts/, below the stages."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Optional
 
 import jax
@@ -41,6 +42,12 @@ def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
   model_config = TransformerConfig.from_config(config.model)
   record_model(config, workdir, model_config)
   return Transformer(model_config)
+
+
+def epoch_steps(epochs: float, num_examples: int, train) -> int:
+  """Training steps for `epochs` passes over `num_examples` examples in batches of train.batch_size (the last
+  step may wrap around into the next pass); train.steps when `epochs` <= 0."""
+  return train.steps if epochs <= 0 else max(1, math.ceil(epochs * num_examples / train.batch_size))
 
 
 def result_line(stage: str, summary: dict, keys: Iterable[str]) -> str:

@@ -7,7 +7,8 @@ with no reward model and no sampling in training (Rafailov et al. 2023; Azar et 
   reference log-probabilities: log pi_ref(y | x) of every response, once, before training (one forward pass
                  each, `reference_log_probs`); the batches carry them (batches.PreferenceBatch)
   batch element = one prompt with its K ranked responses, one forward pass for the K; the loss (dpo.loss,
-                 beta dpo.beta) averages over the prompt's pairs, every pair of a ranking (ties make none)
+                 beta dpo.beta) averages over the prompt's pairs, every pair of a ranking (ties make none);
+                 dpo.epochs passes over the comparisons (train.steps when 0)
   train in the one loop (checkpoints, exact resume); evaluate
     the implicit reward beta (log pi - log pi_ref) as a reward model on the held-out comparisons (eval/rm.py:
     accuracy against the labels, and for toyworld against gold and Spearman: eval/implicit/...), and
@@ -167,7 +168,8 @@ def build_dpo(config, workdir: str, mesh=None) -> DPOSetup:
   val_examples = reference_log_probs(score, ref_params, val_examples)
   val_ref = [ex["ref_log_probs"][ex["ranks"] >= 0] for ex in val_examples]
 
-  tx, schedule = state_lib.make_optimizer(config.optim, train.steps)
+  num_steps = common.epoch_steps(dcfg.epochs, len(train_examples), train)
+  tx, schedule = state_lib.make_optimizer(config.optim, num_steps)
   state, shardings = state_lib.create_train_state(policy, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
   objective = steps.preference_objective(policy.clone(deterministic=True), dcfg.loss, dcfg.beta)
   example = to_preference_batch({k: np.stack([v] * train.batch_size) for k, v in train_examples[0].items()})
@@ -180,7 +182,7 @@ def build_dpo(config, workdir: str, mesh=None) -> DPOSetup:
     return {**implicit_reward_metrics(score, state.params, val_ref, dcfg.beta, val_examples, val_records),
             **policy_eval(state.params)}
 
-  loop = LoopConfig(total_steps=train.steps, log_every=train.log_every, eval_every=train.eval_every,
+  loop = LoopConfig(total_steps=num_steps, log_every=train.log_every, eval_every=train.eval_every,
                     checkpoint_every=train.checkpoint_every, tokens_per_step=train.batch_size * k_max * train.seq_len,
                     keep_checkpoints=train.keep_checkpoints, desc="dpo")
   return DPOSetup(config=config, mesh=mesh, tokenizer=tokenizer, policy=policy, ref_params=ref_params, state=state,

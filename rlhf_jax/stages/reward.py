@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 from typing import Any, Callable
@@ -201,9 +200,8 @@ def make_evaluate(scorer: Callable, val_examples: list[dict], val_records: list[
 def reward_steps(config, num_examples: int) -> int:
   """The number of training steps: reward.epochs passes over the `num_examples` training comparisons (one by
   default: InstructGPT, "multiple epochs overfit quickly"; Gao et al. 2022, fresh data beats repeated data),
-  which only the data knows; train.steps when reward.epochs <= 0."""
-  rcfg, train = config.reward, config.train
-  return train.steps if rcfg.epochs <= 0 else max(1, math.ceil(rcfg.epochs * num_examples / train.batch_size))
+  which only the data knows; train.steps when reward.epochs <= 0 (`common.epoch_steps`)."""
+  return common.epoch_steps(config.reward.epochs, num_examples, config.train)
 
 
 @dataclasses.dataclass(frozen=True)
