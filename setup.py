@@ -32,6 +32,7 @@ setup(
         "safetensors>=0.4",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",  # The pipeline's report.md and a sweep's results.png.
+        "datasketch>=1.6",  # MinHash and LSH for near-duplicate removal (rlhf_jax/data/clean.py).
     ],
     extras_require={
         "test": ["pytest>=8.0"],
