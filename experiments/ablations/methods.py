@@ -147,7 +147,7 @@ def report(arg, workdir, named):
         ax.plot([point["kl"]], [point[short]], marker, color="k", ms=10, label=name)
     ax.set(xlabel="KL to SFT (nats per answer)", ylabel=label, title=f"{label} against KL, 250 held-out prompts")
     ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=7, loc="lower right")
+  axes[0, 0].legend(fontsize=7, loc="upper right")
   save_figure(fig, os.path.join(workdir, "frontier.png"))
   fmt = lambda f, key: "-" if key not in f else (f"{f[key][0]:.3f} +- {f[key][1]:.3f}" if f[key][2] > 1
                                                  else f"{f[key][0]:.3f}")

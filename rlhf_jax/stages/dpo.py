@@ -69,12 +69,12 @@ def reference_log_probs(score: Callable, ref_params, examples: list[dict]) -> li
           for i, ex in enumerate(examples)]
 
 
-def implicit_reward_metrics(score: Callable, params, ref_params_scores: list[np.ndarray], beta: float,
+def implicit_reward_metrics(score: Callable, params, ref_log_probs: list[np.ndarray], beta: float,
                             examples: list[dict], records: list[dict]) -> dict:
   """The implicit reward beta (log pi - log pi_ref) of the held-out comparisons' responses, measured as the
   reward stage measures a reward model (eval/rm.py: eval/implicit/label_accuracy, gold accuracy, Spearman)."""
   policy = rm_eval.score_examples(score, params, examples)
-  implicit = [beta * (p - r) for p, r in zip(policy, ref_params_scores)]
+  implicit = [beta * (p - r) for p, r in zip(policy, ref_log_probs)]
   metrics, _ = rm_eval.comparison_metrics(implicit, records, prefix="eval/implicit")
   return metrics
 
