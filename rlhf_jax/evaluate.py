@@ -45,7 +45,7 @@ def evaluate(ppo_dir: str) -> dict:
   from rlhf_jax.eval import rm as rm_eval
   from rlhf_jax.eval.best_of_n import best_of_n_metrics, best_of_n_rows, best_of_n_samples
   from rlhf_jax.eval.gold import eval_seed
-  from rlhf_jax.stages import common, ppo
+  from rlhf_jax.stages import common
 
   config = _run_config(ppo_dir, "ppo")
   if config.get("stage") != "ppo":
@@ -58,13 +58,13 @@ def evaluate(ppo_dir: str) -> dict:
   rm_model, rm_params, rm_tokenizer, spec = load_reward_model(config.ppo.reward_from, mesh, config.model)
   check_shared_tokenizer(config.ppo.reward_from, rm_tokenizer, config.init_from, tokenizer)
   world = toyworld.make_world(config.toyworld.seed)
-  _, eval_prompts = ppo.load_prompts(config, tokenizer, world)
-  evaluator, cold = ppo.make_evaluators(config, actor=actor, ref_params=sft_params, rm_model=rm_model,
+  _, eval_prompts = common.load_prompts(config, tokenizer, world)
+  evaluator, cold = common.make_evaluators(config, actor=actor, ref_params=sft_params, rm_model=rm_model,
                                         rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
                                         eval_prompts=eval_prompts, reward_token=spec.reward_token)
   sft = evaluator.sample(sft_params)
   out = {**evaluator.metrics(evaluator.sample(policy_params), sft),
-         **ppo.baseline_metrics(evaluator, sft, cold.sample(sft_params))}
+         **common.baseline_metrics(evaluator, sft, cold.sample(sft_params))}
 
   reward_config = _run_config(config.ppo.reward_from, "reward")
   n = int(reward_config.reward.best_of_n)
@@ -81,7 +81,7 @@ def evaluate(ppo_dir: str) -> dict:
 
 def format_table(figures: dict) -> str:
   """Gold per task: SFT, SFT at T 0.5, the RM's and gold's best of 4, PPO and PPO - SFT; then the headline."""
-  from rlhf_jax.stages.ppo import SFT_COLD_TEMPERATURE
+  from rlhf_jax.stages.common import SFT_COLD_TEMPERATURE
   cold = f"sft_t{SFT_COLD_TEMPERATURE}"
   columns = (("SFT", "sft/gold"), ("SFT at T 0.5", cold + "/gold"), ("RM's best of 4", "best_of_n/4/gold"),
              ("gold's best of 4", "best_of_n/4/oracle_gold"), ("PPO", "eval/gold"))

@@ -27,13 +27,13 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 LAYERS = {
     0: ("errors", "batches", "losses", "rl.advantages", "rl.kl_control", "train.metrics"),
-    1: ("config", "mesh", "tokenizer", "data.sources", "data.pipelines", "data.toyworld"),
+    1: ("config", "mesh", "tokenizer", "data.sources", "data.pipelines", "data.toyworld", "data.clean"),
     2: ("model.heads", "model.transformer", "model.hf", "model.converted"),
     3: ("sampling", "rl.rollout", "rl.iteration", "train.state", "train.checkpoint", "train.steps", "train.loop",
         "eval.lm", "eval.rm", "eval.gold", "eval.policy", "eval.best_of_n"),
     4: ("artifacts.models", "artifacts.reward_model", "artifacts.comparisons", "artifacts.documents"),
     5: ("stages.common", "stages.pretrain", "stages.sft", "stages.comparisons", "stages.reward", "stages.ppo",
-        "eval.report"),
+        "stages.dpo", "eval.report"),
     6: ("orchestrate", "pipeline", "main", "sweep", "sample", "chat", "convert", "best_of_n", "evaluate"),
 }
 LAYER = {name: layer for layer, names in LAYERS.items() for name in names}

@@ -37,8 +37,6 @@ from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval.gold import gold_evaluation
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.stages import common
-from rlhf_jax.stages import ppo as ppo_stage
-from rlhf_jax.stages import reward as reward_stage
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
@@ -114,7 +112,7 @@ def read_comparisons(config) -> tuple[list[dict], list[dict]]:
   if not config.data.path:
     raise UserError("config key 'data.path': DPO learns from comparisons; name a comparisons directory (the "
                     "comparisons stage's workdir, or a reward run's comparisons/) or comparison JSONL")
-  train, heldout, _ = reward_stage.read_path_comparisons(config)
+  train, heldout, _ = common.read_path_comparisons(config)
   if not heldout:
     raise UserError(f"config key 'data.path': {config.data.path} has no held-out comparisons to evaluate on")
   return train, heldout
@@ -136,12 +134,12 @@ def policy_evaluation(config, *, policy: Transformer, ref_params, tokenizer, mes
     return gold_only, None, {}
   rm_model, rm_params, rm_tokenizer, spec = load_reward_model(config.dpo.reward_from, mesh, config.model)
   check_shared_tokenizer(config.dpo.reward_from, rm_tokenizer, config.init_from, tokenizer)
-  _, eval_prompts = ppo_stage.load_prompts(config, tokenizer, world)
-  evaluator, cold = ppo_stage.make_evaluators(
+  _, eval_prompts = common.load_prompts(config, tokenizer, world)
+  evaluator, cold = common.make_evaluators(
       config, actor=policy, ref_params=ref_params, rm_model=rm_model, rm_params=rm_params, tokenizer=tokenizer,
       mesh=mesh, world=world, eval_prompts=eval_prompts, reward_token=spec.reward_token)
   baseline: dict = {}
-  evaluate = ppo_stage.make_evaluate(evaluator, cold, None, ref_params, baseline)
+  evaluate = common.make_evaluate(evaluator, cold, None, ref_params, baseline)
   return (lambda params: evaluate(types.SimpleNamespace(ema=None, params={"actor": params}))), evaluator, baseline
 
 
@@ -159,7 +157,7 @@ def build_dpo(config, workdir: str, mesh=None) -> DPOSetup:
     raise UserError(f"config key 'train.seq_len': {config.train.seq_len} is longer than the model's "
                     f"{policy.config.max_len} learned positions ({config.init_from})")
   # The reward stage's encoding (K = the most responses any prompt has, at most reward.max_responses).
-  k_max, train_examples, val_examples = reward_stage.encode_comparisons(config, tokenizer, train_records,
+  k_max, train_examples, val_examples = common.encode_comparisons(config, tokenizer, train_records,
                                                                         val_records)
   train, dcfg = config.train, config.dpo
   score = make_log_prob_scorer(policy, mesh, chunk=train.batch_size * k_max)
@@ -209,8 +207,8 @@ def run(config, workdir: str) -> dict:
                      "dpo/loss": config.dpo.loss, "dpo/beta": config.dpo.beta},
       config=config)
   if "sft" in setup.baseline:  # PPO's evaluation drew the SFT model's samples: its figures go beside the policy's.
-    summary.update(ppo_stage.baseline_metrics(setup.evaluator, setup.baseline["sft"], setup.baseline["sft_cold"]))
-  summary.update(ppo_stage.eval_history(read_metrics(workdir)))
+    summary.update(common.baseline_metrics(setup.evaluator, setup.baseline["sft"], setup.baseline["sft_cold"]))
+  summary.update(common.eval_history(read_metrics(workdir)))
   summary["complete"] = True
   write_summary(workdir, summary)
   print(common.result_line("dpo", summary, ["train/loss", "eval/implicit/label_accuracy", "eval/kl",

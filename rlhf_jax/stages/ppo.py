@@ -28,7 +28,6 @@ import dataclasses
 import json
 import os
 import time
-import types
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
@@ -45,56 +44,22 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
-from rlhf_jax.eval import gold as eval_gold
 from rlhf_jax.eval.lm import heldout_lm_evaluator
-from rlhf_jax.eval.policy import PolicyEvaluator, PolicySamples, to_host
+from rlhf_jax.eval.policy import PolicyEvaluator, to_host
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl import rollout as rollout_lib
 from rlhf_jax.rl.rollout import make_collect, strip_value
 from rlhf_jax.sampling import make_generate, response_token_ids
 from rlhf_jax.stages import common
+# The evaluation PPO shares with DPO (and `python -m rlhf_jax.evaluate`), in stages/common.py.
+from rlhf_jax.stages.common import (Prompts, baseline_metrics, eval_history, load_prompts, make_evaluate,
+                                    make_evaluators)
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.loop import LoopConfig, combine_seeds, read_summary, train_loop, write_summary
 from rlhf_jax.train.metrics import read_metrics
-
-
-@dataclasses.dataclass
-class Prompts:
-  """Prompts as the policy sees them in rollouts (left-padded ids), as conversations (what the evaluations
-  sample from: `eval.gold.sample_answers`), and the toyworld instances behind them (or None)."""
-  tokens: np.ndarray
-  mask: np.ndarray
-  conversations: list
-  instances: list | None = None
-
-
-def load_prompts(config, tokenizer, world) -> tuple[Prompts, Prompts]:
-  """(training prompts, evaluation prompts). toyworld: training instances, and the same held-out instances
-  the SFT stage is evaluated on (so the figures compare); JSONL: the last data.val_fraction is held out."""
-  ppo, tw = config.ppo, config.toyworld
-  encode = lambda conversations: (*pipelines.left_pad_prompts(
-      [pipelines.prompt_ids(tokenizer, c) for c in conversations], ppo.prompt_len, tokenizer.pad_id),
-      conversations)
-  as_messages = lambda text: [{"role": "user", "content": text}]
-  if ppo.prompts_path:
-    source = sources.open_source(ppo.prompts_path, "prompts")
-    conversations = [source[i]["messages"] for i in range(len(source))]
-    cut = max(1, int(round(len(conversations) * (1.0 - config.data.val_fraction))))
-    train, heldout = conversations[:cut], conversations[cut:] or conversations[-1:]
-    return Prompts(*encode(train)), Prompts(*encode(heldout))
-  if config.data.source != "toyworld":
-    raise UserError("config key 'ppo.prompts_path': PPO needs prompts (JSONL with {\"prompt\"} or "
-                    "{\"messages\"} per line), or set data.source='toyworld'")
-  train = toyworld.sample_instances(world, ppo.num_prompts, tw.seed + 6, split="train")
-  heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
-  return (Prompts(*encode([as_messages(i.prompt) for i in train]), train),
-          Prompts(*encode([as_messages(i.prompt) for i in heldout]), heldout))
-
-
-SFT_COLD_TEMPERATURE = 0.5
 
 
 def ptx_documents(config) -> tuple[list[str], list[str]] | None:
@@ -265,40 +230,6 @@ class RewardRounds:
                       shardings=shardings, step_fn=self.step, rng=jax.random.PRNGKey(config.seed + 1000 + r),
                       data=iter(data), make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_rm_batch(rows),
                                                                                     self.mesh))
-
-
-def make_evaluators(config, *, actor: Transformer, ref_params, rm_model: Transformer, rm_params, tokenizer, mesh,
-                    world, eval_prompts: Prompts, reward_token: bool) -> tuple[PolicyEvaluator, PolicyEvaluator]:
-  """PPO's held-out evaluators, both on `eval_prompts` with the evaluations' keys (`sampling.eval_seed`):
-  one samples at `sampling.temperature` (the policy, and the SFT model it is compared with), the other at
-  SFT_COLD_TEMPERATURE -- the free baseline PPO must beat (the December 2026 PPO audit: the SFT model
-  sampled at T 0.5, not 0.7, gave +0.06 gold at a KL of 0.26), its KL taken against the reference at the
-  evaluation's own temperature. `python -m rlhf_jax.evaluate` builds the same two."""
-  shared = dict(actor=actor, reference=actor.clone(heads=("lm",)), reward_model=rm_model, ref_params=ref_params,
-                rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, prompts=eval_prompts.conversations,
-                seed=eval_gold.eval_seed(config.sampling), reward_token=reward_token, world=world,
-                instances=eval_prompts.instances)
-  cold_sampling = types.SimpleNamespace(**dict(config.sampling.items(), temperature=SFT_COLD_TEMPERATURE))
-  return (PolicyEvaluator(sampling=config.sampling, **shared),
-          PolicyEvaluator(sampling=cold_sampling, ref_temperature=config.sampling.temperature, **shared))
-
-
-def baseline_metrics(evaluator: PolicyEvaluator, sft: PolicySamples, sft_cold: PolicySamples) -> dict:
-  """The summary's figures of the SFT model (`sft/...`) and of SFT sampled colder against it (`sft_t0.5/...`)."""
-  return {**evaluator.metrics(sft, prefix="sft"),
-          **evaluator.metrics(sft_cold, sft, prefix=f"sft_t{SFT_COLD_TEMPERATURE}")}
-
-
-def eval_history(rows: list[dict]) -> dict:
-  """The best evaluation of the RM score and of gold, and the step it came at: over-optimisation shows as a
-  gold peak before the end while the RM score keeps rising."""
-  out = {}
-  for key in ("eval/rm_score", "eval/gold/all"):
-    evals = [(r[key], r["step"]) for r in rows if key in r]
-    if evals:
-      best, step = max(evals)
-      out.update({f"{key}/max": best, f"{key}/max_step": step, f"{key}/first": evals[0][0]})
-  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -502,27 +433,6 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
     return state, metrics
 
   return ppo_step
-
-
-def make_evaluate(evaluator: PolicyEvaluator, cold: PolicyEvaluator, pretrain_eval: Callable | None, ref_params,
-                  baseline: dict) -> Callable:
-  """`evaluate(state) -> metrics`: the policy (its EMA when kept) on the held-out prompts against the SFT
-  model, whose samples on the same prompts and keys the first call draws into `baseline` (with those of SFT
-  sampled colder, and its pretraining loss), and the held-out pretraining loss."""
-
-  def evaluate(state) -> dict:
-    if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
-      baseline["sft"] = evaluator.sample(ref_params)
-      baseline["sft_cold"] = cold.sample(ref_params)
-      if pretrain_eval is not None:
-        baseline["sft/pretrain"] = pretrain_eval(types.SimpleNamespace(params=ref_params))
-    params = state.ema if state.ema is not None else state.params["actor"]
-    metrics = evaluator.metrics(evaluator.sample(params), baseline["sft"])
-    if pretrain_eval is not None:
-      metrics.update(pretrain_eval(types.SimpleNamespace(params=strip_value(params))))
-    return metrics
-
-  return evaluate
 
 
 def loop_config(config) -> LoopConfig:

@@ -33,7 +33,7 @@ from jax.experimental import multihost_utils
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import comparisons, models
 from rlhf_jax.artifacts.reward_model import MODEL_DIR, SPEC_FILE, RewardModelSpec, normalize_params
-from rlhf_jax.data import pipelines, sources, toyworld
+from rlhf_jax.data import pipelines, toyworld
 from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
@@ -43,6 +43,7 @@ from rlhf_jax.eval.gold import sample_responses
 from rlhf_jax.model.converted import save_converted
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.stages import common
+from rlhf_jax.stages.common import encode_comparisons, read_path_comparisons
 from rlhf_jax.tokenizer import CharTokenizer, Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
@@ -50,21 +51,6 @@ from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summ
 from rlhf_jax.train.metrics import MetricsWriter
 
 COMPARISONS_DIR = "comparisons"  # Toyworld's sampled comparisons, in the workdir.
-
-
-def read_path_comparisons(config) -> tuple[list[dict], list[dict], dict] | None:
-  """data.path's (training records, held-out records, account of the invalid records left out under
-  data.max_bad_records, each also a warning line); None for toyworld without a path (`generate_comparisons`)."""
-  if not config.data.path:
-    if config.data.source != "toyworld":
-      raise UserError("config key 'data.path': the reward stage needs comparisons (a JSONL file, or a "
-                      "directory with train.jsonl and heldout.jsonl); or set data.source='toyworld'")
-    return None
-  bad = sources.BadRecords(config.data.max_bad_records)
-  train, heldout = comparisons.read_comparisons(config.data.path, config.data.val_fraction, bad)
-  for line in bad.warnings():
-    print(line, file=sys.stderr)
-  return train, heldout, bad.summary()
 
 
 def normalization_samples(config, policy, params, tokenizer, records: list[dict]) -> list[str]:
@@ -144,21 +130,6 @@ def read_sampled_comparisons(config, workdir: str) -> tuple[list[dict], list[dic
     stats = json.load(f)
   train, heldout = comparisons.read_comparisons(directory, config.data.val_fraction)
   return train, heldout, stats
-
-
-def encode_comparisons(config, tokenizer, train_records: list[dict], val_records: list[dict]
-                       ) -> tuple[int, list[dict], list[dict]]:
-  """(K, training examples, held-out examples): each comparison as `pipelines.comparison_example`, its
-  responses padded to K, the most any prompt has (at most reward.max_responses)."""
-  rcfg = config.reward
-  k_max = max(len(r["responses"]) for r in train_records + val_records)
-  if k_max > rcfg.max_responses:
-    raise UserError(f"config key 'reward.max_responses': the comparisons have up to {k_max} responses per "
-                    f"prompt, more than {rcfg.max_responses}")
-  reward_token = rcfg.loss == "reward_token"
-  encode = lambda records: [pipelines.comparison_example(tokenizer, r, config.train.seq_len, k_max, reward_token)
-                            for r in records]
-  return k_max, encode(train_records), encode(val_records)
 
 
 def best_of_n_inputs(config, lm: Transformer, lm_params: dict, tokenizer, mesh
