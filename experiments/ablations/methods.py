@@ -53,6 +53,12 @@ COLUMNS = ("eval/gold/all", "eval/kl", "eval/rm_score", "eval/win_rate_gold", "e
            *(f"eval/gold/{task}" for task in TASKS))
 
 
+def get_config(arg=None):
+  """The RL stage as this ablation runs it before `sweep` varies it (what `--config` on this file loads)."""
+  common.parse_variants(arg, "smoke")
+  return toyworld_ppo.get_config(arg)
+
+
 def _config(kind, variant, smoke):
   module = toyworld_ppo if kind == "ppo" else toyworld_dpo
   return module.get_config(",".join(v for v in ("smoke" if smoke else None, variant) if v) or None)
