@@ -147,6 +147,18 @@ def test_dpo_stage_smoke_evaluates_as_ppo_does(dpo_run, dpo_args, toyworld_smoke
   assert main_lib.main(_argv(workdir, dpo_args)) == 0  # Finished: skipped.
 
 
+def test_ipo_stage_for_an_epoch(tmp_path, dpo_args, toyworld_reward_smoke):
+  """`dpo.loss=ipo` through the stage, with dpo.epochs: the steps are one epoch of the comparisons kept
+  (ceil(kept / batch)), and the first logged loss (the first two steps; one update at lr 5e-6 barely moves
+  the policy) is IPO's (1 / (2 beta))^2 from the reference itself."""
+  kept = len((toyworld_reward_smoke[0] / "comparisons" / "train.jsonl").read_text().splitlines())
+  summary = run_smoke("toyworld_dpo.py", tmp_path / "ipo", *dpo_args, "--config.dpo.loss=ipo",
+                      "--config.dpo.epochs=1.0", "--config.dpo.beta=0.5")
+  assert summary["complete"] is True and summary["step"] == -(-kept // 8)
+  rows = [r for r in read_metrics(str(tmp_path / "ipo")) if "train/loss" in r]
+  assert rows[0]["train/loss"] == pytest.approx(1.0, abs=1e-4)  # (1 / (2 x 0.5))^2
+
+
 def test_dpo_resume_after_preemption_is_exact(tmp_path, dpo_args, dpo_run, monkeypatch):
   """SIGTERM during step 3 (checkpoints every 2): a checkpoint at 3, exit 143; the same command resumes and
   ends with exactly the uninterrupted run's parameters and optimizer state."""

@@ -683,6 +683,23 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, e
   assert [r["step"] for r in read_metrics(str(workdir)) if "ppo/kl" in r] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("method", ["rloo", "dr_grpo"])
+def test_method_variants_run_through_the_stage(tmp_path, ppo_args, method):
+  """`toyworld_ppo.py:smoke,rloo` and `:smoke,dr_grpo` (GRPO's own smoke run is in the methods sweep's test):
+  one iteration through the stage with the settings the file's METHODS give, finite losses."""
+  from rlhf_jax.config import load_module
+  workdir = tmp_path / method
+  argv = ["--config", os.path.join(ROOT, "experiments", "toyworld_ppo.py") + f":smoke,{method}", "--workdir",
+          str(workdir), "--config.train.batch_size=8", "--config.train.steps=1", "--config.ppo.ptx_coef=0", *ppo_args]
+  assert main_lib.main(argv) == 0
+  config = json.loads((workdir / "config.json").read_text())["ppo"]
+  methods = load_module(os.path.join(ROOT, "experiments", "toyworld_ppo.py")).METHODS
+  assert {k: config[k] for k in methods[method]} == methods[method]
+  rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
+  assert len(rows) == 1 and np.isfinite(rows[0]["train/loss"])
+  assert ("ppo/kl_loss" in rows[0]) == (methods[method]["kl_loss_coef"] > 0)
+
+
 def test_ppo_stage_with_critic_warmup_and_reward_norm(tmp_path, ppo_args, capsys):
   """ppo.critic_warmup=1, ppo.reward_norm and ppo.reward_clip: iteration 1 trains the critic alone (its
   policy diagnostics unevaluated), iteration 2 both; the logged running mean and std are those of every
