@@ -28,7 +28,8 @@ from rlhf_jax.model.transformer import Transformer, TransformerConfig
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, combine_seeds, train_loop
+from rlhf_jax.train.loop import LoopConfig, combine_seeds, train_loop, write_summary
+from rlhf_jax.train.metrics import read_metrics
 
 
 def make_mesh(config):
@@ -251,3 +252,15 @@ def make_evaluate(evaluator: PolicyEvaluator, cold: PolicyEvaluator, pretrain_ev
     return metrics
 
   return evaluate
+
+
+def finish_summary(evaluator: Optional[PolicyEvaluator], baseline: dict, workdir: str, summary: dict) -> dict:
+  """A policy stage's loop summary, completed and written: the SFT baselines its evaluations drew into
+  `baseline` (`make_evaluate`; nothing when there was no such evaluation), the evaluation history."""
+  if "sft" in baseline:
+    summary.update(baseline_metrics(evaluator, baseline["sft"], baseline["sft_cold"]))
+    summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
+  summary.update(eval_history(read_metrics(workdir)))
+  summary["complete"] = True
+  write_summary(workdir, summary)
+  return summary

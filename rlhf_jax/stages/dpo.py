@@ -39,8 +39,7 @@ from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.stages import common
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop, write_summary
-from rlhf_jax.train.metrics import read_metrics
+from rlhf_jax.train.loop import LoopConfig, read_summary, train_loop
 
 
 def to_preference_batch(rows: dict) -> PreferenceBatch:
@@ -206,11 +205,7 @@ def run(config, workdir: str) -> dict:
                      "comparisons/heldout_prompts": len(setup.val_examples),
                      "dpo/loss": config.dpo.loss, "dpo/beta": config.dpo.beta},
       config=config)
-  if "sft" in setup.baseline:  # PPO's evaluation drew the SFT model's samples: its figures go beside the policy's.
-    summary.update(common.baseline_metrics(setup.evaluator, setup.baseline["sft"], setup.baseline["sft_cold"]))
-  summary.update(common.eval_history(read_metrics(workdir)))
-  summary["complete"] = True
-  write_summary(workdir, summary)
+  summary = common.finish_summary(setup.evaluator, setup.baseline, workdir, summary)
   print(common.result_line("dpo", summary, ["train/loss", "eval/implicit/label_accuracy", "eval/kl",
                                             "eval/gold/all", "sft/gold/all", "eval/win_rate_gold"]))
   return summary

@@ -53,13 +53,11 @@ from rlhf_jax.rl.rollout import make_collect, strip_value
 from rlhf_jax.sampling import make_generate, response_token_ids
 from rlhf_jax.stages import common
 # The evaluation PPO shares with DPO (and `python -m rlhf_jax.evaluate`), in stages/common.py.
-from rlhf_jax.stages.common import (Prompts, baseline_metrics, eval_history, load_prompts, make_evaluate,
-                                    make_evaluators)
+from rlhf_jax.stages.common import Prompts, finish_summary, load_prompts, make_evaluate, make_evaluators
 from rlhf_jax.tokenizer import Tokenizer
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.loop import LoopConfig, combine_seeds, read_summary, train_loop, write_summary
-from rlhf_jax.train.metrics import read_metrics
+from rlhf_jax.train.loop import LoopConfig, combine_seeds, read_summary, train_loop
 
 
 def ptx_documents(config) -> tuple[list[str], list[str]] | None:
@@ -548,18 +546,6 @@ def compile_iterations(setup: PPOSetup, make_data: Callable[[int], Iterable[dict
       step_fn=lambda state, batch, rng: run(state, batch, rng, frozen))
 
 
-def finish_summary(setup: PPOSetup, workdir: str, summary: dict) -> dict:
-  """The loop's summary, completed: the SFT baselines the evaluations drew, the evaluation history."""
-  baseline = setup.baseline
-  if "sft" in baseline:
-    summary.update(baseline_metrics(setup.evaluator, baseline["sft"], baseline["sft_cold"]))
-    summary.update({k.replace("eval/", "sft/"): v for k, v in baseline.get("sft/pretrain", {}).items()})
-  summary.update(eval_history(read_metrics(workdir)))
-  summary["complete"] = True
-  write_summary(workdir, summary)
-  return summary
-
-
 def run(config, workdir: str) -> dict:
   summary = read_summary(workdir)
   if summary is not None and summary.get("complete"):
@@ -572,7 +558,7 @@ def run(config, workdir: str) -> dict:
                           evaluate=setup.evaluate, config=config,
                           extra_summary={"num_params/actor": state_lib.count_params(setup.state.params["actor"])
                                          // setup.config.train.seeds})
-  summary = finish_summary(setup, workdir, summary)
+  summary = finish_summary(setup.evaluator, setup.baseline, workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
                                             "eval/win_rate_gold", "eval/win_rate_rm"]))
   return summary
