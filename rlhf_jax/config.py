@@ -25,9 +25,12 @@ from ml_collections import config_dict
 
 from rlhf_jax import losses
 from rlhf_jax.errors import UserError
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.rl import advantages
 
 ConfigDict = ml_collections.ConfigDict
+# The stages that train low-rank adapters when lora.rank > 0.
+LORA_STAGES = ("sft", "reward", "dpo")
 
 
 def model_config(family: str = "gpt2", **overrides: Any) -> ConfigDict:
@@ -231,6 +234,11 @@ def base_config() -> ConfigDict:
       # evaluated exactly as PPO's (KL to SFT, win rates, SFT at T 0.5); "": held-out gold alone (toyworld).
       reward_from="",
   ))
+  # Low-rank adapters (model/lora.py) for the sft, reward and dpo stages: rank 0 trains every weight; rank r > 0
+  # freezes the model and trains rank-r adapters on the `targets` (projection names q,k,v,o,fc_in,fc_out,gate,
+  # up,down or the groups attn, mlp) plus any head the stage adds, scaled by alpha / r. Checkpoints hold the
+  # adapters; a later stage reads the merged model (the base is read from init_from, which must stay in place).
+  config.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="attn,mlp"))
   # How responses are sampled for evaluation (gold scores, win rates, best-of-n; eval/gold.py:sample_answers)
   # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage
   # and for every training seed, so one model gets one figure wherever it is evaluated.
@@ -539,6 +547,10 @@ def finalize(config: ConfigDict) -> ConfigDict:
                     f"would never train), got {ppo.critic_warmup}")
   if ppo.reward_clip < 0:
     raise UserError(f"config key 'ppo.reward_clip' must be >= 0 (0 = off), got {ppo.reward_clip}")
+  spec = lora_lib.LoraSpec.from_config(config.lora)  # Errors name the lora key at fault.
+  if spec is not None and config.stage not in LORA_STAGES:
+    raise UserError(f"config key 'lora.rank': adapters train in the {', '.join(LORA_STAGES)} stages, not in "
+                    f"{config.stage!r}; set lora.rank=0")
   optim, train = config.optim, config.train
   if optim.schedule not in ("cosine", "linear", "constant"):
     raise UserError(f"config key 'optim.schedule': unknown schedule {optim.schedule!r}; "

@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 
 from rlhf_jax.errors import UserError
 from rlhf_jax.model import hf
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.model.converted import load_converted
 from rlhf_jax.model.transformer import Transformer, TransformerConfig, stack_layers, unstack_layers
 from rlhf_jax.tokenizer import CharTokenizer, Tokenizer, load_tokenizer, train_sentencepiece
@@ -65,11 +66,23 @@ def check_vocab(tokenizer: Tokenizer, model_config: TransformerConfig, source: s
 RUNTIME_KEYS = ("dtype", "remat", "scan_layers", "attention_impl", "dropout")
 
 
+def _lora_base(path: str, run_config: dict, mesh, heads) -> dict:
+  """The base parameters a LoRA workdir's adapters were trained on: its init_from's model, in the layout that
+  run used (its heads as `heads` asks, fresh where the base lacks one)."""
+  base_path = run_config.get("init_from") or ""
+  if not os.path.isdir(base_path):
+    raise UserError(f"{os.path.join(path, 'config.json')}: a LoRA run (lora.rank={run_config['lora']['rank']}) "
+                    f"holds adapters on the model init_from={base_path!r}, which is not a directory; put that "
+                    "model back where it was (or run from the directory the run was started in)")
+  return load_pretrained(base_path, mesh, run_config["model"], heads)[1]
+
+
 def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   """(Transformer, sharded params, tokenizer or None) from an earlier run or a converted checkpoint.
 
   `path` may be a workdir of ours (config.json + checkpoints/; of a PPO run, the policy it evaluated: see
-  `Checkpointer.policy_path`), a directory written by
+  `Checkpointer.policy_path`; of a LoRA run, its adapters merged into its init_from's model), a directory
+  written by
   `python -m rlhf_jax.convert from-hf` (model.json + params/), or a Hugging Face GPT-2/Llama directory.
   The architecture comes from the checkpoint; `runtime` (the current config's model section) supplies the
   RUNTIME_KEYS, converting the layer layout if scan_layers differs. Parameters of heads the new model needs
@@ -93,13 +106,20 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
     if seeds != 1:  # Which of them would be arbitrary: pick one by training it alone.
       raise UserError(f"{path}: this workdir holds {seeds} models (config.json has train.seeds={seeds}); start "
                       "from a run with train.seeds=1 (rerun it with --config.train.seeds=1 --config.seed=S)")
+    spec = lora_lib.LoraSpec.from_config(run_config.get("lora"))
+    if spec is not None:  # Its checkpoints hold adapters: read its base first.
+      base_params = _lora_base(path, run_config, mesh, heads)
     checkpoints = Checkpointer(os.path.join(path, "checkpoints"))
     try:
       step = checkpoints.latest_intact_step(path)  # Its final model, or one line on what is damaged.
-      abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads)), mesh)
+      abstract, shardings = state_lib.param_shardings(Transformer(model_config, heads=tuple(heads), lora=spec), mesh)
+      if spec is not None:
+        abstract, shardings = lora_lib.split(abstract)[1], lora_lib.split(shardings)[1]
       params = checkpoints.restore_params(step, abstract, shardings, checkpoints.policy_path(step))
     finally:
       checkpoints.close()
+    if spec is not None:
+      params = lora_lib.merge(lora_lib.join(base_params, params), spec)
   elif os.path.exists(os.path.join(path, "config.json")):
     model_config, params = hf.load_hf(path)
   else:

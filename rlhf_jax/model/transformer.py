@@ -38,6 +38,7 @@ import numpy as np
 from rlhf_jax.config import resolve_model
 from rlhf_jax.errors import UserError
 from rlhf_jax.model.heads import LMHead, RewardHead, ValueHead, response_log_likelihood
+from rlhf_jax.model.lora import LoraSpec
 
 HEADS = ("lm", "value", "reward")
 
@@ -178,6 +179,8 @@ class Linear(nn.Module):
   use_bias: bool = False
   std: float = 0.02
   dtype: Any = jnp.float32
+  lora: Optional[LoraSpec] = None  # Adapters when `lora.rank_for(self.name)` > 0 (model/lora.py).
+  deterministic: bool = True  # False: the adapters' dropout is on (needs a "dropout" RNG).
 
   @nn.compact
   def __call__(self, x):
@@ -187,8 +190,20 @@ class Linear(nn.Module):
     # As one 2-D matmul: XLA's CPU backend computes the weight gradient of a 3-D contraction (over batch and
     # length at once) several times slower than the same GEMM on flattened rows.
     lead = x.shape[:x.ndim - self.in_ndim]
-    y = jnp.dot(x.reshape(-1, math.prod(in_shape)).astype(self.dtype),
-                kernel.reshape(math.prod(in_shape), -1).astype(self.dtype)).reshape(*lead, *self.out_shape)
+    x_nf = x.reshape(-1, math.prod(in_shape)).astype(self.dtype)
+    y = jnp.dot(x_nf, kernel.reshape(math.prod(in_shape), -1).astype(self.dtype)).reshape(*lead, *self.out_shape)
+    rank = self.lora.rank_for(self.name) if self.lora is not None else 0
+    # Parameters without adapters (the base model's) switch them off: the base model, the same arrays.
+    if rank and (self.is_initializing() or self.has_variable("params", "lora_a")):
+      # y += (alpha / r) * dropout(x) A B, never forming A B.
+      in_axes, out_axes = self.axes[:self.in_ndim], self.axes[self.in_ndim:]
+      a = self.param("lora_a", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0 / math.sqrt(math.prod(in_shape))), (*in_axes, None)), (*in_shape, rank))
+      b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, (None, *out_axes)),
+                     (rank, *self.out_shape))
+      x_nf = nn.Dropout(self.lora.dropout, deterministic=self.deterministic or self.lora.dropout == 0.0)(x_nf)
+      h_nr = jnp.dot(x_nf, a.reshape(-1, rank).astype(self.dtype))
+      y = y + (self.lora.scale * jnp.dot(h_nr, b.reshape(rank, -1).astype(self.dtype))).reshape(y.shape)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[self.in_ndim:]),
                         self.out_shape)
@@ -276,6 +291,8 @@ def rotary(x_bthk, positions_bt, theta: float):
 
 class Attention(nn.Module):
   config: TransformerConfig
+  lora: Optional[LoraSpec] = None
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_btd, positions_bt, mask_b1ts, cache_index, layer_cache: Optional[LayerCache]):
@@ -283,8 +300,9 @@ class Attention(nn.Module):
     dt = cfg.compute_dtype
     h, g, k = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled init of residual projections.
+    lora = dict(lora=self.lora, deterministic=self.deterministic)
     proj = lambda heads, name: Linear((heads, k), ("embed", "heads", "kv"), use_bias=cfg.use_bias,
-                                      std=cfg.init_std, dtype=dt, name=name)(x_btd)
+                                      std=cfg.init_std, dtype=dt, name=name, **lora)(x_btd)
     q_bthk, k_btgk, v_btgk = proj(h, "q"), proj(g, "k"), proj(g, "v")
     if cfg.position == "rope":
       q_bthk = rotary(q_bthk, positions_bt, cfg.rope_theta)
@@ -301,7 +319,7 @@ class Attention(nn.Module):
       out_bthk = jax.nn.dot_product_attention(q_bthk, k_btgk, v_btgk, mask=mask_b1ts,
                                               is_causal=mask_b1ts is None, implementation=impl)
     out_btd = Linear((cfg.d_model,), ("heads", "kv", "embed"), in_ndim=2, use_bias=cfg.use_bias,
-                     std=resid_std, dtype=dt, name="o")(out_bthk)
+                     std=resid_std, dtype=dt, name="o", **lora)(out_bthk)
     return out_btd, new_cache
 
 
@@ -311,6 +329,8 @@ _ACTIVATIONS = {"gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 
 class MLP(nn.Module):
   config: TransformerConfig
+  lora: Optional[LoraSpec] = None
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x_btd):
@@ -318,10 +338,11 @@ class MLP(nn.Module):
     dt = cfg.compute_dtype
     act = _ACTIVATIONS[cfg.activation]
     resid_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5
+    lora = dict(lora=self.lora, deterministic=self.deterministic)
     up = lambda name: Linear((cfg.d_ff,), ("embed", "mlp"), use_bias=cfg.use_bias, std=cfg.init_std, dtype=dt,
-                             name=name)(x_btd)
+                             name=name, **lora)(x_btd)
     down = lambda h_btf, name: Linear((cfg.d_model,), ("mlp", "embed"), use_bias=cfg.use_bias, std=resid_std,
-                                      dtype=dt, name=name)(h_btf)
+                                      dtype=dt, name=name, **lora)(h_btf)
     if cfg.mlp == "gated":  # SwiGLU (Shazeer 2020): act(x W_gate) * (x W_up), then W_down.
       return down(act(up("gate")) * up("up"), "down")
     return down(act(up("fc_in")), "fc_out")
@@ -331,15 +352,16 @@ class Block(nn.Module):
   """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
   config: TransformerConfig
   deterministic: bool = True
+  lora: Optional[LoraSpec] = None
 
   @nn.compact
   def __call__(self, x_btd, positions_bt, mask_b1ts, cache_index, layer_cache):
     cfg = self.config
     drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
-    attn_btd, new_cache = Attention(cfg, name="attn")(Norm(cfg, name="attn_norm")(x_btd), positions_bt,
-                                                      mask_b1ts, cache_index, layer_cache)
+    attn_btd, new_cache = Attention(cfg, self.lora, self.deterministic, name="attn")(
+        Norm(cfg, name="attn_norm")(x_btd), positions_bt, mask_b1ts, cache_index, layer_cache)
     x_btd = x_btd + drop(attn_btd)
-    x_btd = x_btd + drop(MLP(cfg, name="mlp")(Norm(cfg, name="mlp_norm")(x_btd)))
+    x_btd = x_btd + drop(MLP(cfg, self.lora, self.deterministic, name="mlp")(Norm(cfg, name="mlp_norm")(x_btd)))
     x_btd = nn.with_logical_constraint(x_btd, ("batch", "length", "embed"))
     return x_btd, new_cache
 
@@ -379,6 +401,7 @@ class Transformer(nn.Module):
   heads: tuple = ("lm",)
   deterministic: bool = True
   reward_likelihood: float = 0.0
+  lora: Optional[LoraSpec] = None  # Low-rank adapters on the projections it targets (model/lora.py).
 
   def setup(self):
     cfg = self.config
@@ -396,9 +419,9 @@ class Transformer(nn.Module):
       self.layers = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.n_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.deterministic)
+          metadata_params={nn.PARTITION_NAME: "layers"})(cfg, self.deterministic, self.lora)
     else:
-      self.layers = [block(cfg, self.deterministic) for _ in range(cfg.n_layers)]
+      self.layers = [block(cfg, self.deterministic, self.lora) for _ in range(cfg.n_layers)]
     self.dropout = nn.Dropout(cfg.dropout, deterministic=self.deterministic or cfg.dropout == 0.0)
     self.final_norm = Norm(cfg)
     if self._needs_lm() and not cfg.tie_embeddings:

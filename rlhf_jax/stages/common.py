@@ -23,6 +23,7 @@ from rlhf_jax.artifacts import comparisons
 from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.eval import gold as eval_gold
 from rlhf_jax.eval.policy import PolicyEvaluator, PolicySamples
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.rl.rollout import strip_value
 from rlhf_jax.model.transformer import Transformer, TransformerConfig
 from rlhf_jax.tokenizer import Tokenizer
@@ -53,6 +54,13 @@ def model_for(config, workdir: str, tokenizer: Tokenizer) -> Transformer:
   model_config = TransformerConfig.from_config(config.model)
   record_model(config, workdir, model_config)
   return Transformer(model_config)
+
+
+def adapted(config, model: Transformer) -> Transformer:
+  """`model` with the LoRA adapters of the config's `lora` section (model/lora.py), or as it is at rank 0. The
+  adapted model applied to parameters without adapters is the base model: one model serves both."""
+  spec = lora_lib.LoraSpec.from_config(config.lora)
+  return model if spec is None else model.clone(lora=spec)
 
 
 def epoch_steps(epochs: float, num_examples: int, train) -> int:
@@ -102,13 +110,13 @@ def train_lm(config, workdir: str, *, model: Transformer, mesh, make_data: Calla
   seeds = [config.seed + i for i in range(train.seeds)]
   if train.seeds == 1:
     state, shardings = state_lib.create_train_state(model, tx, mesh, jax.random.PRNGKey(config.seed), params=params)
-    num_params = state_lib.count_params(state.params)
+    counts = state_lib.param_counts(state.params)
     rng, data = jax.random.PRNGKey(config.seed + 1), iter(make_data(config.seed))
     run_evaluation = lambda state: evaluate(state, config.seed)
   else:
     keys = lambda offset: jnp.stack([jax.random.PRNGKey(seed + offset) for seed in seeds])
     state, shardings = state_lib.create_seed_states(model, tx, mesh, keys(0), params=params)
-    num_params = state_lib.count_params(state.params) // train.seeds
+    counts = state_lib.param_counts(state.params, train.seeds)
     rng, data = keys(1), pipelines.SeedIterators([iter(make_data(seed)) for seed in seeds])
     take = state_lib.unstack_seed(shardings)
     run_evaluation = lambda state: combine_seeds([evaluate(take(state, i), seed) for i, seed in enumerate(seeds)])
@@ -117,7 +125,7 @@ def train_lm(config, workdir: str, *, model: Transformer, mesh, make_data: Calla
                     checkpoint_every=train.checkpoint_every,
                     tokens_per_step=train.seeds * train.batch_size * train.seq_len,  # Of all the replicas.
                     keep_checkpoints=train.keep_checkpoints, desc=desc)
-  extra = {"num_params": num_params, **(extra_summary or {})}
+  extra = {**counts, **(extra_summary or {})}
   _, summary = train_loop(
       loop, workdir=workdir, state=state, shardings=shardings, step_fn=step, rng=rng, data=data,
       make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_lm_batch(rows), mesh, seed_axis=train.seeds > 1),

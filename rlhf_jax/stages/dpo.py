@@ -150,6 +150,8 @@ def build_dpo(config, workdir: str, mesh=None) -> DPOSetup:
   mesh = common.make_mesh(config) if mesh is None else mesh
   policy, params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, policy.config)
+  # With lora.rank > 0 adapters train; the adapted model on the parameters without them is the reference.
+  policy = common.adapted(config, policy)
   tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer, save=False)
   models.check_vocab(tokenizer, policy.config, config.init_from)
   if policy.config.position == "learned" and config.train.seq_len > policy.config.max_len:
@@ -200,7 +202,7 @@ def run(config, workdir: str) -> dict:
       setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings, step_fn=setup.step,
       rng=jax.random.PRNGKey(config.seed + 1), data=iter(data),
       make_batch=lambda rows: mesh_lib.shard_batch(to_preference_batch(rows), setup.mesh), evaluate=setup.evaluate,
-      extra_summary={"num_params": state_lib.count_params(setup.state.params),
+      extra_summary={**state_lib.param_counts(setup.state.params),
                      "comparisons/train_prompts": len(setup.train_examples),
                      "comparisons/heldout_prompts": len(setup.val_examples),
                      "dpo/loss": config.dpo.loss, "dpo/beta": config.dpo.beta},

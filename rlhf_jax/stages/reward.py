@@ -40,6 +40,7 @@ from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval import gold as eval_gold
 from rlhf_jax.eval.best_of_n import best_of_n_metrics, best_of_n_rows, best_of_n_samples
 from rlhf_jax.eval.gold import sample_responses
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.model.converted import save_converted
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.stages import common
@@ -237,6 +238,7 @@ def build_reward(config, workdir: str, mesh=None, sft: tuple[Transformer, dict, 
   world, bon_instances, bon_texts = best_of_n_inputs(config, lm, lm_params, tokenizer, mesh)
   weight = float(config.reward.likelihood_weight)
   model, rm_params = reward_model_from(policy, params, weight)
+  model = common.adapted(config, model)  # With lora.rank > 0: adapters and the reward head train.
   scorer = rm_eval.make_scorer(model, mesh, chunk=config.train.batch_size * k_max)
   return RewardSetup(
       config=config, mesh=mesh, tokenizer=tokenizer, model=model, params=rm_params, likelihood_weight=weight,
@@ -256,7 +258,8 @@ def save_reward_model(setup: RewardSetup, workdir: str, final_params) -> RewardM
   if setup.norm_pairs is not None:
     seq_len = setup.config.train.seq_len
     tokens, start, end = encode_responses(setup.tokenizer, setup.norm_pairs, seq_len, setup.reward_token)
-    host = jax.device_get(final_params)
+    merged = final_params if setup.model.lora is None else lora_lib.merge(final_params, setup.model.lora)
+    host = jax.device_get(merged)
     fit = rm_eval.fit_normalization(setup.scorer(final_params, tokens, start, end),
                                     float(host["reward_head"]["gain"]), float(host["reward_head"]["bias"]))
     spec = RewardModelSpec(loss=setup.config.reward.loss, reward_token=setup.reward_token, seq_len=seq_len,
@@ -342,5 +345,5 @@ def _train(setup: RewardSetup, workdir: str):
       loop, workdir=workdir, state=state, shardings=shardings, step_fn=step,
       rng=jax.random.PRNGKey(config.seed + 1), data=iter(data),
       make_batch=lambda rows: mesh_lib.shard_batch(pipelines.to_rm_batch(rows), mesh), evaluate=setup.evaluate,
-      extra_summary={"num_params": state_lib.count_params(state.params)}, config=config)
+      extra_summary=state_lib.param_counts(state.params), config=config)
   return state.params, summary

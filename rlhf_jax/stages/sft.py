@@ -50,6 +50,7 @@ def run(config, workdir: str) -> dict:
   mesh = common.make_mesh(config)
   model, params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
+  model = common.adapted(config, model)  # With lora.rank > 0: adapters train, the model stays frozen.
   tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
   models.check_vocab(tokenizer, model.config, config.init_from)
   t, b = config.train.seq_len, config.train.batch_size

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from rlhf_jax.errors import UserError
+from rlhf_jax.model import lora as lora_lib
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -41,6 +42,15 @@ def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestor
   """Read each array straight into its sharding on the current mesh."""
   restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding), abstract)
   return ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=partial)
+
+
+def _without_frozen(state: dict) -> dict:
+  """A state dict without the frozen weights of LoRA parameters (model/lora.py): a LoRA run's checkpoint
+  holds its adapters, new heads and their optimizer state; the base model stays where init_from names it."""
+  params = state.get("params")
+  if not isinstance(params, dict) or not lora_lib.has_adapters(params):
+    return state
+  return {**state, "params": lora_lib.split(params)[1]}
 
 
 def _short(error: BaseException, directory: str = "") -> str:
@@ -199,7 +209,7 @@ class Checkpointer:
     self._manager.reload()
 
   def save(self, step: int, state: Any, data_iterator: Any = None, meta: Optional[dict] = None) -> None:
-    items = dict(state=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)),
+    items = dict(state=ocp.args.PyTreeSave(_without_frozen(flax.serialization.to_state_dict(state))),
                  meta=ocp.args.JsonSave(meta or {}))
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -209,15 +219,20 @@ class Checkpointer:
     """Restores into the structure of `state_template` (a TrainState of arrays or shape structs).
 
     Returns (state, meta). A checkpoint whose shapes do not match the config is reported by parameter name.
+    The frozen weights of a LoRA state are not in the checkpoint: they are the template's (its base model).
     """
-    target = flax.serialization.to_state_dict(state_template)
+    full = flax.serialization.to_state_dict(state_template)
+    target = _without_frozen(full)
     self._check_shapes(step, target, exact=True)
-    abstract = abstract_like(target, flax.serialization.to_state_dict(shardings))
+    abstract = abstract_like(target, _without_frozen(flax.serialization.to_state_dict(shardings)))
     items = dict(state=_restore_args(abstract), meta=ocp.args.JsonRestore())
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return flax.serialization.from_state_dict(state_template, restored["state"]), dict(restored["meta"] or {})
+    state = dict(restored["state"])
+    if target is not full:
+      state["params"] = lora_lib.join(lora_lib.split(full["params"])[0], state["params"])
+    return flax.serialization.from_state_dict(state_template, state), dict(restored["meta"] or {})
 
   def policy_path(self, step: int) -> tuple[str, ...]:
     """Where the checkpoint keeps the language model a later stage, a sampler or a report should use:

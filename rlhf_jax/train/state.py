@@ -18,6 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.model.transformer import Transformer, unbox
 from rlhf_jax.rl import advantages as advantages_lib
 
@@ -84,12 +85,14 @@ def create_train_state(model: Transformer, tx: optax.GradientTransformation, mes
                        params: Optional[Any] = None, rules=mesh_lib.RULES) -> tuple[TrainState, TrainState]:
   """A sharded TrainState and the matching tree of shardings (for the step's in/out_shardings).
 
-  With `params` given (a pretrained model), they are placed on the mesh instead of being initialised.
+  With `params` given (a pretrained model), they are placed on the mesh instead of being initialised. A
+  `model` with LoRA adapters (`model.lora`) completes the given base parameters with fresh adapters, and its
+  optimizer state covers only the trainable part (`lora.split`).
   """
   shardings = _state_shardings(model, tx, mesh, rules)
   with mesh_lib.activate(mesh, rules):
     if params is not None:
-      params = jax.device_put(params, shardings.params)
+      params = jax.device_put(params, _matching(shardings.params, params))
     state = jax.jit(_builder(model, tx), out_shardings=shardings)(rng, params)
   return state, shardings
 
@@ -106,7 +109,7 @@ def create_seed_states(model: Transformer, tx: optax.GradientTransformation, mes
   shardings = jax.tree.map(mesh_lib.stacked, single)
   with mesh_lib.activate(mesh, rules):
     if params is not None:
-      params = jax.device_put(params, single.params)
+      params = jax.device_put(params, _matching(single.params, params))
     build = jax.vmap(_builder(model, tx), in_axes=(0, None))
     state = jax.jit(build, out_shardings=shardings)(rngs_n2, params)
   return state, shardings
@@ -135,9 +138,9 @@ def unstack_seed(shardings: TrainState):
 def _state_shardings(model: Transformer, tx: optax.GradientTransformation, mesh: Mesh, rules) -> TrainState:
   """The TrainState's shardings: the parameters' from their logical names, the optimizer state's the same."""
   abstract_params, p_shardings = param_shardings(model, mesh, rules)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, _trained(model, abstract_params))
   replicated = mesh_lib.replicated(mesh)
-  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, p_shardings,
+  opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, _trained(model, p_shardings),
                                         transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings, rng=replicated)
 
@@ -146,13 +149,36 @@ def _builder(model: Transformer, tx: optax.GradientTransformation):
   """`build(rng, params or None) -> TrainState`: fresh parameters from rng unless given, a fresh optimizer."""
   def build(rng, given):
     init_rng, root_rng = jax.random.split(rng)
-    p = given if given is not None else unbox(model.init(init_rng, jnp.zeros((1, 1), jnp.int32))["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=root_rng)
+    fresh = lambda: unbox(model.init(init_rng, jnp.zeros((1, 1), jnp.int32))["params"])
+    p = given if given is not None else fresh()
+    if given is not None and model.lora is not None:
+      p = lora_lib.init_adapters(given, fresh())
+    return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(_trained(model, p)), rng=root_rng)
   return build
+
+
+def _trained(model: Transformer, params: Any) -> Any:
+  """The part of `params` the optimizer updates: all of it, or with LoRA the adapters and new heads."""
+  return lora_lib.split(params)[1] if model.lora is not None else params
+
+
+def _matching(shardings: dict, params: dict) -> dict:
+  """The entries of `shardings` for the parameters `params` has (a LoRA model's base lacks the adapters)."""
+  if jax.tree.structure(shardings) == jax.tree.structure(params):
+    return shardings
+  return lora_lib.base(shardings)
 
 
 def count_params(params: Any) -> int:
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def param_counts(params: Any, seeds: int = 1) -> dict:
+  """num_params (of one replica of `seeds`) and, for LoRA parameters, num_trainable_params: what trains."""
+  counts = {"num_params": count_params(params) // seeds}
+  if lora_lib.has_adapters(params):
+    counts["num_trainable_params"] = count_params(lora_lib.split(params)[1]) // seeds
+  return counts
 
 
 

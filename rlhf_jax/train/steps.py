@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from rlhf_jax import losses
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.batches import LMBatch, PreferenceBatch, RMBatch
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import advantages as advantages_lib
 from rlhf_jax.rl import kl_control
@@ -68,27 +69,38 @@ def make_step(objective: Objective, tx: optax.GradientTransformation, schedule: 
   the update equals the one on the whole batch whatever `grad_accum_steps` is. Metrics: train/loss, every
   aux sum divided by the denominator as train/<name> (aux "correct" becomes train/accuracy), the
   denominator as train/<count_name>, the gradient norm and the learning rate.
+
+  Parameters that carry LoRA adapters (model/lora.py) train only the adapters and the heads a stage adds: the
+  objective is differentiated with respect to `lora.split`'s trainable part alone (no gradient of a frozen
+  weight is computed) and the optimizer state is that part's (`train/state.py` builds it so).
   """
   def step(state: TrainState, batch: Any, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
+    frozen, trained = {}, state.params
+    objective_of = objective
+    if lora_lib.has_adapters(state.params):
+      frozen, trained = lora_lib.split(state.params)
+      objective_of = lambda p, b, r: objective(lora_lib.join(frozen, p), b, r)
     if grad_accum_steps == 1:
-      total, count, aux, grads = _sum_and_grads(objective, state.params, batch, rng)
+      total, count, aux, grads = _sum_and_grads(objective_of, trained, batch, rng)
     else:
       micro = jax.tree.map(lambda x: x.reshape(grad_accum_steps, x.shape[0] // grad_accum_steps, *x.shape[1:]),
                            batch)
 
       def accumulate(carry, inputs):
         i, mb = inputs
-        out = _sum_and_grads(objective, state.params, mb, jax.random.fold_in(rng, i))
+        out = _sum_and_grads(objective_of, trained, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, out), None
 
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-          lambda: _sum_and_grads(objective, state.params, jax.tree.map(lambda x: x[0], micro), rng)))
+          lambda: _sum_and_grads(objective_of, trained, jax.tree.map(lambda x: x[0], micro), rng)))
       (total, count, aux, grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
     denom = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = optax.apply_updates(trained, updates)
+    if frozen:
+      params = lora_lib.join(frozen, params)
     metrics = {"train/loss": total / denom, f"train/{count_name}": count,
                **{f"train/{'accuracy' if k == 'correct' else k}": v / denom for k, v in aux.items()},
                "train/grad_norm": optax.tree.norm(grads), "train/lr": schedule(state.step)}
