@@ -30,7 +30,7 @@ from rlhf_jax.rl import advantages
 
 ConfigDict = ml_collections.ConfigDict
 # The stages that train low-rank adapters when lora.rank > 0.
-LORA_STAGES = ("sft", "reward", "dpo")
+LORA_STAGES = ("sft", "reward", "dpo", "ppo")
 
 
 def model_config(family: str = "gpt2", **overrides: Any) -> ConfigDict:
@@ -234,10 +234,11 @@ def base_config() -> ConfigDict:
       # evaluated exactly as PPO's (KL to SFT, win rates, SFT at T 0.5); "": held-out gold alone (toyworld).
       reward_from="",
   ))
-  # Low-rank adapters (model/lora.py) for the sft, reward and dpo stages: rank 0 trains every weight; rank r > 0
-  # freezes the model and trains rank-r adapters on the `targets` (projection names q,k,v,o,fc_in,fc_out,gate,
-  # up,down or the groups attn, mlp) plus any head the stage adds, scaled by alpha / r. Checkpoints hold the
-  # adapters; a later stage reads the merged model (the base is read from init_from, which must stay in place).
+  # Low-rank adapters (model/lora.py) for the sft, reward, dpo and ppo stages: rank 0 trains every weight; rank
+  # r > 0 freezes the model and trains rank-r adapters on the `targets` (projection names q,k,v,o,fc_in,fc_out,
+  # gate,up,down or the groups attn, mlp) plus any head the stage adds, scaled by alpha / r. In PPO they adapt
+  # the actor, whose frozen base is the reference itself. Checkpoints hold the adapters; a later stage reads the
+  # merged model (the base is read from init_from, which must stay in place).
   config.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="attn,mlp"))
   # How responses are sampled for evaluation (gold scores, win rates, best-of-n; eval/gold.py:sample_answers)
   # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage

@@ -19,6 +19,7 @@ from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import models
 from rlhf_jax.batches import LMBatch
 from rlhf_jax.config import base_config
+from rlhf_jax.data.pipelines import stack_rows
 from rlhf_jax.model import lora
 from rlhf_jax.model.transformer import Linear, Transformer, unbox
 from rlhf_jax.train import state as state_lib
@@ -248,3 +249,68 @@ def test_lora_reward_model_saves_the_merged_model(toyworld_smoke, lora_sft, tmp_
   from rlhf_jax.artifacts.reward_model import load_reward_model
   loaded = load_reward_model(str(tmp_path / "rm"), _mesh(1, 1, 1, n=1))
   assert loaded[0].lora is None and not lora.has_adapters(loaded[1])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PPO with a LoRA actor: its frozen base is the reference.
+
+
+@pytest.fixture(scope="module")
+def lora_ppo_args(toyworld_smoke, toyworld_reward_smoke):
+  return (f"--config.init_from={toyworld_smoke['sft'][0]}", f"--config.ppo.reward_from={toyworld_reward_smoke[0]}",
+          "--config.lora.rank=4")
+
+
+def test_lora_ppo_state_resume_compiled_path_and_merged_policy(tmp_path, lora_ppo_args, toyworld_smoke):
+  """The smoke PPO setup (critic, EMA, PPO-ptx, adaptive beta) with a LoRA actor, four iterations:
+  - the state holds the actor's adapters and their EMA, never its weights (the reference's are its base);
+  - checkpointed after two and restored, it ends exactly where the run that never stopped ends;
+  - the compiled program (ppo.iterations_per_call=2) gives the same state to float rounding;
+  - the checkpoint read as a later stage reads a policy is the adapted model merged (EMA adapters on SFT)."""
+  from rlhf_jax import config as config_lib
+  from rlhf_jax.config import parse_overrides
+  from rlhf_jax.stages import ppo as ppo_stage
+  from rlhf_jax.train.checkpoint import Checkpointer
+  resolve = lambda k: main_lib.resolve_config(
+      os.path.join(ROOT, "experiments", "toyworld_ppo.py") + ":smoke",
+      parse_overrides([*lora_ppo_args, f"--config.ppo.iterations_per_call={k}", "--config.train.log_every=2"]))
+  config = resolve(0)
+  workdir = tmp_path / "ppo"
+  setup = ppo_stage.build_ppo(config, str(workdir))
+  leaf_names = lambda tree: {p[-1] for p in __import__("flax").traverse_util.flatten_dict(tree)}
+  assert leaf_names(setup.state.params["actor"]) == leaf_names(setup.state.ema) == {"lora_a", "lora_b"}
+  assert "embed" in setup.state.params["critic"]  # The critic trains every weight.
+  template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), setup.state)
+  data = setup.data()
+  rows = [next(data) for _ in range(4)]
+  checkpoints = Checkpointer(str(workdir / "checkpoints"))
+  state = setup.state
+  for i in range(4):
+    state, _ = setup.step_fn(state, setup.make_batch(rows[i]), setup.rng)
+    if i == 1:
+      checkpoints.save(2, state)
+      checkpoints.wait()
+  straight = jax.device_get(state)
+  resumed, _ = checkpoints.restore(2, template, setup.shardings)
+  for i in (2, 3):
+    resumed, _ = setup.step_fn(resumed, setup.make_batch(rows[i]), setup.rng)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), straight)
+
+  compiled = ppo_stage.build_ppo(resolve(2), str(tmp_path / "compiled"))
+  state = compiled.state
+  for i in (0, 2):
+    state, _ = compiled.step_fn(state, compiled.make_batch(stack_rows(rows[i:i + 2])), compiled.rng)
+  pick = lambda s: {"params": s.params, "ema": s.ema, "kl_coef": s.kl_coef}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), pick(jax.device_get(state)),
+               pick(straight))
+
+  checkpoints.save(4, straight)
+  checkpoints.close()
+  config_lib.write_config(config, str(workdir))
+  mesh = _mesh(1, 1, 1, n=1)
+  _, sft, _ = models.load_pretrained(str(toyworld_smoke["sft"][0]), mesh)
+  policy, merged, _ = models.load_pretrained(str(workdir), mesh)
+  tokens = _tokens(policy.config.vocab_size)
+  adapted = policy.clone(lora=lora.LoraSpec(4, 16.0)).apply({"params": lora.join(sft, straight.ema)}, tokens).logits
+  np.testing.assert_allclose(policy.apply({"params": merged}, tokens).logits, adapted, atol=2e-5)
+  assert float(jnp.abs(adapted - policy.apply({"params": sft}, tokens).logits).max()) > 1e-4

@@ -30,22 +30,27 @@ from typing import Any, Callable
 import jax
 
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.rl.rollout import strip_value
 
 
 def make_ppo_iteration(generate: Callable, collect: Callable, update: Callable, *, kl_in_loss: bool,
-                       mesh=None) -> Callable:
+                       mesh=None, lora_actor: bool = False) -> Callable:
   """`iteration(state, batch, rng, frozen) -> (state, metrics)`: one PPO iteration on the reward model's
   scores, pure and traceable. `generate`, `collect` and `update` are `build_ppo`'s (`update` the unjitted
   `steps.make_ppo_update`); `frozen` is {"ref": the reference's params, "rm": the reward model's}, passed as
   an argument so that they enter the program as buffers, not as constants; `kl_in_loss` (ppo.kl_loss_coef
   > 0) gives the update the reference's params. `batch`: "prompt" (B, P), "prompt_mask" (B, P) and, with
   PPO-ptx, "ptx" (an LMBatch); other keys are ignored. With `mesh`, the rollout's rows are laid out over its
-  data axes for the update, as the Python iteration lays them out (`steps.jit_ppo_update`)."""
+  data axes for the update, as the Python iteration lays them out (`steps.jit_ppo_update`). `lora_actor`: the
+  state holds the actor's adapters, whose frozen base is the reference (model/lora.py); the update then always
+  gets the reference's params."""
 
   def iteration(state, batch, rng, frozen):
     rng = jax.random.fold_in(rng, state.step)
     actor_params = state.params["actor"]
+    if lora_actor:
+      actor_params = lora_lib.join(frozen["ref"], actor_params)
     sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
     rollout = collect(actor_params, state.params.get("critic"), frozen["ref"], frozen["rm"], batch["prompt"],
                       batch["prompt_mask"], sample)
@@ -53,7 +58,7 @@ def make_ppo_iteration(generate: Callable, collect: Callable, update: Callable, 
       rollout = jax.lax.with_sharding_constraint(
           rollout, jax.tree.map(lambda x: mesh_lib.batch_sharding(mesh, x.ndim), rollout))
     state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1),
-                            frozen["ref"] if kl_in_loss else None)
+                            frozen["ref"] if kl_in_loss or lora_actor else None)
     return state, {**metrics, "ppo/decode_steps": sample.num_steps}
 
   return iteration

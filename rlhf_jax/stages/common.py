@@ -242,10 +242,11 @@ def eval_history(rows: list[dict]) -> dict:
 
 
 def make_evaluate(evaluator: PolicyEvaluator, cold: PolicyEvaluator, pretrain_eval: Callable | None, ref_params,
-                  baseline: dict) -> Callable:
+                  baseline: dict, policy_params: Callable = lambda params: params) -> Callable:
   """`evaluate(state) -> metrics`: the policy (its EMA when kept) on the held-out prompts against the SFT
   model, whose samples on the same prompts and keys the first call draws into `baseline` (with those of SFT
-  sampled colder, and its pretraining loss), and the held-out pretraining loss."""
+  sampled colder, and its pretraining loss), and the held-out pretraining loss. `policy_params` makes the
+  actor's whole parameters of what the state holds (a LoRA actor's adapters on the reference)."""
 
   def evaluate(state) -> dict:
     if "sft" not in baseline:  # The SFT model on the same prompts and keys: what PPO is compared with.
@@ -253,7 +254,7 @@ def make_evaluate(evaluator: PolicyEvaluator, cold: PolicyEvaluator, pretrain_ev
       baseline["sft_cold"] = cold.sample(ref_params)
       if pretrain_eval is not None:
         baseline["sft/pretrain"] = pretrain_eval(types.SimpleNamespace(params=ref_params))
-    params = state.ema if state.ema is not None else state.params["actor"]
+    params = policy_params(state.ema if state.ema is not None else state.params["actor"])
     metrics = evaluator.metrics(evaluator.sample(params), baseline["sft"])
     if pretrain_eval is not None:
       metrics.update(pretrain_eval(types.SimpleNamespace(params=strip_value(params))))

@@ -46,6 +46,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
 from rlhf_jax.eval.lm import heldout_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
+from rlhf_jax.model import lora as lora_lib
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.rl import iteration as iteration_lib
 from rlhf_jax.rl import rollout as rollout_lib
@@ -389,20 +390,25 @@ def rollout_gold(world, instances: list, tokenizer, index_b: np.ndarray, host_sa
 
 
 def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, rounds: RewardRounds | None,
-                  tokenizer, world, train_prompts: Prompts) -> Callable:
+                  tokenizer, world, train_prompts: Prompts, lora_actor: bool = False) -> Callable:
   """`ppo_step(state, batch, rng) -> (state, metrics)`: one PPO iteration, a reward-model round first when one
-  is due; Python, as generation's early exit and the phase timings need the host."""
+  is due; Python, as generation's early exit and the phase timings need the host. `lora_actor`: the state
+  holds the actor's adapters, on the reference's weights."""
   ppo = config.ppo
-  loss_ref = ref_params if steps.PPOSettings.from_config(ppo).kl_needs_reference else None
+  needs_ref = steps.PPOSettings.from_config(ppo).kl_needs_reference or lora_actor
+  loss_ref = ref_params if needs_ref else None
 
   def ppo_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     round_metrics = {}
     if rounds is not None and rounds.due(int(state.step)):
-      reward_state, round_metrics = rounds.run(int(state.step), strip_value(state.params["actor"]), state.reward)
+      policy = state.params["actor"] if not lora_actor else lora_lib.join(ref_params, state.params["actor"])
+      reward_state, round_metrics = rounds.run(int(state.step), strip_value(policy), state.reward)
       state = state.replace(reward=reward_state)
     started = time.time()
     actor_params = state.params["actor"]
+    if lora_actor:
+      actor_params = lora_lib.join(ref_params, actor_params)
     sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
     scorer_params = state.reward["params"] if rounds is not None else rm_params
     rollout = collect(actor_params, state.params.get("critic"), ref_params, scorer_params, batch["prompt"],
@@ -455,6 +461,13 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   actor, sft_params, tokenizer, rm_model, rm_params, spec = load_models(config, workdir, mesh)
   reference, lm = actor.clone(heads=("lm",)), actor.clone(heads=("lm",))
   ref_params = strip_value(sft_params)
+  lora_spec = lora_lib.LoraSpec.from_config(config.lora)
+  policy_params = lambda params: params
+  if lora_spec is not None:  # The actor trains adapters; its frozen base is the reference: one copy of the weights.
+    actor, lm = actor.clone(lora=lora_spec), lm.clone(lora=lora_spec)
+    adapters = state_lib.init_trainable(actor, jax.random.PRNGKey(config.seed + 13), mesh)
+    sft_params = lora_lib.join(lora_lib.split(sft_params)[1], adapters)  # With a shared critic's value head.
+    policy_params = lambda params: lora_lib.join(ref_params, params)
   world = toyworld.make_world(config.toyworld.seed) if config.data.source == "toyworld" else None
   train_prompts, eval_prompts = load_prompts(config, tokenizer, world)
   docs = ptx_documents(config)
@@ -483,10 +496,10 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
   update = steps.jit_ppo_update(update_fn, shardings, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
   iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=settings.kl_needs_reference,
-                                               mesh=mesh)
+                                               mesh=mesh, lora_actor=lora_spec is not None)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
-                          train_prompts=train_prompts)
+                          train_prompts=train_prompts, lora_actor=lora_spec is not None)
   evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
                                     rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
@@ -499,7 +512,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
       settings=settings, rounds=rounds, state=state, shardings=shardings, train_prompts=train_prompts,
       eval_prompts=eval_prompts, data=lambda: iter(dataset), make_batch=make_batch, generate=generate,
       collect=collect, update=update, step_fn=step_fn, iteration=iteration, evaluator=evaluator, cold=cold,
-      pretrain_eval=pretrain_eval, evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline),
+      pretrain_eval=pretrain_eval, evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline,
+                                                          policy_params),
       baseline=baseline, loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
   return compile_iterations(setup, make_data) if ppo.iterations_per_call else setup
 
@@ -546,6 +560,15 @@ def compile_iterations(setup: PPOSetup, make_data: Callable[[int], Iterable[dict
       step_fn=lambda state, batch, rng: run(state, batch, rng, frozen))
 
 
+def actor_counts(setup: PPOSetup) -> dict:
+  """num_params/actor, and with LoRA num_trainable_params/actor: what the actor trains (its adapters)."""
+  trained = state_lib.count_params(setup.state.params["actor"]) // setup.config.train.seeds
+  if setup.actor.lora is None:
+    return {"num_params/actor": trained}
+  return {"num_params/actor": state_lib.count_params(setup.ref_params) + trained,
+          "num_trainable_params/actor": trained}
+
+
 def run(config, workdir: str) -> dict:
   summary = read_summary(workdir)
   if summary is not None and summary.get("complete"):
@@ -555,9 +578,7 @@ def run(config, workdir: str) -> dict:
   models.save_tokenizer(workdir, setup.tokenizer)
   _, summary = train_loop(setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings,
                           step_fn=setup.step_fn, rng=setup.rng, data=setup.data(), make_batch=setup.make_batch,
-                          evaluate=setup.evaluate, config=config,
-                          extra_summary={"num_params/actor": state_lib.count_params(setup.state.params["actor"])
-                                         // setup.config.train.seeds})
+                          evaluate=setup.evaluate, config=config, extra_summary=actor_counts(setup))
   summary = finish_summary(setup.evaluator, setup.baseline, workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
                                             "eval/win_rate_gold", "eval/win_rate_rm"]))

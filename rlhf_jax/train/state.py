@@ -73,6 +73,16 @@ def param_shardings(model: Transformer, mesh: Mesh, rules=mesh_lib.RULES):
   return abstract, mesh_lib.logical_to_sharding(nn.get_partition_spec(boxed), abstract, mesh, rules)
 
 
+def init_trainable(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.RULES):
+  """The trainable part (`lora.split`) of a LoRA model's fresh parameters, sharded: its adapters and new heads,
+  initialised without allocating the frozen weights (XLA drops their unused initialisers)."""
+  _, shardings = param_shardings(model, mesh, rules)
+  init = jax.jit(lambda r: lora_lib.split(unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]))[1],
+                 out_shardings=lora_lib.split(shardings)[1])
+  with mesh_lib.activate(mesh, rules):
+    return init(rng)
+
+
 def init_params(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.RULES):
   """Sharded random parameters for `model`, allocated shard by shard. Returns (params, shardings)."""
   _, shardings = param_shardings(model, mesh, rules)
@@ -208,13 +218,15 @@ def create_ppo_state(models: dict, txs: dict, params: dict, mesh: Mesh, rng: jax
                      ema: bool = False, reward: Optional[Any] = None, reward_tx=None,
                      rules=mesh_lib.RULES, reward_norm: bool = False) -> tuple[PPOState, PPOState]:
   """A sharded PPOState from pretrained `params` (keyed like `models`: "actor" and maybe "critic"), with
-  fresh optimizer states, and the matching tree of shardings. `reward` (params of the reward model) is
+  fresh optimizer states, and the matching tree of shardings. A model with LoRA adapters (`model.lora`) is
+  given, and holds, only its trainable part (`lora.split`): its frozen base lives outside the state. `reward` (params of the reward model) is
   carried with its optimizer state `reward_tx` when the run retrains it; `reward_norm` adds empty running
   moments of the scores (replicated scalars)."""
   replicated = mesh_lib.replicated(mesh)
   p_shardings, opt_shardings, abstract = {}, {}, {}
   for name, model in models.items():
     abstract[name], p_shardings[name] = param_shardings(model, mesh, rules)
+    abstract[name], p_shardings[name] = _trained(model, abstract[name]), _trained(model, p_shardings[name])
     opt_abstract = jax.eval_shape(txs[name].init, abstract[name])
     opt_shardings[name] = optax.tree_map_params(txs[name], lambda _, s: s, opt_abstract, p_shardings[name],
                                                 transform_non_params=lambda _: replicated)

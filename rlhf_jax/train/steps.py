@@ -381,6 +381,11 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   learns; the actor's loss diagnostics (ppo/policy_loss, ppo/entropy, train/loss, ...) then read 0, and
   ppo/critic_warmup reads 1.
 
+  An actor with LoRA adapters (`actor.lora`): `state.params["actor"]` holds only its trainable part
+  (`lora.split`: adapters, and the value head of a shared critic), and its frozen base is the reference itself,
+  so `ref_params` is always passed; the gradient and the optimizer state are the adapters', and the EMA
+  averages the adapters.
+
   `critic` None means the actor has a value head (shared trunk), or, with `settings.critic_free`, that there
   is no critic: the rollout's values are 0 and nothing learns them. `ptx` is an LMBatch whose rows split into
   epochs x minibatches equal parts, or None when ptx_coef is 0. `txs` maps "actor" (and "critic") to
@@ -400,11 +405,12 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     raise ValueError("critic_warmup: needs a separate critic (a shared trunk cannot learn values with the actor "
                      "frozen, and critic_free has none)")
 
-  def actor_loss(params, mb: PPOBatch, weights_bn, ptx: Optional[LMBatch], ref_params, ptx_denom):
+  def actor_loss(trained, mb: PPOBatch, weights_bn, ptx: Optional[LMBatch], ref_params, ptx_denom):
     """The minibatch's loss and metrics on `mb` (the minibatch or one of its microbatches): per-token terms
     summed with `weights_bn` (`token_weights` of the whole minibatch: each term is then its mean as
     ppo.loss_aggregation defines it) and the ptx loss over the whole minibatch's `ptx_denom` target tokens,
     so microbatches add up."""
+    params = actor_params(trained, ref_params)
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
         actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
     pg, _, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, weights_bn, s.clip_eps)
@@ -434,6 +440,10 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       loss = loss + s.kl_loss_coef * kl
       metrics["ppo/kl_loss"] = kl
     return loss, metrics
+
+  def actor_params(trained, ref_params):
+    """The actor's whole parameters: with LoRA its adapters on the reference's (frozen) weights."""
+    return trained if actor.lora is None else lora_lib.join(jax.lax.stop_gradient(ref_params), trained)
 
   def critic_loss(params, mb: PPOBatch, denom):
     values_bn = rollout_lib.critic_values(critic, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask)
@@ -505,6 +515,8 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array, ref_params=None):
     if s.kl_needs_reference and ref_params is None:
       raise ValueError("kl_loss_coef: pass ref_params (the reference's params) to the update")
+    if actor.lora is not None and ref_params is None:
+      raise ValueError("a LoRA actor: pass ref_params (its frozen base) to the update")
     moments = state.score_moments
     if s.reward_norm:
       if moments is None:
