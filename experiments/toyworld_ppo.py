@@ -50,7 +50,7 @@ METHODS = {
 
 
 def get_config(arg=None):
-  variants = common.parse_variants(arg, "smoke", *METHODS, combine=True)
+  variants = common.parse_variants(arg, "smoke", "lora", *METHODS, combine=True)
   if len(variants & set(METHODS)) > 1:
     raise ValueError(f"variants {arg!r}: name at most one of {', '.join(METHODS)}")
   config = base_config()
@@ -106,4 +106,7 @@ def get_config(arg=None):
     config.optim.warmup_steps = 1
   for name in variants & set(METHODS):
     config.ppo.update(METHODS[name])
+  if "lora" in variants:  # Rank-8 adapters on every projection at 10x the learning rate (README: LoRA and int8).
+    config.lora.rank, config.lora.alpha = 8, 16.0
+    config.optim.lr = 10 * config.optim.lr
   return config

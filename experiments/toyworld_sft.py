@@ -25,7 +25,7 @@ common = load_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "c
 
 
 def get_config(arg=None):
-  common.parse_variants(arg, "smoke")
+  variants = common.parse_variants(arg, "smoke", "lora", combine=True)
   config = base_config()
   config.stage = "sft"
   config.seed = 0
@@ -43,7 +43,10 @@ def get_config(arg=None):
   config.optim.lr = 1e-3
   config.optim.warmup_steps = 30
   config.optim.b2 = 0.99
-  if arg == "smoke":  # Seconds on a CPU; init_from must name a toyworld_pretrain.py:smoke workdir.
+  if "lora" in variants:  # Rank-8 adapters on every projection at 5x the learning rate (README: LoRA and int8).
+    config.lora.rank, config.lora.alpha = 8, 16.0
+    config.optim.lr = 5e-3
+  if "smoke" in variants:  # Seconds on a CPU; init_from must name a toyworld_pretrain.py:smoke workdir.
     config.toyworld.num_docs = 300  # As toyworld_pretrain.py:smoke: the same held-out pretraining documents.
     config.toyworld.num_sft = 100
     config.toyworld.num_val_sft = 20

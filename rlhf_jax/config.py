@@ -26,6 +26,7 @@ from ml_collections import config_dict
 from rlhf_jax import losses
 from rlhf_jax.errors import UserError
 from rlhf_jax.model import lora as lora_lib
+from rlhf_jax.model import quant
 from rlhf_jax.rl import advantages
 
 ConfigDict = ml_collections.ConfigDict
@@ -237,14 +238,15 @@ def base_config() -> ConfigDict:
   # Low-rank adapters (model/lora.py) for the sft, reward, dpo and ppo stages: rank 0 trains every weight; rank
   # r > 0 freezes the model and trains rank-r adapters on the `targets` (projection names q,k,v,o,fc_in,fc_out,
   # gate,up,down or the groups attn, mlp) plus any head the stage adds, scaled by alpha / r. In PPO they adapt
-  # the actor, whose frozen base is the reference itself. Checkpoints hold the adapters; a later stage reads the
-  # merged model (the base is read from init_from, which must stay in place).
+  # the actor, whose frozen base is the reference itself, and a critic, on the reward model's trunk. Checkpoints
+  # hold the adapters; a later stage reads the merged model (the base is read from init_from, kept in place).
   config.lora = ConfigDict(dict(rank=0, alpha=16.0, dropout=0.0, targets="attn,mlp"))
   # How responses are sampled for evaluation (gold scores, win rates, best-of-n; eval/gold.py:sample_answers)
   # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage
   # and for every training seed, so one model gets one figure wherever it is evaluated.
+  # `quantize` int8: the evaluation samples from int8 weights (model/quant.py; training never reads them).
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64,
-                                    eval_seed=0))
+                                    eval_seed=0, quantize="none"))
   # PPO (stages/ppo.py). One iteration = one rollout of train.batch_size prompts, then `epochs` passes over it
   # in `minibatches` minibatches; train.steps counts iterations. The actor's optimizer is `optim`; the
   # critic's is the same with `critic_lr`.
@@ -548,6 +550,7 @@ def finalize(config: ConfigDict) -> ConfigDict:
                     f"would never train), got {ppo.critic_warmup}")
   if ppo.reward_clip < 0:
     raise UserError(f"config key 'ppo.reward_clip' must be >= 0 (0 = off), got {ppo.reward_clip}")
+  _check_choice("sampling.quantize", config.sampling.quantize, quant.MODES)
   spec = lora_lib.LoraSpec.from_config(config.lora)  # Errors name the lora key at fault.
   if spec is not None and config.stage not in LORA_STAGES:
     raise UserError(f"config key 'lora.rank': adapters train in the {', '.join(LORA_STAGES)} stages, not in "

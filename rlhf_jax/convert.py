@@ -3,6 +3,9 @@
   python -m rlhf_jax.convert from-hf HF_DIR OUT_DIR [--scan-layers]   # -> OUT_DIR/model.json, OUT_DIR/params/
   python -m rlhf_jax.convert to-hf IN_DIR HF_DIR                      # -> HF_DIR/config.json, model.safetensors
 
+IN_DIR is a converted directory or a workdir of ours: its final model, as a later stage reads it (a PPO run's
+policy; a LoRA run's adapters merged into its init_from's model).
+
 Our format (model/converted.py) is a directory with `model.json` (the `TransformerConfig`, as `to_dict()` writes
 it) and `params/`, an orbax checkpoint of the plain parameter dict; a stage can start from it. Neither direction
 needs torch or transformers.
@@ -11,6 +14,7 @@ needs torch or transformers.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -30,6 +34,19 @@ def _describe(config: TransformerConfig, params: dict) -> str:
   family = "gpt2" if config.position == "learned" else "llama"
   return (f"{family}-style, {config.n_layers} layers, d_model {config.d_model}, "
           f"{_num_params(params):,} parameters")
+
+
+def _read_model(path: str) -> tuple[TransformerConfig, dict]:
+  """(config, host params) of a converted directory, or of a workdir's final model (`load_pretrained`)."""
+  if os.path.exists(os.path.join(path, MODEL_FILE)):
+    return load_converted(path)
+  import ml_collections
+
+  from rlhf_jax import mesh as mesh_lib
+  from rlhf_jax.artifacts.models import load_pretrained
+  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  model, params, _ = load_pretrained(path, mesh)
+  return model.config, jax.device_get(params)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -52,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       save_converted(args.out_dir, config, params, overwrite=args.overwrite)
       print(f"wrote {args.out_dir}/{{{MODEL_FILE},{PARAMS_DIR}/}}: {_describe(config, params)}")
     else:
-      config, params = load_converted(args.in_dir)
+      config, params = _read_model(args.in_dir)
       save_hf(args.hf_dir, config, params, overwrite=args.overwrite)
       print(f"wrote {args.hf_dir}/{{config.json,model.safetensors}}: {_describe(config, params)}")
   except UserError as e:

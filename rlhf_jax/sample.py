@@ -26,6 +26,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--greedy", action="store_true", help="always take the most likely token")
   parser.add_argument("--max-new-tokens", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--quantize", choices=("none", "int8"), default="none",
+                      help="int8: sample from int8 weights, a scale per output channel (model/quant.py)")
 
 
 class Sampler:
@@ -39,7 +41,9 @@ class Sampler:
     from rlhf_jax.artifacts.models import load_pretrained
 
     mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+    from rlhf_jax.model import quant
     self.model, self.params, self.tokenizer = load_pretrained(args.workdir, mesh)
+    self.params = quant.for_sampling(self.params, args.quantize)
     if self.tokenizer is None:
       raise UserError(f"{args.workdir}: no tokenizer.model or tokenizer.json next to the checkpoint")
     stage = None

@@ -166,7 +166,8 @@ def test_model_and_ppo_settings_come_from_the_schema():
 # Every experiment and ablation file, with the variants it accepts beyond None and "smoke".
 EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True)
                      if os.path.basename(p) != "common.py")
-MORE_VARIANTS = {"shakespeare_char.py": ("nanogpt", "nanogpt,smoke", "smoke,nanogpt"), "kl_coef.py": ("pair",)}
+MORE_VARIANTS = {"shakespeare_char.py": ("nanogpt", "nanogpt,smoke", "smoke,nanogpt"), "kl_coef.py": ("pair",),
+                 "toyworld_sft.py": ("lora", "smoke,lora"), "toyworld_ppo.py": ("lora", "smoke,lora,rloo")}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: os.path.relpath(p, ROOT))

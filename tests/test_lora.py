@@ -65,7 +65,9 @@ def test_adapted_linear_matches_numpy():
   np.testing.assert_allclose(np.asarray(y), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family,scan", [("gpt2", False), ("llama", True)])
+# Llama with scanned layers: gated MLP, grouped-query attention, the leading L axis (GPT-2's dense, unscanned
+# layers are the LoRA SFT smoke model's, merged in test_lora_sft_checkpoints_adapters_and_...).
+@pytest.mark.parametrize("family,scan", [("llama", True)])
 def test_fresh_adapters_are_the_base_model_and_merge_is_the_adapted_model(family, scan):
   cfg = tiny_model(family, scan_layers=scan)
   base_model, model = _Jitted(Transformer(cfg)), _Jitted(Transformer(cfg, lora=SPEC))
@@ -180,7 +182,7 @@ def lora_sft(toyworld_smoke, tmp_path_factory):
   return workdir, json.loads((workdir / "summary.json").read_text())
 
 
-def test_lora_sft_checkpoints_adapters_and_a_later_stage_reads_the_merged_model(lora_sft, toyworld_smoke):
+def test_lora_sft_checkpoints_adapters_and_a_later_stage_reads_the_merged_model(lora_sft, toyworld_smoke, tmp_path):
   workdir, summary = lora_sft
   assert summary["num_trainable_params"] < 0.2 * summary["num_params"]
   step, saved = checkpoint_state(workdir)
@@ -195,6 +197,12 @@ def test_lora_sft_checkpoints_adapters_and_a_later_stage_reads_the_merged_model(
   adapted = Transformer(model.config, lora=spec).apply({"params": lora.join(base, saved["params"])}, tokens).logits
   np.testing.assert_allclose(model.apply({"params": merged}, tokens).logits, adapted, atol=2e-5)
   assert float(jnp.abs(adapted - base_model.apply({"params": base}, tokens).logits).max()) > 1e-3
+  # The Hugging Face export of the workdir is the merged model.
+  from rlhf_jax import convert
+  from rlhf_jax.model.hf import load_hf
+  assert convert.main(["to-hf", str(workdir), str(tmp_path / "hf")]) == 0
+  hf_config, hf_params = load_hf(str(tmp_path / "hf"))
+  np.testing.assert_allclose(Transformer(hf_config).apply({"params": hf_params}, tokens).logits, adapted, atol=2e-5)
 
 
 def test_lora_sft_resume_after_preemption_is_exact(lora_sft, toyworld_smoke, tmp_path, monkeypatch):
@@ -262,8 +270,9 @@ def lora_ppo_args(toyworld_smoke, toyworld_reward_smoke):
 
 
 def test_lora_ppo_state_resume_compiled_path_and_merged_policy(tmp_path, lora_ppo_args, toyworld_smoke):
-  """The smoke PPO setup (critic, EMA, PPO-ptx, adaptive beta) with a LoRA actor, four iterations:
-  - the state holds the actor's adapters and their EMA, never its weights (the reference's are its base);
+  """The smoke PPO setup (critic, EMA, PPO-ptx, adaptive beta) with LoRA, four iterations:
+  - the state holds the actor's adapters and their EMA, never its weights (the reference's are its base), and
+    the critic's adapters and value head (the reward model's trunk is its base);
   - checkpointed after two and restored, it ends exactly where the run that never stopped ends;
   - the compiled program (ppo.iterations_per_call=2) gives the same state to float rounding;
   - the checkpoint read as a later stage reads a policy is the adapted model merged (EMA adapters on SFT)."""
@@ -279,7 +288,9 @@ def test_lora_ppo_state_resume_compiled_path_and_merged_policy(tmp_path, lora_pp
   setup = ppo_stage.build_ppo(config, str(workdir))
   leaf_names = lambda tree: {p[-1] for p in __import__("flax").traverse_util.flatten_dict(tree)}
   assert leaf_names(setup.state.params["actor"]) == leaf_names(setup.state.ema) == {"lora_a", "lora_b"}
-  assert "embed" in setup.state.params["critic"]  # The critic trains every weight.
+  # The critic too: its adapters and value head, on the reward model's trunk (which the state does not hold).
+  assert leaf_names(setup.state.params["critic"]) == {"lora_a", "lora_b", "kernel", "bias"}
+  assert set(setup.state.params["critic"]) == {"layers_0", "layers_1", "value_head"}
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), setup.state)
   data = setup.data()
   rows = [next(data) for _ in range(4)]

@@ -29,6 +29,7 @@ import numpy as np
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import toyworld
 from rlhf_jax.data.pipelines import prompt_ids
+from rlhf_jax.model import quant
 from rlhf_jax.model.transformer import Transformer
 from rlhf_jax.sampling import SampleOutput, generate, prompt_batch, response_token_ids
 from rlhf_jax.tokenizer import Tokenizer
@@ -119,6 +120,7 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
   prompt_np, mask_np = prompt_batch(ids, tokenizer.pad_id)
   keys = answer_keys(seed, len(prompts), num_samples)
   lm = model.clone(heads=("lm",))
+  params = quant.for_sampling(params, getattr(sampling, "quantize", "none") or "none")  # sampling.quantize
   n, b = len(ids), int(sampling.batch_size)
   rows = mesh_lib.process_batch_slice(b) if mesh is not None else slice(0, b)
   texts, ended, lengths = [], [], []

@@ -34,6 +34,8 @@ class LMHead(nn.Module):
     lead, d = hidden_btd.shape[:-1], hidden_btd.shape[-1]
     logits = jnp.dot(hidden_btd.reshape(-1, d).astype(self.dtype), kernel.astype(self.dtype),
                      preferred_element_type=jnp.float32)
+    if self.has_variable("params", "kernel_scale"):  # int8 weights (model/quant.py): one scale per token.
+      logits = logits * self.get_variable("params", "kernel_scale")
     return logits.reshape(*lead, self.vocab_size)
 
 

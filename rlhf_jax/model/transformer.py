@@ -191,7 +191,10 @@ class Linear(nn.Module):
     # length at once) several times slower than the same GEMM on flattened rows.
     lead = x.shape[:x.ndim - self.in_ndim]
     x_nf = x.reshape(-1, math.prod(in_shape)).astype(self.dtype)
-    y = jnp.dot(x_nf, kernel.reshape(math.prod(in_shape), -1).astype(self.dtype)).reshape(*lead, *self.out_shape)
+    y_nf = jnp.dot(x_nf, kernel.reshape(math.prod(in_shape), -1).astype(self.dtype))
+    if self.has_variable("params", "kernel_scale"):  # int8 weights (model/quant.py): scale the products.
+      y_nf = y_nf * self.get_variable("params", "kernel_scale").reshape(-1).astype(self.dtype)
+    y = y_nf.reshape(*lead, *self.out_shape)
     rank = self.lora.rank_for(self.name) if self.lora is not None else 0
     # Parameters without adapters (the base model's) switch them off: the base model, the same arrays.
     if rank and (self.is_initializing() or self.has_variable("params", "lora_a")):
@@ -245,7 +248,10 @@ class Embed(nn.Module):
     # (fsdp), XLA's partitioner replicates it in a slow "involuntary full rematerialization" (NOTES-stack.md).
     # Unsharding the width first is the all-gather FSDP does for every weight anyway.
     table = nn.with_logical_constraint(self.embedding, (self.axes[0], None))
-    return jnp.take(table, ids, axis=0).astype(self.dtype)
+    rows = jnp.take(table, ids, axis=0).astype(self.dtype)
+    if self.has_variable("params", "embedding_scale"):  # int8 rows (model/quant.py), one scale each.
+      rows = rows * jnp.take(self.get_variable("params", "embedding_scale"), ids, axis=0)[..., None].astype(self.dtype)
+    return rows
 
   def attend(self, hidden_btd):
     # One 2-D matmul over flattened rows, as in Linear: XLA's CPU backend ran the 3-D contraction
@@ -253,6 +259,8 @@ class Embed(nn.Module):
     lead, d = hidden_btd.shape[:-1], hidden_btd.shape[-1]
     logits = jnp.dot(hidden_btd.reshape(-1, d).astype(self.dtype), self.embedding.astype(self.dtype).T,
                      preferred_element_type=jnp.float32)
+    if self.has_variable("params", "embedding_scale"):  # int8 rows: each vocabulary entry's own scale.
+      logits = logits * self.get_variable("params", "embedding_scale")
     return logits.reshape(*lead, self.num_embeddings)
 
 

@@ -35,7 +35,7 @@ from rlhf_jax.rl.rollout import strip_value
 
 
 def make_ppo_iteration(generate: Callable, collect: Callable, update: Callable, *, kl_in_loss: bool,
-                       mesh=None, lora_actor: bool = False) -> Callable:
+                       mesh=None, lora_actor: bool = False, critic_base: Callable | None = None) -> Callable:
   """`iteration(state, batch, rng, frozen) -> (state, metrics)`: one PPO iteration on the reward model's
   scores, pure and traceable. `generate`, `collect` and `update` are `build_ppo`'s (`update` the unjitted
   `steps.make_ppo_update`); `frozen` is {"ref": the reference's params, "rm": the reward model's}, passed as
@@ -44,7 +44,8 @@ def make_ppo_iteration(generate: Callable, collect: Callable, update: Callable, 
   PPO-ptx, "ptx" (an LMBatch); other keys are ignored. With `mesh`, the rollout's rows are laid out over its
   data axes for the update, as the Python iteration lays them out (`steps.jit_ppo_update`). `lora_actor`: the
   state holds the actor's adapters, whose frozen base is the reference (model/lora.py); the update then always
-  gets the reference's params."""
+  gets the reference's params. `critic_base`: for a LoRA critic, `critic_base(rm params)` is its frozen trunk
+  (the reward model's), on which the state's adapters and value head sit."""
 
   def iteration(state, batch, rng, frozen):
     rng = jax.random.fold_in(rng, state.step)
@@ -52,13 +53,17 @@ def make_ppo_iteration(generate: Callable, collect: Callable, update: Callable, 
     if lora_actor:
       actor_params = lora_lib.join(frozen["ref"], actor_params)
     sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
-    rollout = collect(actor_params, state.params.get("critic"), frozen["ref"], frozen["rm"], batch["prompt"],
+    base = None if critic_base is None else critic_base(frozen["rm"])
+    critic_params = state.params.get("critic")
+    if base is not None:
+      critic_params = lora_lib.join(base, critic_params)
+    rollout = collect(actor_params, critic_params, frozen["ref"], frozen["rm"], batch["prompt"],
                       batch["prompt_mask"], sample)
     if mesh is not None:
       rollout = jax.lax.with_sharding_constraint(
           rollout, jax.tree.map(lambda x: mesh_lib.batch_sharding(mesh, x.ndim), rollout))
     state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1),
-                            frozen["ref"] if kl_in_loss or lora_actor else None)
+                            frozen["ref"] if kl_in_loss or lora_actor else None, base)
     return state, {**metrics, "ppo/decode_steps": sample.num_steps}
 
   return iteration

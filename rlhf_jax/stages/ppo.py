@@ -90,7 +90,12 @@ def critic_params_from_reward(rm_params: dict, likelihood_mean: float = 0.0) -> 
   the term needs nothing (likelihood_mean 0)."""
   head = rm_params["reward_head"]
   value_head = {"kernel": head["gain"] * head["kernel"], "bias": head["bias"] + np.float32(likelihood_mean)}
-  return {**{k: v for k, v in rm_params.items() if k not in ("reward_head", "lm_head")}, "value_head": value_head}
+  return {**critic_trunk(rm_params), "value_head": value_head}
+
+
+def critic_trunk(rm_params: dict) -> dict:
+  """The reward model's trunk (the same arrays): where the critic starts, and a LoRA critic's frozen base."""
+  return {k: v for k, v in rm_params.items() if k not in ("reward_head", "lm_head")}
 
 
 def make_likelihood_mean(reward_model: Transformer, *, end_of_turn_id: int, reward_id: int | None, pad_id: int):
@@ -346,10 +351,12 @@ def batch_maker(mesh, leading: int = 0, seed_axis: bool = False) -> Callable[[di
 
 
 def make_critic(config, rm_model: Transformer, rm_params: dict, *, tokenizer, reward_id: int | None,
-                first_batch: Callable[[], dict], generate, ref_params) -> tuple[Transformer | None, dict | None]:
+                first_batch: Callable[[], dict], generate, ref_params, mesh) -> tuple[Transformer | None, dict | None]:
   """(the separate critic, its initial params: `critic_params_from_reward`), or (None, None) when the actor
   carries the value head (ppo.shared_critic) or there is no critic (ppo.critic_free). A reward model with a
-  likelihood term has the term's mean measured on the SFT policy's answers to `first_batch()`."""
+  likelihood term has the term's mean measured on the SFT policy's answers to `first_batch()`. With
+  lora.rank > 0 the critic is adapted too: its params are its value head and fresh adapters, on the frozen
+  `critic_trunk(rm_params)`."""
   ppo = config.ppo
   if ppo.critic_free and ppo.shared_critic:
     raise UserError("config keys 'ppo.critic_free' and 'ppo.shared_critic': choose one (no critic, or a value "
@@ -367,7 +374,13 @@ def make_critic(config, rm_model: Transformer, rm_params: dict, *, tokenizer, re
     if jax.process_index() == 0:
       print(f"ppo: the critic's bias takes in the reward model's likelihood term, {likelihood_mean:+.3f} on "
             f"average over {config.train.batch_size} SFT samples")
-  return critic, critic_params_from_reward(rm_params, likelihood_mean)
+  params = critic_params_from_reward(rm_params, likelihood_mean)
+  spec = lora_lib.LoraSpec.from_config(config.lora)
+  if spec is not None:
+    critic = critic.clone(lora=spec)
+    adapters = state_lib.init_trainable(critic, jax.random.PRNGKey(config.seed + 14), mesh)
+    params = lora_lib.join(lora_lib.split(params)[1], adapters)
+  return critic, params
 
 
 def make_optimizers(config, with_critic: bool) -> dict:
@@ -390,10 +403,11 @@ def rollout_gold(world, instances: list, tokenizer, index_b: np.ndarray, host_sa
 
 
 def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, rounds: RewardRounds | None,
-                  tokenizer, world, train_prompts: Prompts, lora_actor: bool = False) -> Callable:
+                  tokenizer, world, train_prompts: Prompts, lora_actor: bool = False,
+                  critic_base: dict | None = None) -> Callable:
   """`ppo_step(state, batch, rng) -> (state, metrics)`: one PPO iteration, a reward-model round first when one
   is due; Python, as generation's early exit and the phase timings need the host. `lora_actor`: the state
-  holds the actor's adapters, on the reference's weights."""
+  holds the actor's adapters, on the reference's weights; `critic_base`: a LoRA critic's frozen trunk."""
   ppo = config.ppo
   needs_ref = steps.PPOSettings.from_config(ppo).kl_needs_reference or lora_actor
   loss_ref = ref_params if needs_ref else None
@@ -411,7 +425,10 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
       actor_params = lora_lib.join(ref_params, actor_params)
     sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
     scorer_params = state.reward["params"] if rounds is not None else rm_params
-    rollout = collect(actor_params, state.params.get("critic"), ref_params, scorer_params, batch["prompt"],
+    critic_params = state.params.get("critic")
+    if critic_base is not None:
+      critic_params = lora_lib.join(critic_base, critic_params)
+    rollout = collect(actor_params, critic_params, ref_params, scorer_params, batch["prompt"],
                       batch["prompt_mask"], sample)
     rollout = jax.block_until_ready(rollout)
     rollout_s = time.time() - started  # Without the host's decoding and gold scoring below.
@@ -425,8 +442,7 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
           scores.shape, rollout.scores.sharding, lambda idx: scores[idx]))
     new_tokens = float(host_sample.lengths.sum())
     started = time.time()
-    state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1),
-                            loss_ref)
+    state, metrics = update(state, rollout, batch.get("ptx"), jax.random.fold_in(rng, 1), loss_ref, critic_base)
     metrics = jax.block_until_ready(metrics)
     update_s = time.time() - started
     metrics = {**metrics, **round_metrics, "perf/rollout_s": rollout_s, "perf/update_s": update_s,
@@ -478,7 +494,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
                            stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
   critic, critic_params = make_critic(config, rm_model, rm_params, tokenizer=tokenizer, reward_id=reward_id,
                                       first_batch=lambda: make_batch(next(iter(dataset))), generate=generate,
-                                      ref_params=ref_params)
+                                      ref_params=ref_params, mesh=mesh)
+  critic_base = critic_trunk(rm_params) if critic is not None and critic.lora is not None else None
   txs = make_optimizers(config, critic is not None)
   rounds = RewardRounds(config, workdir, rm_model, tokenizer, spec, lm, mesh) if ppo.round_every > 0 else None
   models, params = {"actor": actor}, {"actor": sft_params}
@@ -496,10 +513,11 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   update_fn = steps.make_ppo_update(actor, critic, txs, settings, reference)
   update = steps.jit_ppo_update(update_fn, shardings, jax.tree.map(lambda x: x.sharding, ref_params), mesh)
   iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=settings.kl_needs_reference,
-                                               mesh=mesh, lora_actor=lora_spec is not None)
+                                               mesh=mesh, lora_actor=lora_spec is not None,
+                                               critic_base=None if critic_base is None else critic_trunk)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
-                          train_prompts=train_prompts, lora_actor=lora_spec is not None)
+                          train_prompts=train_prompts, lora_actor=lora_spec is not None, critic_base=critic_base)
   evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
                                     rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
@@ -526,7 +544,7 @@ def replica_critic(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]], 
   reward_id = setup.tokenizer.reward_id if setup.reward_spec.reward_token else None
   return make_critic(config, setup.reward_model, setup.rm_params, tokenizer=setup.tokenizer, reward_id=reward_id,
                      first_batch=lambda: setup.make_batch(next(iter(make_data(seed)))), generate=setup.generate,
-                     ref_params=setup.ref_params)[1]
+                     ref_params=setup.ref_params, mesh=setup.mesh)[1]
 
 
 def compile_iterations(setup: PPOSetup, make_data: Callable[[int], Iterable[dict]]) -> PPOSetup:

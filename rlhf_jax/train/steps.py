@@ -204,7 +204,8 @@ def jit_step(step, state_shardings: Any, batch_example: Any, mesh: Mesh, rules=m
 
 
 def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh, rules=mesh_lib.RULES):
-  """Compiles `update(state, rollout, ptx, rng, ref_params)` (`make_ppo_update`) as `jit_step` compiles a step:
+  """Compiles `update(state, rollout, ptx, rng, ref_params, critic_base=None)` (`make_ppo_update`) as `jit_step`
+  compiles a step:
   the state in and out with its shardings (donated), the rollout's and the PPO-ptx batch's rows over the data
   axes, the reference's params (or None, without the exact KL in the loss) with `ref_shardings`, the key and
   the metrics replicated. A state laid out as the last call left it is the state the program expects, so
@@ -214,16 +215,17 @@ def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh,
   rows = lambda tree: jax.tree.map(lambda x: mesh_lib.batch_sharding(mesh, x.ndim), tree)
   compiled = {}
 
-  def run(state, rollout, ptx, rng, ref_params):
-    key = (jax.tree.structure(rollout), jax.tree.structure(ptx), ref_params is None)
+  def run(state, rollout, ptx, rng, ref_params, critic_base=None):
+    key = (jax.tree.structure(rollout), jax.tree.structure(ptx), ref_params is None, critic_base is None)
     if key not in compiled:
+      base_shardings = None if critic_base is None else jax.tree.map(lambda x: x.sharding, critic_base)
       compiled[key] = jax.jit(update, in_shardings=(state_shardings, rows(rollout), rows(ptx), replicated,
-                                                     None if ref_params is None else ref_shardings),
+                                                     None if ref_params is None else ref_shardings, base_shardings),
                               out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     # Rows the sampler left replicated (generation's outputs) are split over the data axes here: a local slice.
     rollout, ptx = jax.device_put(rollout, rows(rollout)), jax.device_put(ptx, rows(ptx))
     with mesh_lib.activate(mesh, rules):
-      return compiled[key](state, rollout, ptx, rng, ref_params)
+      return compiled[key](state, rollout, ptx, rng, ref_params, critic_base)
 
   return run
 
@@ -384,7 +386,8 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
   An actor with LoRA adapters (`actor.lora`): `state.params["actor"]` holds only its trainable part
   (`lora.split`: adapters, and the value head of a shared critic), and its frozen base is the reference itself,
   so `ref_params` is always passed; the gradient and the optimizer state are the adapters', and the EMA
-  averages the adapters.
+  averages the adapters. A critic with LoRA adapters (`critic.lora`) likewise holds its adapters and value
+  head, on the frozen `critic_base` (the reward model's trunk) passed to the update.
 
   `critic` None means the actor has a value head (shared trunk), or, with `settings.critic_free`, that there
   is no critic: the rollout's values are 0 and nothing learns them. `ptx` is an LMBatch whose rows split into
@@ -445,8 +448,13 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     """The actor's whole parameters: with LoRA its adapters on the reference's (frozen) weights."""
     return trained if actor.lora is None else lora_lib.join(jax.lax.stop_gradient(ref_params), trained)
 
-  def critic_loss(params, mb: PPOBatch, denom):
-    values_bn = rollout_lib.critic_values(critic, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask)
+  def critic_params(trained, critic_base):
+    """The critic's whole parameters: with LoRA its adapters and value head on the reward model's trunk."""
+    return trained if critic.lora is None else lora_lib.join(jax.lax.stop_gradient(critic_base), trained)
+
+  def critic_loss(trained, mb: PPOBatch, denom, critic_base):
+    values_bn = rollout_lib.critic_values(critic, critic_params(trained, critic_base), mb.prompt, mb.prompt_mask,
+                                          mb.tokens, mb.mask)
     v_sum, _, aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
     return v_sum / denom, {"ppo/value_loss": v_sum / denom,
                            "ppo/value_clip_fraction": aux["value_clip_fraction"] / denom}
@@ -499,7 +507,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     shapes = jax.eval_shape(actor_step, state, mb, ptx, ref_params)[1]
     return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
 
-  def minibatch_step(state, inputs, ref_params):
+  def minibatch_step(state, inputs, ref_params, critic_base):
     mb, ptx = inputs
     if s.critic_warmup > 0:  # One program for both phases: the iteration count picks the branch.
       state, metrics = jax.lax.cond(state.step < s.critic_warmup, actor_frozen, actor_step, state, mb, ptx,
@@ -507,16 +515,19 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     else:
       state, metrics = actor_step(state, mb, ptx, ref_params)
     if critic is not None:
-      (_, c_metrics), c_grads = accumulate(critic_loss, state.params["critic"], mb, token_counts(mb, None)[0])
+      (_, c_metrics), c_grads = accumulate(critic_loss, state.params["critic"], mb, token_counts(mb, None)[0],
+                                           critic_base)
       metrics.update({**c_metrics, "ppo/critic_grad_norm": optax.tree.norm(c_grads)})
       state = apply("critic", c_grads, state)
     return state, metrics
 
-  def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array, ref_params=None):
+  def update(state, rollout, ptx: Optional[LMBatch], rng: jax.Array, ref_params=None, critic_base=None):
     if s.kl_needs_reference and ref_params is None:
       raise ValueError("kl_loss_coef: pass ref_params (the reference's params) to the update")
     if actor.lora is not None and ref_params is None:
       raise ValueError("a LoRA actor: pass ref_params (its frozen base) to the update")
+    if critic is not None and critic.lora is not None and critic_base is None:
+      raise ValueError("a LoRA critic: pass critic_base (its frozen trunk) to the update")
     moments = state.score_moments
     if s.reward_norm:
       if moments is None:
@@ -533,7 +544,8 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       order = jax.random.permutation(jax.random.fold_in(rng, e), rows)
       shuffled = jax.tree.map(lambda x: x[order].reshape(s.minibatches, rows // s.minibatches, *x.shape[1:]),
                               batch)
-      return jax.lax.scan(functools.partial(minibatch_step, ref_params=ref_params), state, (shuffled, ptx_m))
+      return jax.lax.scan(functools.partial(minibatch_step, ref_params=ref_params, critic_base=critic_base), state,
+                          (shuffled, ptx_m))
 
     warming_up = state.step < s.critic_warmup
     state, metrics = jax.lax.scan(epoch, state, (jnp.arange(s.epochs), ptx_em))
