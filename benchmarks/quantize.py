@@ -109,7 +109,7 @@ def quality(workdir: str) -> dict:
   gold = {}
   for mode in quant.MODES:
     sampling.quantize = mode
-    gold[mode] = gold_evaluation(model, params, tokenizer, world, heldout, sampling, mesh=mesh)[0]["all"]
+    gold[mode] = gold_evaluation(model, params, tokenizer, world, heldout, sampling, mesh=mesh)[0]["gold/all"]
   out = dict(max_abs_diff=float(diffs.max()), mean_abs_diff=float(diffs.mean()), top1_agreement=agree / count,
              tokens=count, gold_float32=gold["none"], gold_int8=gold["int8"], bytes_float32=lora.nbytes(params),
              bytes_int8=lora.nbytes(q))
