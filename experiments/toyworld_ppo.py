@@ -20,7 +20,7 @@ Expected (2026-12-05, from the full-size toyworld_pretrain/sft/reward runs of wo
 a run beside other jobs, 347 s alone at this size; figures by the one evaluator, python -m rlhf_jax.evaluate):
 held-out gold 0.766 / 0.771 / 0.774 against SFT 0.691, gain +0.080 +- 0.004 (each +- 0.03-0.04 paired), KL
 0.27-0.37, win rate 56.8-58.0%; SFT at T 0.5 0.734, the RM's best of 4 0.828, gold's 0.882. The history:
-experiments/NOTES.md.
+experiments/NOTES.md. `:lora`: rank-8 adapters on every projection of the actor, lr x10 (README, LoRA and int8).
 """
 
 import os
