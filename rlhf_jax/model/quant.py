@@ -69,10 +69,13 @@ def dequantize(params: dict) -> dict:
   return traverse_util.unflatten_dict(out)
 
 
+_quantize_int8 = jax.jit(quantize_int8)  # One trace per parameter layout, for every evaluation that asks.
+
+
 def for_sampling(params: dict, mode: str) -> dict:
   """The parameters a sampler reads under `sampling.quantize` = `mode`."""
   if mode == "none":
     return params
   if mode == "int8":
-    return jax.jit(quantize_int8)(params)
+    return _quantize_int8(params)
   raise ValueError(f"unknown quantisation {mode!r}; expected one of {', '.join(MODES)}")
