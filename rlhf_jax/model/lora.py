@@ -110,8 +110,9 @@ def join(frozen: dict, trainable: dict) -> dict:
                                        **traverse_util.flatten_dict(trainable)})
 
 
-def has_adapters(params: dict) -> bool:
-  return any(p[-1] in ADAPTERS for p in traverse_util.flatten_dict(params))
+def has_adapters(params: Any) -> bool:
+  """Whether a parameter tree (a nested dict; anything else has none) carries LoRA adapters."""
+  return isinstance(params, dict) and any(p[-1] in ADAPTERS for p in traverse_util.flatten_dict(params))
 
 
 def base(params: dict) -> dict:
