@@ -25,7 +25,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from machine import ForeignLoad, cpu_model, measure_bandwidth
@@ -76,7 +75,7 @@ def quality(workdir: str) -> dict:
   from rlhf_jax.artifacts.models import load_pretrained
   from rlhf_jax.data import pipelines, toyworld
   from rlhf_jax.eval.gold import gold_evaluation
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  mesh = mesh_lib.single_device_mesh()
   model, params, tokenizer = load_pretrained(workdir, mesh)
   run = json.load(open(os.path.join(workdir, "config.json")))
   config = config_lib.base_config()

@@ -23,9 +23,6 @@ from rlhf_jax.errors import UserError
 def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, temperature: float, seed: int,
              batch_size: int = 64) -> list[dict]:
   """Rows of `best_of_n_table` for n = 1, 2, 4, ..., n_max (and n_max itself)."""
-  import jax
-  import ml_collections
-
   from rlhf_jax import mesh as mesh_lib
   from rlhf_jax.config import base_config
   from rlhf_jax.data import toyworld
@@ -40,7 +37,7 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   run_config = read_json_object(os.path.join(policy, "config.json")) if os.path.exists(
       os.path.join(policy, "config.json")) else {}
   world_seed = run_config.get("toyworld", {}).get("seed", base_config().toyworld.seed)
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  mesh = mesh_lib.single_device_mesh()
   model, params, tokenizer = load_pretrained(policy, mesh)
   if tokenizer is None:
     raise UserError(f"{policy}: no tokenizer.model or tokenizer.json next to the checkpoint")

@@ -40,11 +40,9 @@ def _read_model(path: str) -> tuple[TransformerConfig, dict]:
   """(config, host params) of a converted directory, or of a workdir's final model (`load_pretrained`)."""
   if os.path.exists(os.path.join(path, MODEL_FILE)):
     return load_converted(path)
-  import ml_collections
-
   from rlhf_jax import mesh as mesh_lib
   from rlhf_jax.artifacts.models import load_pretrained
-  mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
+  mesh = mesh_lib.single_device_mesh()
   model, params, _ = load_pretrained(path, mesh)
   return model.config, jax.device_get(params)
 

@@ -71,6 +71,11 @@ def make_mesh(mesh_cfg: Any, devices=None) -> Mesh:
   return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
 
 
+def single_device_mesh() -> Mesh:
+  """A 1x1x1 mesh on the first device: where the command-line tools and benchmarks load one model."""
+  return make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+
+
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules=RULES):
   """Makes `mesh` and the rule table current, so linen's logical constraints take effect while tracing."""

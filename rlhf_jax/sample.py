@@ -35,13 +35,12 @@ class Sampler:
 
   def __init__(self, args: argparse.Namespace):
     import jax
-    import ml_collections
 
     from rlhf_jax import mesh as mesh_lib
     from rlhf_jax.artifacts.models import load_pretrained
-
-    mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])
     from rlhf_jax.model import quant
+
+    mesh = mesh_lib.single_device_mesh()
     self.model, self.params, self.tokenizer = load_pretrained(args.workdir, mesh)
     self.params = quant.for_sampling(self.params, args.quantize)
     if self.tokenizer is None:
