@@ -45,6 +45,27 @@ def run_smoke(experiment, workdir, *extra):
     return json.load(f)
 
 
+def run_preempted(monkeypatch, argv, step=2, key="train/loss"):
+  """Runs the command line `argv` in-process with a SIGTERM sent as soon as the metrics of `step` holding `key`
+  are written (the loop stops after the step it is in); returns its exit code, MetricsWriter restored."""
+  import signal
+
+  from rlhf_jax import main as main_lib
+  from rlhf_jax.train.metrics import MetricsWriter
+  original = MetricsWriter.write
+
+  def write_then_preempt(self, logged_step, metrics):
+    original(self, logged_step, metrics)
+    if logged_step == step and key in metrics:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
+  try:
+    return main_lib.main(argv)
+  finally:
+    monkeypatch.setattr(MetricsWriter, "write", original)
+
+
 def checkpoint_state(workdir):
   """(step, the state of a run's latest checkpoint as host arrays), restored onto one device whatever mesh
   saved it: what resume tests compare to the last bit."""

@@ -12,14 +12,14 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, checkpoint_state, run_smoke, tiny_model
+from conftest import ROOT, checkpoint_state, run_preempted, run_smoke, tiny_model
 from rlhf_jax import losses, main as main_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.batches import PreferenceBatch
 from rlhf_jax.model.transformer import Transformer, unbox
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.metrics import MetricsWriter, read_metrics
+from rlhf_jax.train.metrics import read_metrics
 
 
 def _numpy_preference(h, ranks, beta, loss):
@@ -163,16 +163,7 @@ def test_dpo_resume_after_preemption_is_exact(tmp_path, dpo_args, dpo_run, monke
   """SIGTERM during step 3 (checkpoints every 2): a checkpoint at 3, exit 143; the same command resumes and
   ends with exactly the uninterrupted run's parameters and optimizer state."""
   workdir = tmp_path / "dpo"
-  original = MetricsWriter.write
-
-  def write_then_preempt(self, step, metrics):
-    original(self, step, metrics)
-    if step == 2 and "train/loss" in metrics:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
-  assert main_lib.main(_argv(workdir, dpo_args)) == 128 + signal.SIGTERM
-  monkeypatch.setattr(MetricsWriter, "write", original)
+  assert run_preempted(monkeypatch, _argv(workdir, dpo_args)) == 128 + signal.SIGTERM
   assert checkpoint_state(workdir)[0] == 3
   assert main_lib.main(_argv(workdir, dpo_args)) == 0
   (step_a, a), (step_b, b) = checkpoint_state(dpo_run[0]), checkpoint_state(workdir)

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT, checkpoint_state, run_smoke, tiny_model
+from conftest import ROOT, checkpoint_state, run_preempted, run_smoke, tiny_model
 from rlhf_jax import main as main_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import models
@@ -24,7 +24,6 @@ from rlhf_jax.model import lora
 from rlhf_jax.model.transformer import Linear, Transformer, unbox
 from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
-from rlhf_jax.train.metrics import MetricsWriter
 
 SPEC = lora.LoraSpec(rank=4, alpha=8.0)
 
@@ -209,17 +208,8 @@ def test_lora_sft_resume_after_preemption_is_exact(lora_sft, toyworld_smoke, tmp
   """SIGTERM after step 2 (checkpoints every 2): exit 143; the same command resumes, and its adapters and
   their optimizer state equal the uninterrupted run's to the bit."""
   workdir = tmp_path / "sft"
-  original = MetricsWriter.write
-
-  def write_then_preempt(self, step, metrics):
-    original(self, step, metrics)
-    if step == 2 and "train/loss" in metrics:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
   argv = _sft_argv(workdir, toyworld_smoke["pretrain"][0])
-  assert main_lib.main(argv) == 128 + signal.SIGTERM
-  monkeypatch.setattr(MetricsWriter, "write", original)
+  assert run_preempted(monkeypatch, argv) == 128 + signal.SIGTERM
   assert checkpoint_state(workdir)[0] < checkpoint_state(lora_sft[0])[0]
   assert main_lib.main(argv) == 0
   (step_a, a), (step_b, b) = checkpoint_state(lora_sft[0]), checkpoint_state(workdir)

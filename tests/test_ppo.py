@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import ROOT, checkpoint_state, run_smoke, tiny_model
+from conftest import ROOT, checkpoint_state, run_preempted, run_smoke, tiny_model
 from rlhf_jax import convert, main as main_lib
 from rlhf_jax.batches import LMBatch
 from rlhf_jax.config import base_config, parse_overrides
@@ -33,7 +33,7 @@ from rlhf_jax.train import state as state_lib
 from rlhf_jax.train import steps
 from rlhf_jax.train.checkpoint import Checkpointer
 from rlhf_jax.train.state import PPOState
-from rlhf_jax.train.metrics import MetricsWriter, read_metrics
+from rlhf_jax.train.metrics import read_metrics
 
 EOT, REWARD, PAD = 3, 9, 0
 
@@ -657,18 +657,10 @@ def test_ppo_resume_after_preemption_is_exact(tmp_path, ppo_args, monkeypatch, e
   re-running the command resumes there and ends with exactly the parameters, optimizer state, beta and EMA
   of the uninterrupted run -- and the scores' running moments, with ppo.reward_norm."""
   workdir = tmp_path / "ppo"
-  original = MetricsWriter.write
-
-  def write_then_preempt(self, step, metrics):
-    original(self, step, metrics)
-    if step == 2 and "ppo/kl" in metrics:  # Checked after the next iteration: the loop stops at 3.
-      os.kill(os.getpid(), signal.SIGTERM)
-
   argv = ["--config", os.path.join(os.path.dirname(__file__), "..", "experiments", "toyworld_ppo.py") + ":smoke",
           "--workdir", str(workdir), "--config.train.batch_size=8", *ppo_args, *extra]
-  monkeypatch.setattr(MetricsWriter, "write", write_then_preempt)
-  assert main_lib.main(argv) == 128 + signal.SIGTERM
-  monkeypatch.setattr(MetricsWriter, "write", original)
+  # Checked after the next iteration: the loop stops at 3.
+  assert run_preempted(monkeypatch, argv, key="ppo/kl") == 128 + signal.SIGTERM
   checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"))
   assert checkpoints.latest_step() == 3
   checkpoints.close()
