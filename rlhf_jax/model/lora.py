@@ -92,8 +92,9 @@ class LoraSpec:
 
 
 def is_trainable(path: tuple) -> bool:
-  """Whether the parameter at `path` (a tuple of keys from the model's top level) is trained under LoRA."""
-  return path[-1] in ADAPTERS or path[0] in TRAINED_HEADS
+  """Whether the parameter at `path` (a tuple of keys: from a model's top level, or from a tree of models such
+  as a PPO state's {"actor": ..., "critic": ...}) is trained under LoRA."""
+  return path[-1] in ADAPTERS or any(key in TRAINED_HEADS for key in path[:-1])
 
 
 def split(params: dict) -> tuple[dict, dict]:

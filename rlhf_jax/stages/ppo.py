@@ -415,14 +415,13 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
   def ppo_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     round_metrics = {}
+    actor_params = state.params["actor"]
+    if lora_actor:  # The whole actor: its adapters on the reference's weights.
+      actor_params = lora_lib.join(ref_params, actor_params)
     if rounds is not None and rounds.due(int(state.step)):
-      policy = state.params["actor"] if not lora_actor else lora_lib.join(ref_params, state.params["actor"])
-      reward_state, round_metrics = rounds.run(int(state.step), strip_value(policy), state.reward)
+      reward_state, round_metrics = rounds.run(int(state.step), strip_value(actor_params), state.reward)
       state = state.replace(reward=reward_state)
     started = time.time()
-    actor_params = state.params["actor"]
-    if lora_actor:
-      actor_params = lora_lib.join(ref_params, actor_params)
     sample = generate(strip_value(actor_params), batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 0))
     scorer_params = state.reward["params"] if rounds is not None else rm_params
     critic_params = state.params.get("critic")

@@ -48,8 +48,7 @@ def _without_frozen(state: dict) -> dict:
   """A state dict without the frozen weights of LoRA parameters (model/lora.py): a LoRA run's checkpoint
   holds its adapters, new heads and their optimizer state; the base model stays where init_from names it."""
   params = state.get("params")
-  # A PPO state (params keyed "actor", ...) holds only what trains already: the actor's base is the reference.
-  if not isinstance(params, dict) or "actor" in params or not lora_lib.has_adapters(params):
+  if not lora_lib.has_adapters(params):  # (A LoRA PPO state holds only what trains: nothing is dropped.)
     return state
   return {**state, "params": lora_lib.split(params)[1]}
 
