@@ -5,8 +5,9 @@
 The policy (any LM workdir of a chat stage: SFT, PPO) answers each of the toyworld held-out prompts -- the
 ones every stage is evaluated on -- N times; the reward model scores the answers, the gold scorer grades them,
 and the table gives, for n = 1, 2, 4, ... N, the KL bound of best-of-n, the reward model's score and gold of
-its pick, and gold of the oracle's pick (rlhf_jax/eval/best_of_n.py says how). `--out FILE` writes the rows
-as JSON.
+its pick, and gold of the oracle's pick (rlhf_jax/eval/best_of_n.py says how), and beside them gold of
+self-consistency's majority answer out of n (eval/self_consistency.py: no reward model, a vote on the final
+answers). `--out FILE` writes the rows as JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   from rlhf_jax.eval import rm as rm_eval
   from rlhf_jax.artifacts.models import load_pretrained
   from rlhf_jax.artifacts.reward_model import check_shared_tokenizer, load_reward_model
-  from rlhf_jax.eval.best_of_n import best_of_n_rows, best_of_n_samples
+  from rlhf_jax.eval.best_of_n import best_of_n_rows
+  from rlhf_jax.eval.gold import sample_answers
   from rlhf_jax.model.hf import read_json_object
 
   if n_max < 1 or num_prompts < 1:
@@ -48,20 +50,25 @@ def evaluate(policy: str, reward_dir: str, n_max: int, num_prompts: int, tempera
   instances = toyworld.eval_instances(world, num_prompts)
   sampling = base_config().sampling  # The evaluations' settings, at the asked temperature and batch size.
   sampling.temperature, sampling.batch_size = temperature, batch_size
-  texts = best_of_n_samples(model, params, tokenizer, instances, sampling, n_max, seed, mesh)
+  # The held-out evaluations' sampler (`best_of_n_samples`), with the answers' log-probabilities for the vote.
+  answers = sample_answers(model, params, tokenizer, [inst.prompt for inst in instances], sampling, seed=seed,
+                           num_samples=n_max, mesh=mesh)
   return best_of_n_rows(rm_eval.make_scorer(rm_model, mesh, chunk=256), rm_params, tokenizer, world, instances,
-                        texts, spec.seq_len, spec.reward_token)
+                        answers.texts, spec.seq_len, spec.reward_token, log_probs=answers.log_probs)
 
 
 def format_table(rows: Sequence[dict]) -> str:
-  """The rows as text: overall figures, then gold per task as "RM pick / oracle pick"."""
+  """The rows as text: overall figures, then gold per task as "RM pick / majority vote / oracle pick"."""
   tasks = [k.split("/", 1)[1] for k in rows[0] if k.startswith("gold/")]
-  head = ["n", "KL bound", "RM score", "gold RM pick", "gold oracle"] + tasks
-  lines = ["  ".join(f"{h:>12}" for h in head)]
+  head = ["n", "KL bound", "RM score", "gold RM pick", "gold vote", "gold oracle"] + tasks
+  lines = ["  ".join(f"{h:>12}" for h in head[:6]) + "".join(f"{h:>20}" for h in head[6:])]
+  vote = lambda row, key: f"{row[key]:.3f}" if key in row else "-"
   for row in rows:
-    cells = [f"{row['n']:>12d}"] + [f"{row[k]:>12.3f}" for k in ("kl_bound", "rm_score", "gold", "oracle_gold")]
-    cells += [f"{row['gold/' + t]:.2f} / {row['oracle_gold/' + t]:.2f}".rjust(12) for t in tasks]
-    lines.append("  ".join(cells))
+    cells = [f"{row['n']:>12d}"] + [f"{row[k]:>12.3f}" for k in ("kl_bound", "rm_score", "gold")]
+    cells += [vote(row, "vote_gold").rjust(12), f"{row['oracle_gold']:>12.3f}"]
+    per_task = [f"{row['gold/' + t]:.2f}/{vote(row, 'vote_gold/' + t)[:4]}/{row['oracle_gold/' + t]:.2f}".rjust(20)
+                for t in tasks]
+    lines.append("  ".join(cells) + "".join(per_task))
   return "\n".join(lines)
 
 

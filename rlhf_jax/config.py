@@ -17,6 +17,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -245,8 +246,11 @@ def base_config() -> ConfigDict:
   # and for the reward model's comparisons. `eval_seed` keys every held-out evaluation, the same in every stage
   # and for every training seed, so one model gets one figure wherever it is evaluated.
   # `quantize` int8: the evaluation samples from int8 weights (model/quant.py; training never reads them).
+  # `regex`: every evaluation answer matches it in full (constrained decoding, constrain.py; "" = off).
+  # `vote` n > 1: gold evaluations keep the majority final answer of n samples (self-consistency,
+  # eval/self_consistency.py) instead of one sample.
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64,
-                                    eval_seed=0, quantize="none"))
+                                    eval_seed=0, quantize="none", regex="", vote=1))
   # PPO (stages/ppo.py). One iteration = one rollout of train.batch_size prompts, then `epochs` passes over it
   # in `minibatches` minibatches; train.steps counts iterations. The actor's optimizer is `optim`; the
   # critic's is the same with `critic_lr`.
@@ -551,6 +555,12 @@ def finalize(config: ConfigDict) -> ConfigDict:
   if ppo.reward_clip < 0:
     raise UserError(f"config key 'ppo.reward_clip' must be >= 0 (0 = off), got {ppo.reward_clip}")
   _check_choice("sampling.quantize", config.sampling.quantize, quant.MODES)
+  try:
+    re.compile(config.sampling.regex)
+  except re.error as e:
+    raise UserError(f"config key 'sampling.regex': {config.sampling.regex!r} is not a regular expression: {e}")
+  if config.sampling.vote < 1:
+    raise UserError(f"config key 'sampling.vote' must be >= 1 (1 = one sample, no vote), got {config.sampling.vote}")
   spec = lora_lib.LoraSpec.from_config(config.lora)  # Errors name the lora key at fault.
   if spec is not None and config.stage not in LORA_STAGES:
     raise UserError(f"config key 'lora.rank': adapters train in the {', '.join(LORA_STAGES)} stages, not in "

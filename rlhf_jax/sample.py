@@ -5,6 +5,10 @@
 DIR is any run's workdir (or a converted checkpoint holding a tokenizer). For a chat model (SFT, PPO) the prompt
 is one user turn and the answer ends at the end-of-turn token; for a pretrained model, or with --raw, the
 prompt is plain text that the model continues until the end-of-document token.
+
+  --regex '-?\d+ \.'        every answer matches the regular expression in full (rlhf_jax/constrain.py)
+  --choices 'yes|no'         every answer is one of the choices
+  --num 16 --vote            sample 16 answers and print the majority answer (self-consistency)
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--quantize", choices=("none", "int8"), default="none",
                       help="int8: sample from int8 weights, a scale per output channel (model/quant.py)")
+  shape = parser.add_mutually_exclusive_group()
+  shape.add_argument("--regex", help="every answer matches this regular expression in full (constrain.py)")
+  shape.add_argument("--choices", help="every answer is one of these, separated by '|'")
 
 
 class Sampler:
@@ -52,11 +59,18 @@ class Sampler:
         stage = json.load(f).get("stage")
     self.chat_model = stage not in (None, "pretrain")
     self.args = args
+    self.constraint = None
+    if getattr(args, "regex", None) or getattr(args, "choices", None):
+      from rlhf_jax import constrain
+      self.constraint = (constrain.compile_regex(args.regex, self.tokenizer) if args.regex else
+                         constrain.compile_choices(args.choices.split("|"), self.tokenizer))
     self._rng = jax.random.PRNGKey(args.seed)
     self._calls = 0
 
   def _generate(self, ids_list, stop_ids):
+    """(texts, log-probabilities (N,) at the temperature) of one sample per row of `ids_list`."""
     import jax
+    import numpy as np
 
     from rlhf_jax.sampling import generate, prompt_batch, response_token_ids
     prompt_bp, mask_bp = prompt_batch(ids_list, self.tokenizer.pad_id)
@@ -72,17 +86,23 @@ class Sampler:
     rng = jax.random.fold_in(self._rng, self._calls)
     out = generate(self.model, self.params, prompt_bp, mask_bp, rng, max_new_tokens=max_new,
                    temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, stop_ids=stop_ids,
-                   pad_id=self.tokenizer.pad_id)
-    return [self.tokenizer.decode(t) for t in response_token_ids(out)]
+                   pad_id=self.tokenizer.pad_id, constraint=self.constraint)
+    host = jax.device_get(out)
+    return ([self.tokenizer.decode(t) for t in response_token_ids(host)],
+            np.sum(np.where(host.mask, host.log_probs, 0.0), axis=-1))
 
-  def continue_text(self, text: str, num: int = 1) -> list[str]:
+  def continue_text(self, text: str, num: int = 1, with_log_probs: bool = False):
+    """`num` continuations of `text` (and their log-probabilities with `with_log_probs`)."""
     ids = [self.tokenizer.bos_id, *self.tokenizer.encode(text)]
-    return self._generate([ids] * num, stop_ids=(self.tokenizer.eos_id,))
+    texts, log_probs = self._generate([ids] * num, stop_ids=(self.tokenizer.eos_id,))
+    return (texts, log_probs) if with_log_probs else texts
 
-  def answer(self, messages: Sequence[dict], num: int = 1) -> list[str]:
+  def answer(self, messages: Sequence[dict], num: int = 1, with_log_probs: bool = False):
+    """`num` answers to the conversation (and their log-probabilities with `with_log_probs`)."""
     from rlhf_jax.data.pipelines import prompt_ids
     ids = list(prompt_ids(self.tokenizer, messages))
-    return self._generate([ids] * num, stop_ids=(self.tokenizer.end_of_turn_id, self.tokenizer.eos_id))
+    texts, log_probs = self._generate([ids] * num, stop_ids=(self.tokenizer.end_of_turn_id, self.tokenizer.eos_id))
+    return (texts, log_probs) if with_log_probs else texts
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -91,18 +111,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--prompt", required=True)
   parser.add_argument("--num", type=int, default=1, help="how many samples")
   parser.add_argument("--raw", action="store_true", help="continue the prompt as plain text, even for a chat model")
+  parser.add_argument("--vote", action="store_true",
+                      help="self-consistency: print only the answer whose final answer (its last number, else its "
+                           "text) most of the --num samples give, ties to the likelier sample")
   args = parser.parse_args(argv)
   try:
     sampler = Sampler(args)
     if sampler.chat_model and not args.raw:
-      texts = sampler.answer([{"role": "user", "content": args.prompt}], args.num)
+      texts, log_probs = sampler.answer([{"role": "user", "content": args.prompt}], args.num, with_log_probs=True)
     else:
-      texts = [args.prompt + t for t in sampler.continue_text(args.prompt, args.num)]
+      texts, log_probs = sampler.continue_text(args.prompt, args.num, with_log_probs=True)
   except (UserError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.vote:  # On the generated text alone, not the prompt it continues.
+    from rlhf_jax.eval.self_consistency import generic_answer, majority
+    finals = [generic_answer(t) for t in texts]
+    kept = majority(finals, log_probs)
+    print(f"(majority of {args.num}: {finals.count(finals[kept])} samples give {finals[kept]!r})", file=sys.stderr)
+    texts = [texts[kept]]
+  if not sampler.chat_model or args.raw:
+    texts = [args.prompt + t for t in texts]
   for i, text in enumerate(texts):
-    if args.num > 1:
+    if len(texts) > 1:
       print(f"--- sample {i + 1}")
     print(text)
   return 0

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.constrain import TokenAutomaton
 from rlhf_jax.model.transformer import KVCache, Transformer, grow_cache, init_cache
 from rlhf_jax.tokenizer import END_OF_TURN_ID, EOS_ID, PAD_ID
 
@@ -62,6 +63,7 @@ class _DecodeState:
   log_probs_bn: jax.Array
   mask_bn: jax.Array
   ended_b: jax.Array
+  automaton_b: jax.Array  # (B,) int32: each row's state in the constraint's automaton (0 without one).
 
 
 def _block_size(vocab: int) -> int:
@@ -171,7 +173,7 @@ def _keys_per_row(rng: jax.Array, batch: int) -> bool:
 
 def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, greedy: bool = False, stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID),
-                  pad_id: int = PAD_ID):
+                  pad_id: int = PAD_ID, constraint: Optional[TokenAutomaton] = None):
   """A jitted `(params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput`; it compiles once per prompt shape.
 
   `prompt_bp` (B, P) int32 holds left-padded prompts, `prompt_mask_bp` (B, P) bool is False on the padding,
@@ -196,6 +198,18 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
   sample = functools.partial(_sample, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
   stop_ids_array = np.asarray(stop_ids, np.int32).reshape(-1)
+  if constraint is not None:
+    vocab = model.config.vocab_size
+    if constraint.next_state.shape[1] > vocab:
+      raise ValueError(f"the constraint's tokenizer has {constraint.next_state.shape[1]} ids, more than the "
+                       f"model's vocabulary of {vocab}")
+    if constraint.min_tokens > max_new_tokens:
+      raise ValueError(f"the constraint {constraint.pattern!r} needs at least {constraint.min_tokens} tokens, "
+                       f"more than max_new_tokens={max_new_tokens}")
+    next_sv, cost_sv = constraint.step_tables([int(i) for i in stop_ids_array])
+    pad_cols = vocab - next_sv.shape[1]  # A vocabulary padded past the tokenizer's ids: never allowed.
+    next_sv = np.pad(next_sv, ((0, 0), (0, pad_cols)))
+    cost_sv = np.pad(cost_sv, ((0, 0), (0, pad_cols)), constant_values=np.iinfo(np.int32).max)
 
   def prefill(module: Transformer, prompt_bp, positions_bp, segments_bp, cache):
     # Only the last position's logits are needed; the full (B, P, V) logits of the call are dead code that
@@ -222,7 +236,16 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
 
     def emit(state: _DecodeState, logits_bv) -> _DecodeState:
       """Samples column `step` from the logits after column step - 1, masking rows that have ended."""
-      token_b, log_prob_b = draw(logits_bv, state.step)
+      automaton_b = state.automaton_b
+      if constraint is None:
+        token_b, log_prob_b = draw(logits_bv, state.step)
+      else:  # Columns left after this one: max_new_tokens - 1 - step.
+        allowed_bv = jnp.asarray(cost_sv)[automaton_b] <= max_new_tokens - 1 - state.step
+        token_b, _ = draw(jnp.where(allowed_bv, logits_bv, -jnp.inf), state.step)
+        scaled_bv = logits_bv.astype(jnp.float32) / temperature
+        log_prob_b = (jnp.take_along_axis(scaled_bv, token_b[:, None], axis=-1)[:, 0]
+                      - jax.nn.logsumexp(scaled_bv, axis=-1))
+        automaton_b = jnp.where(state.ended_b, automaton_b, jnp.asarray(next_sv)[automaton_b, token_b])
       live_b = ~state.ended_b
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)
@@ -230,7 +253,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_array, axis=-1)
       return _DecodeState(step=state.step + 1, cache=state.cache, tokens_bn=put(state.tokens_bn, token_b),
                           log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
-                          ended_b=state.ended_b | stopped_b)
+                          ended_b=state.ended_b | stopped_b, automaton_b=automaton_b)
 
     # The prefill fills a cache of exactly P slots (so XLA writes it once, without zeroing it first). Step n
     # (1 <= n < N) writes slot P + n - 1, so a loop that ends before step `end` needs P + end - 1 slots.
@@ -241,7 +264,9 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     state = emit(_DecodeState(step=jnp.zeros((), jnp.int32), cache=cache,
                               tokens_bn=jnp.full((b, max_new_tokens), pad_id, jnp.int32),
                               log_probs_bn=jnp.zeros((b, max_new_tokens), jnp.float32),
-                              mask_bn=jnp.zeros((b, max_new_tokens), bool), ended_b=jnp.zeros((b,), bool)),
+                              mask_bn=jnp.zeros((b, max_new_tokens), bool), ended_b=jnp.zeros((b,), bool),
+                              automaton_b=jnp.full((b,), 0 if constraint is None else constraint.start,
+                                                   jnp.int32)),
                  logits_bv)
     segments_b1 = jnp.ones((b, 1), jnp.int32)
 
@@ -266,14 +291,15 @@ _cached_generate = functools.lru_cache(maxsize=64)(make_generate)
 
 def generate(model: Transformer, params, prompt_bp, prompt_mask_bp, rng: jax.Array, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
-             stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID), pad_id: int = PAD_ID) -> SampleOutput:
+             stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID), pad_id: int = PAD_ID,
+             constraint: Optional[TokenAutomaton] = None) -> SampleOutput:
   """Samples up to `max_new_tokens` per left-padded prompt; see `make_generate` for the arguments.
 
-  The jitted function is built once per (model, settings) and compiled once per prompt shape.
+  The jitted function is built once per (model, settings, constraint) and compiled once per prompt shape.
   """
   run = _cached_generate(model, max_new_tokens=max_new_tokens, temperature=float(temperature),
                          top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                         stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id))
+                         stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id), constraint=constraint)
   return run(params, prompt_bp, prompt_mask_bp, rng)
 
 

@@ -78,7 +78,10 @@ def test_cli_on_smoke_runs(toyworld_smoke, toyworld_reward_smoke, tmp_path, caps
   for row in rows:
     assert 0.0 <= row["gold"] <= row["oracle_gold"] + 1e-12 <= 1.0 + 1e-12
   assert rows[0]["rm_score"] <= rows[1]["rm_score"] <= rows[2]["rm_score"]  # The max of more samples.
-  assert "gold RM pick" in capsys.readouterr().out
+  # Self-consistency where n divides the 3 samples: of one sample it is the sample itself.
+  assert rows[0]["vote_gold"] == pytest.approx(rows[0]["gold"]) and "vote_gold" not in rows[1]
+  assert 0.0 <= rows[2]["vote_gold"] <= rows[2]["oracle_gold"] + 1e-12
+  assert "gold vote" in capsys.readouterr().out
 
 
 def test_cli_bad_reward_dir(toyworld_smoke, tmp_path, capsys):

@@ -5,7 +5,8 @@ The layers, bottom to top (a module not listed fails the test: place it when you
 
   0 pure          array maths and plain data with no dependency on the rest: the losses, advantages and KL
                   control, the LoRA and int8 parameter maths, batch types, metric files, errors
-  1 platform      config, mesh, tokenizer, data (sources, pipelines, toyworld)
+  1 platform      config, mesh, tokenizer and its constrained-decoding automata, data (sources, pipelines,
+                  toyworld)
   2 model         the Transformer, its heads, Hugging Face and our own checkpoint format
   3 compute       sampling, rollouts, training state/steps/loop/checkpoints, and the evaluators
   4 artifacts     what one stage writes and another reads: models, tokenizers, the reward model and its spec,
@@ -28,10 +29,11 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = {
     0: ("errors", "batches", "losses", "rl.advantages", "rl.kl_control", "train.metrics",
         "model.lora", "model.quant"),
-    1: ("config", "mesh", "tokenizer", "data.sources", "data.pipelines", "data.toyworld", "data.clean"),
+    1: ("config", "mesh", "tokenizer", "constrain", "data.sources", "data.pipelines", "data.toyworld", "data.clean"),
     2: ("model.heads", "model.transformer", "model.hf", "model.converted"),
     3: ("sampling", "rl.rollout", "rl.iteration", "train.state", "train.checkpoint", "train.steps", "train.loop",
-        "eval.lm", "eval.rm", "eval.gold", "eval.policy", "eval.best_of_n"),
+        "eval.lm", "eval.rm", "eval.gold", "eval.policy", "eval.best_of_n",
+        "eval.self_consistency"),
     4: ("artifacts.models", "artifacts.reward_model", "artifacts.comparisons", "artifacts.documents"),
     5: ("stages.common", "stages.pretrain", "stages.sft", "stages.comparisons", "stages.reward", "stages.ppo",
         "stages.dpo", "eval.report"),

@@ -4,6 +4,7 @@
 import io
 import json
 import os
+import re
 
 import pytest
 from conftest import run_smoke
@@ -56,6 +57,33 @@ def test_sample_and_chat_tools(runs, capsys, monkeypatch):
   assert out.count("assistant> ") == 2 and "(conversation reset)" in out
   assert sample.main(["--workdir", str(workdir / "nope"), "--prompt", "x"]) == 2
   assert "nope" in capsys.readouterr().err
+  # Constrained and voted: one answer, and it matches.
+  assert sample.main(["--workdir", str(workdir), "--prompt", "what is 3 plus 4 ?", "--num", "4", "--vote",
+                      "--regex", r"-?\d{1,2} \.", "--max-new-tokens", "6"]) == 0
+  captured = capsys.readouterr()
+  assert re.fullmatch(r"-?\d{1,2} \.\n", captured.out) and "majority of 4" in captured.err
+  assert sample.main(["--workdir", str(workdir), "--prompt", "x", "--choices", "yes|no", "--num", "3"]) == 0
+  assert set(capsys.readouterr().out.split()) <= {"yes", "no", "---", "sample", "1", "2", "3"}
+  assert sample.main(["--workdir", str(workdir), "--prompt", "x", "--regex", "(ab"]) == 2
+  assert "constraint regex '(ab'" in capsys.readouterr().err
+
+
+def test_gold_evaluation_constrained_and_voted(runs):
+  """`sampling.regex` and `sampling.vote` through the evaluators' one sampler (eval/gold.py)."""
+  from rlhf_jax import mesh as mesh_lib
+  from rlhf_jax.artifacts.models import load_pretrained
+  from rlhf_jax.config import base_config
+  from rlhf_jax.data import toyworld
+  from rlhf_jax.eval.gold import gold_evaluation
+
+  model, params, tokenizer = load_pretrained(str(runs["sft"][0]), mesh_lib.single_device_mesh())
+  world = toyworld.make_world(0)
+  instances = [i for i in toyworld.eval_instances(world, 60) if i.task == "arithmetic"][:5]
+  sampling = base_config().sampling
+  sampling.regex, sampling.vote, sampling.max_new_tokens, sampling.batch_size = r"-?\d{1,2} \.", 3, 6, 8
+  metrics, texts = gold_evaluation(model, params, tokenizer, world, instances, sampling)
+  assert len(texts) == 5 and all(re.fullmatch(r"-?\d{1,2} \.", t) for t in texts)
+  assert 0.0 <= metrics["gold/arithmetic"] <= 1.0 and metrics["gold/end_of_turn_rate"] == 1.0
 
 
 def test_sft_from_a_hugging_face_checkpoint(runs, tmp_path):

@@ -113,7 +113,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Hashable
 
 import numpy as np
 
@@ -469,6 +469,13 @@ class Task(abc.ABC):
     """An otherwise good answer that breaks the instruction's constraint; None when there is none."""
     return None
 
+  def final_answer(self, response: str) -> Hashable | None:
+    """What self-consistency votes on (`eval.self_consistency`): two responses with equal final answers
+    say the same thing. By default the answer's words without filler, commas and the final "."; None for
+    an empty answer, which never wins a vote."""
+    words = tuple(_answer_words(strip_filler(response)[0], frozenset((",",))))
+    return words or None
+
   @abc.abstractmethod
   def _gold(self, world: World, inst: Instance, response: str) -> float:
     """The unclipped gold score of a string response."""
@@ -728,6 +735,11 @@ class ListTask(Task):
     penalty = CONSTRAINT_PENALTY if inst.args.get("avoid") in items else 1.0
     return penalty * min(right, n) / max(n, len(items))
 
+  def final_answer(self, response):
+    """The set of items named, in any order."""
+    items = _answer_words(strip_filler(response)[0], _LIST_SEPARATORS)
+    return tuple(sorted(set(items))) or None
+
   def violate(self, world, inst, rng):
     if "avoid" not in inst.args:
       return None
@@ -784,6 +796,11 @@ class ArithmeticTask(Task):
 
   def reference(self, world, inst, rng=None):
     return f"{self.result(inst.args)} ."
+
+  def final_answer(self, response):
+    """The last number in the answer, as self-consistency reads a worked answer (Wang et al. 2022)."""
+    numbers = [w for w in _answer_words(strip_filler(response)[0]) if _is_number(w)]
+    return numbers[-1] if numbers else None
 
   def _gold(self, world, inst, response):
     words = _answer_words(response)
@@ -934,6 +951,11 @@ def _task(name: str) -> Task:
 def gold_score(world: World, inst: Instance, response: str) -> float:
   """The gold score in [0, 1] of `response` to `inst`."""
   return _task(inst.task).gold(world, inst, response)
+
+
+def final_answer(inst: Instance, response: str) -> Hashable | None:
+  """The final answer of `response` to `inst` that self-consistency votes on (`Task.final_answer`)."""
+  return _task(inst.task).final_answer(response)
 
 
 def mean_gold_by_task(world: World, instances: Sequence[Instance], responses: Sequence[str]) -> dict[str, float]:

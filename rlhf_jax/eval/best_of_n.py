@@ -24,6 +24,7 @@ import numpy as np
 from rlhf_jax.data import toyworld
 from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.eval.gold import sample_answers
+from rlhf_jax.eval.self_consistency import majority_of_n
 
 
 def kl_bound(n: int) -> float:
@@ -76,9 +77,13 @@ def best_of_n_samples(model, params, tokenizer, instances, sampling, n: int, see
 
 
 def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str], seq_len: int,
-                   reward_token: bool) -> list[dict]:
+                   reward_token: bool, log_probs: np.ndarray | None = None) -> list[dict]:
   """`best_of_n_table` of the answers `texts` (n per instance, from `best_of_n_samples`) scored by the
-  reward model (`score`, `params`: `rm_eval.make_scorer`) and by gold, for n = 1, 2, 4, ... and n itself."""
+  reward model (`score`, `params`: `rm_eval.make_scorer`) and by gold, for n = 1, 2, 4, ... and n itself.
+
+  With the answers' `log_probs` (`gold.Answers.log_probs`), each row whose n divides the samples per prompt
+  also gives `vote_gold` (and per task): gold of self-consistency's majority answer out of n
+  (`eval.self_consistency.majority_of_n`), which needs no reward model."""
   n = len(texts) // len(instances)
   repeated = [inst for inst in instances for _ in range(n)]
   pairs = [([{"role": "user", "content": inst.prompt}], text) for inst, text in zip(repeated, texts)]
@@ -86,7 +91,16 @@ def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str],
   scores = score(params, tokens, start, end).reshape(len(instances), n)
   gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
   ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
-  return best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+  rows = best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+  if log_probs is not None:
+    answers = [[toyworld.final_answer(inst, t) for t in texts[i * n:(i + 1) * n]] for i, inst in enumerate(instances)]
+    tasks = np.asarray([inst.task for inst in instances])
+    for row in rows:
+      if n % row["n"] == 0:
+        voted = majority_of_n(answers, np.asarray(log_probs).reshape(scores.shape), gold, row["n"])
+        row["vote_gold"] = float(voted.mean())
+        row.update({f"vote_gold/{task}": float(voted[tasks == task].mean()) for task in sorted(set(tasks))})
+  return rows
 
 
 def best_of_n_metrics(rows: list[dict]) -> dict:

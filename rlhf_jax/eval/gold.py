@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import constrain
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import toyworld
+from rlhf_jax.eval.self_consistency import majority
 from rlhf_jax.data.pipelines import prompt_ids
 from rlhf_jax.model import quant
 from rlhf_jax.model.transformer import Transformer
@@ -95,6 +97,7 @@ class Answers:
   texts: list[str]
   ended: np.ndarray  # (N,) bool: the answer ended with the end-of-turn (or end-of-text) token.
   lengths: np.ndarray  # (N,) int: sampled tokens, the stop token included.
+  log_probs: np.ndarray  # (N,) float: the answer's log-probability at the sampling temperature.
 
 
 OnBatch = Callable[[dict, SampleOutput, int], None]
@@ -116,14 +119,16 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
   ids = encode_prompts(model, tokenizer, prompts, sampling.max_new_tokens)
   ids = [x for x in ids for _ in range(num_samples)]
   if not ids:
-    return Answers(texts=[], ended=np.zeros(0, bool), lengths=np.zeros(0, np.int32))
+    return Answers(texts=[], ended=np.zeros(0, bool), lengths=np.zeros(0, np.int32), log_probs=np.zeros(0))
   prompt_np, mask_np = prompt_batch(ids, tokenizer.pad_id)
   keys = answer_keys(seed, len(prompts), num_samples)
   lm = model.clone(heads=("lm",))
   params = quant.for_sampling(params, getattr(sampling, "quantize", "none") or "none")  # sampling.quantize
+  regex = getattr(sampling, "regex", "") or ""  # sampling.regex
+  constraint = constrain.compile_regex(regex, tokenizer) if regex else None
   n, b = len(ids), int(sampling.batch_size)
   rows = mesh_lib.process_batch_slice(b) if mesh is not None else slice(0, b)
-  texts, ended, lengths = [], [], []
+  texts, ended, lengths, log_probs = [], [], [], []
   with mesh_lib.activate(mesh) if mesh is not None else contextlib.nullcontext():
     for start in range(0, n, b):
       idx = np.minimum(np.arange(start, start + b), n - 1)  # The last call repeats its last row.
@@ -134,7 +139,8 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
                      max_new_tokens=sampling.max_new_tokens,
                      temperature=sampling.temperature if temperature is None else temperature,
                      top_k=sampling.top_k, top_p=sampling.top_p,
-                     stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+                     stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id,
+                     constraint=constraint)
       keep = min(b, n - start)
       if on_batch is not None:
         on_batch(batch, out, keep)
@@ -142,7 +148,9 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
       texts.extend(tokenizer.decode(t) for t in response_token_ids(host, keep))
       ended.append(np.asarray(host.ended[:keep], bool))
       lengths.append(np.asarray(host.lengths[:keep]))
-  return Answers(texts=texts, ended=np.concatenate(ended), lengths=np.concatenate(lengths))
+      log_probs.append(np.sum(np.where(host.mask, host.log_probs, 0.0), axis=-1)[:keep])
+  return Answers(texts=texts, ended=np.concatenate(ended), lengths=np.concatenate(lengths),
+                 log_probs=np.concatenate(log_probs))
 
 
 def gold_metrics(world: toyworld.World, instances: Sequence[toyworld.Instance], answers: Answers,
@@ -155,10 +163,26 @@ def gold_metrics(world: toyworld.World, instances: Sequence[toyworld.Instance], 
   return metrics
 
 
+def keep_majority(instances: Sequence[toyworld.Instance], answers: Answers, num_samples: int) -> Answers:
+  """One answer per instance out of `num_samples` each (prompt-major): the self-consistency majority of
+  their toyworld final answers (`eval.self_consistency.majority`)."""
+  kept = []
+  for i, inst in enumerate(instances):
+    rows = range(i * num_samples, (i + 1) * num_samples)
+    kept.append(rows[majority([toyworld.final_answer(inst, answers.texts[r]) for r in rows],
+                              answers.log_probs[list(rows)])])
+  return Answers(texts=[answers.texts[r] for r in kept], ended=answers.ended[kept], lengths=answers.lengths[kept],
+                 log_probs=answers.log_probs[kept])
+
+
 def gold_evaluation(model: Transformer, params, tokenizer: Tokenizer, world: toyworld.World,
                     instances: Sequence[toyworld.Instance], sampling, prefix: str = "gold", mesh=None):
   """The model's answers to `instances` (`sample_answers`, keyed by `sampling.eval_seed`) and `gold_metrics`.
+  With `sampling.vote` n > 1 each answer is the self-consistency majority of n samples (`keep_majority`).
   Returns (metrics, texts)."""
+  vote = int(getattr(sampling, "vote", 1) or 1)
   answers = sample_answers(model, params, tokenizer, [inst.prompt for inst in instances], sampling,
-                           seed=eval_seed(sampling), mesh=mesh)
+                           seed=eval_seed(sampling), num_samples=vote, mesh=mesh)
+  if vote > 1:
+    answers = keep_majority(instances, answers, vote)
   return gold_metrics(world, instances, answers, prefix), answers.texts
