@@ -62,11 +62,11 @@ def format_table(rows: Sequence[dict]) -> str:
   tasks = [k.split("/", 1)[1] for k in rows[0] if k.startswith("gold/")]
   head = ["n", "KL bound", "RM score", "gold RM pick", "gold vote", "gold oracle"] + tasks
   lines = ["  ".join(f"{h:>12}" for h in head[:6]) + "".join(f"{h:>20}" for h in head[6:])]
-  vote = lambda row, key: f"{row[key]:.3f}" if key in row else "-"
+  vote = lambda row, key, digits=3: f"{row[key]:.{digits}f}" if key in row else "-"
   for row in rows:
     cells = [f"{row['n']:>12d}"] + [f"{row[k]:>12.3f}" for k in ("kl_bound", "rm_score", "gold")]
     cells += [vote(row, "vote_gold").rjust(12), f"{row['oracle_gold']:>12.3f}"]
-    per_task = [f"{row['gold/' + t]:.2f}/{vote(row, 'vote_gold/' + t)[:4]}/{row['oracle_gold/' + t]:.2f}".rjust(20)
+    per_task = [f"{row['gold/' + t]:.2f}/{vote(row, 'vote_gold/' + t, 2)}/{row['oracle_gold/' + t]:.2f}".rjust(20)
                 for t in tasks]
     lines.append("  ".join(cells) + "".join(per_task))
   return "\n".join(lines)
