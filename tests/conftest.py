@@ -9,11 +9,27 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from rlhf_jax.config import model_config  # noqa: E402
 from rlhf_jax.model.transformer import TransformerConfig  # noqa: E402
+
+# One persistent XLA compilation cache for this process's session: the suite launches the same smoke stages
+# many times, and each launch builds fresh jitted functions that would otherwise compile the same programs
+# again. A new directory per session, so nothing outlives the run; every program is cached, however quick its
+# compile. Set here rather than in the environment, so the processes a test starts (the two-process runs)
+# do not share it: JAX writes cache files without a lock. Tests that check that nothing compiles count cache
+# hits as compiles (test_sharded_steps._no_compilation).
+if not jax.config.jax_compilation_cache_dir:
+  import atexit
+  import shutil
+  import tempfile
+  _XLA_CACHE = tempfile.mkdtemp(prefix="rlhf_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def tiny_model(family: str = "gpt2", **overrides) -> TransformerConfig:

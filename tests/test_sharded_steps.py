@@ -39,18 +39,26 @@ def _meshes():
 
 @contextlib.contextmanager
 def _no_compilation(what):
-  """Fails if XLA compiles anything inside the block (jax records each backend compilation as an event)."""
+  """Fails if XLA compiles anything inside the block (jax records each backend compilation as an event), or
+  fetches a compiled program from the persistent compilation cache (conftest.py turns it on): a program
+  compiled again and served from that cache is still a program the step did not reuse."""
   events = []
 
   def listen(event, duration, **kwargs):
     if event == "/jax/core/compile/backend_compile_duration":
-      events.append(duration)
+      events.append(event)
+
+  def listen_cache(event, **kwargs):
+    if event == "/jax/compilation_cache/compile_requests_use_cache":
+      events.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(listen)
+  jax.monitoring.register_event_listener(listen_cache)
   try:
     yield
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
+    jax.monitoring.unregister_event_listener(listen_cache)
   assert not events, f"{what}: compiled {len(events)} more time(s)"
 
 
