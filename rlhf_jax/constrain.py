@@ -6,8 +6,8 @@
 A response sampled under the automaton decodes to a string that `re.fullmatch(pattern, text)` accepts,
 whatever the model, temperature or seed (tests/test_constrain.py checks it over random ones):
 
-- The regular expression becomes a deterministic automaton over characters. interegular (the parser that
-  outlines and vLLM use) builds it; we do not write a regex engine.
+- The regular expression becomes a deterministic automaton over characters. interegular (the regex parser
+  that outlines and lm-format-enforcer build on) builds it; we do not write a regex engine.
 - Each token's text (`token_texts`: what the tokenizer's decode gives it after another token, so a word's
   leading space is kept) is walked through that automaton from every state at once (vectorised in NumPy:
   one pass per character position), giving `next_state` (S, V): the state after the token, or -1 where the
