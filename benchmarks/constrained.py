@@ -23,7 +23,6 @@ Last line: `BENCH constrained key=value ...`.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import time
@@ -32,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from machine import ForeignLoad, cpu_model, measure_bandwidth
+from machine import ForeignLoad
 from rlhf_jax import config as config_lib
 from rlhf_jax import constrain
 from rlhf_jax.model.transformer import Transformer, TransformerConfig, unbox
 from rlhf_jax.sampling import make_generate
 from rlhf_jax.tokenizer import NUM_SPECIAL, Tokenizer
-from train_step import measure_matmul_peak
+from train_step import machine_limits
 
 BATCH, PROMPT_LEN, NEW_TOKENS, STATES = 64, 16, 128, 32
 SIZES = {"toy": dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, d_ff=512, vocab_size=1024, max_len=256),
@@ -151,11 +150,7 @@ def main():
   parser.add_argument("--workdir", help="a toyworld run: compile against its tokenizer, sample with its model")
   parser.add_argument("--quick", action="store_true", help="the toy size only, 2 repeats (a smoke test)")
   args = parser.parse_args()
-  print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; jax {jax.__version__}", flush=True)
-  peak = max(r["best"] for r in measure_matmul_peak((1024, 2048), repeats=3 if args.quick else 10).values())
-  bandwidth = measure_bandwidth(64 if args.quick else 256)["best"] / 1e9
-  print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s, streaming bandwidth {bandwidth:.1f} GB/s", flush=True)
-  fields = [f"peak_gflops={peak / 1e9:.1f}", f"bandwidth_gbs={bandwidth:.1f}"]
+  fields = machine_limits(args.quick)
   for name in (("toy",) if args.quick else ("toy", "base")):
     cfg = TransformerConfig.from_config(config_lib.model_config("gpt2", **SIZES[name]))
     r = time_decode(name, cfg, 2 if args.quick else {"toy": 6, "base": 3}[name])

@@ -135,6 +135,17 @@ def measure_matmul_peak(sizes, repeats: int, products: int = 4) -> dict:
   return rates
 
 
+def machine_limits(quick: bool) -> list[str]:
+  """Prints the machine, its float32 matmul peak (best over 1024 and 2048 squares) and its streaming bandwidth;
+  returns them as BENCH fields (peak_gflops, bandwidth_gbs). `quick`: fewer repeats, a 64 MiB stream."""
+  from machine import cpu_model, measure_bandwidth
+  print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs; jax {jax.__version__}", flush=True)
+  peak = max(r["best"] for r in measure_matmul_peak((1024, 2048), repeats=3 if quick else 10).values())
+  bandwidth = measure_bandwidth(64 if quick else 256)["best"] / 1e9
+  print(f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s, streaming bandwidth {bandwidth:.1f} GB/s", flush=True)
+  return [f"peak_gflops={peak / 1e9:.1f}", f"bandwidth_gbs={bandwidth:.1f}"]
+
+
 def _mean(values):
   values = [v for v in values if v is not None]
   return statistics.mean(values) if values else None
