@@ -136,31 +136,26 @@ def _char_automaton(pattern: str, free_leading_space: bool):
     raise UserError(f"constraint regex {pattern!r}: {type(e).__name__}: {e}") from None
   states = sorted(fsm.states)
   index = {s: i for i, s in enumerate(states)}
-  space = fsm.alphabet[" "]
+  lookup = fsm.alphabet.__getitem__
+  space = lookup(" ")
   pre_start = free_leading_space and (space is None or space not in fsm.map.get(fsm.initial, {}))
-  num = len(states) + int(pre_start)
   num_keys = 1 + max(fsm.alphabet.by_transition, default=-1)
+  if pre_start and space is None:  # A space is outside the pattern's alphabet: give it a column of its own.
+    space, num_keys = num_keys, num_keys + 1
+    lookup = lambda c, base=lookup, key=space: key if c == " " else base(c)
+  num = len(states) + int(pre_start)
   table = np.full((num + 1, num_keys + 1), num, np.int32)  # Row `num` is the dead state.
   for s, moves in fsm.map.items():
     for key, target in moves.items():
       table[index[s], key] = index[target]
   accepting = np.array([s in fsm.finals for s in states], bool)
   start = index[fsm.initial]
-  if pre_start:
+  if pre_start:  # Row num - 1: the start state's moves, and a space to the start state itself.
     table[num - 1] = table[start]
-    if space is not None:
-      table[num - 1, space] = start
-    else:  # A space is outside the alphabet: give it a column of its own.
-      table = np.concatenate([table[:, :-1], np.full((num + 1, 1), num, np.int32), table[:, -1:]], axis=1)
-      table[num - 1, -2] = start
-      fsm_alphabet = fsm.alphabet
-      space_key = num_keys
-      alphabet = lambda c: space_key if c == " " else fsm_alphabet[c]
-      accepting = np.append(accepting, accepting[start])
-      return table, num - 1, accepting, alphabet
+    table[num - 1, space] = start
     accepting = np.append(accepting, accepting[start])
     start = num - 1
-  return table, start, accepting, fsm.alphabet.__getitem__
+  return table, start, accepting, lookup
 
 
 def _walk_tokens(table: np.ndarray, alphabet, texts: Sequence[str | None]) -> np.ndarray:

@@ -221,6 +221,8 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     if prompt_bp.shape != prompt_mask_bp.shape:
       raise ValueError(f"prompt {prompt_bp.shape} and prompt mask {prompt_mask_bp.shape} differ in shape")
     variables = {"params": params}
+    if constraint is not None:  # One constant each, shared by the prefill's draw and every decode loop.
+      next_table, cost_table = jnp.asarray(next_sv), jnp.asarray(cost_sv)
     b, p = prompt_bp.shape
     prompt_mask_bp = prompt_mask_bp.astype(bool)
     prompt_len_b = jnp.sum(prompt_mask_bp, axis=-1, dtype=jnp.int32)
@@ -240,12 +242,12 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       if constraint is None:
         token_b, log_prob_b = draw(logits_bv, state.step)
       else:  # Columns left after this one: max_new_tokens - 1 - step.
-        allowed_bv = jnp.asarray(cost_sv)[automaton_b] <= max_new_tokens - 1 - state.step
+        allowed_bv = cost_table[automaton_b] <= max_new_tokens - 1 - state.step
         token_b, _ = draw(jnp.where(allowed_bv, logits_bv, -jnp.inf), state.step)
         scaled_bv = logits_bv.astype(jnp.float32) / temperature
         log_prob_b = (jnp.take_along_axis(scaled_bv, token_b[:, None], axis=-1)[:, 0]
                       - jax.nn.logsumexp(scaled_bv, axis=-1))
-        automaton_b = jnp.where(state.ended_b, automaton_b, jnp.asarray(next_sv)[automaton_b, token_b])
+        automaton_b = jnp.where(state.ended_b, automaton_b, next_table[automaton_b, token_b])
       live_b = ~state.ended_b
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)

@@ -95,9 +95,10 @@ def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str],
   if log_probs is not None:
     answers = [[toyworld.final_answer(inst, t) for t in texts[i * n:(i + 1) * n]] for i, inst in enumerate(instances)]
     tasks = np.asarray([inst.task for inst in instances])
+    log_probs = np.asarray(log_probs).reshape(scores.shape)
     for row in rows:
       if n % row["n"] == 0:
-        voted = majority_of_n(answers, np.asarray(log_probs).reshape(scores.shape), gold, row["n"])
+        voted = majority_of_n(answers, log_probs, gold, row["n"])
         row["vote_gold"] = float(voted.mean())
         row.update({f"vote_gold/{task}": float(voted[tasks == task].mean()) for task in sorted(set(tasks))})
   return rows
