@@ -22,6 +22,12 @@ about 14 min 37 s. Held-out gold (250 prompts, the one evaluator of eval/gold.py
 gave exactly these): SFT 0.619, SFT at T 0.5 0.653 (KL 0.21), the RM's best of 4 SFT answers 0.708 (gold's
 own pick 0.793), PPO 0.665: +0.045 +- 0.030 over SFT (paired, 95%), win rate 54.8% +- 3.1 by gold, KL 0.32.
 Other world seeds and the mean over seeds: the README.
+
+`:calculator` (combinable with `smoke`): arithmetic demonstrations work the sum out with the calculator tool
+("[3+4=7] 7 .") and every sampler runs the calls (`rlhf_jax/tools.py`); the tokenizer and pretraining are
+the plain run's, so a copy of a finished plain `pretrain` directory is reused. World 0, 2026-12-06, from
+session 16's pretraining: SFT 345 s, comparisons 88 s, reward 203 s, PPO 239 s (beside a test run); held-out
+gold SFT 0.755 (arithmetic 1.000 against the plain run's 0.143), reward label accuracy 0.785, PPO 0.807.
 """
 
 import os
@@ -34,13 +40,15 @@ common = _load("common")
 
 
 def get_config(arg=None):
-  common.parse_variants(arg, "smoke")
+  common.parse_variants(arg, "smoke", "calculator", combine=True)
   config = base_config()
   config.stage = "pipeline"
   return config
 
 
 def stages(arg=None):
+  variants = common.parse_variants(arg, "smoke", "calculator", combine=True)
+  arg = "smoke" if "smoke" in variants else None
   pretrain = _load("toyworld_pretrain").get_config(arg)
   sft = _load("toyworld_sft").get_config(arg)
   if arg is None:  # The time budget: 1,000 of toyworld_pretrain's 1,200 steps and 500 of SFT's 600 (fewer
@@ -61,4 +69,8 @@ def stages(arg=None):
     ppo.train.steps, ppo.train.eval_every, ppo.train.checkpoint_every = 30, 30, 30  # 7,680 episodes.
   ppo.init_from = "{sft}"
   ppo.ppo.reward_from = "{reward}"
-  return [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]
+  out = [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]
+  if "calculator" in variants:  # Arithmetic demonstrations call the calculator; every sampler runs the calls.
+    for _, config in out:  # The tokenizer and pretraining are the plain run's (pretrain.tokenizer_texts).
+      config.toyworld.calculator_rate, config.sampling.tool = 1.0, "calculator"
+  return out

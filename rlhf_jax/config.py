@@ -198,6 +198,9 @@ def base_config() -> ConfigDict:
       comply_rate=0.5,  # Of the indirectly phrased requests to decline (the direct ones are always declined).
       constraint_error_rate=0.2,
       filler_rate=0.45,  # Of the answers to the open-ended tasks (reviews and lists).
+      # Of the right answers to arithmetic questions: worked out with the calculator first, "[3+4=7] 7 ."
+      # (toyworld.demonstrate; the run samples with it when sampling.tool=calculator).
+      calculator_rate=0.0,
       num_eval_prompts=250,  # Held-out prompts on which samples are scored by the gold scorer.
       # Comparison data the InstructGPT way: K samples of the SFT policy per prompt, ranked by an annotator.
       num_comparisons=2000,  # Training prompts (each with K ranked responses).
@@ -249,8 +252,11 @@ def base_config() -> ConfigDict:
   # `regex`: every evaluation answer matches it in full (constrained decoding, constrain.py; "" = off).
   # `vote` n > 1: gold evaluations keep the majority final answer of n samples (self-consistency,
   # eval/self_consistency.py) instead of one sample.
+  # `tool` calculator: every sampler of the run (evaluations, comparisons, PPO rollouts, `sample`) runs the
+  # calls a response writes ("[3+4=" gets "7]", tools.py), and SFT, PPO and the evaluations leave the tool's
+  # tokens out of losses, KL and log-probs ("" = none). Teach the calls with toyworld.calculator_rate.
   config.sampling = ConfigDict(dict(temperature=0.7, top_k=0, top_p=1.0, max_new_tokens=32, batch_size=64,
-                                    eval_seed=0, quantize="none", regex="", vote=1))
+                                    eval_seed=0, quantize="none", regex="", vote=1, tool=""))
   # PPO (stages/ppo.py). One iteration = one rollout of train.batch_size prompts, then `epochs` passes over it
   # in `minibatches` minibatches; train.steps counts iterations. The actor's optimizer is `optim`; the
   # critic's is the same with `critic_lr`.
@@ -559,6 +565,17 @@ def finalize(config: ConfigDict) -> ConfigDict:
     re.compile(config.sampling.regex)
   except re.error as e:
     raise UserError(f"config key 'sampling.regex': {config.sampling.regex!r} is not a regular expression: {e}")
+  if config.sampling.tool not in ("", "calculator"):
+    raise UserError(f"config key 'sampling.tool': {config.sampling.tool!r} is not a tool; expected calculator or "
+                    "'' (none)")
+  if config.sampling.tool and config.stage == "dpo":
+    raise UserError("config key 'sampling.tool': the DPO stage does not yet leave a tool's tokens out of its "
+                    "log-probabilities; train with PPO, or set sampling.tool=''")
+  if config.sampling.tool and config.sampling.regex:
+    raise UserError("config keys 'sampling.tool' and 'sampling.regex': a tool's result would not follow the "
+                    "regex; set one of them")
+  if not 0.0 <= config.toyworld.calculator_rate <= 1.0:
+    raise UserError(f"config key 'toyworld.calculator_rate' must lie in [0, 1], got {config.toyworld.calculator_rate}")
   if config.sampling.vote < 1:
     raise UserError(f"config key 'sampling.vote' must be >= 1 (1 = one sample, no vote), got {config.sampling.vote}")
   spec = lora_lib.LoraSpec.from_config(config.lora)  # Errors name the lora key at fault.

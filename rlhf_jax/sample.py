@@ -9,6 +9,8 @@ prompt is plain text that the model continues until the end-of-document token.
   --regex '-?\d+ \.'        every answer matches the regular expression in full (rlhf_jax/constrain.py)
   --choices 'yes|no'         every answer is one of the choices
   --num 16 --vote            sample 16 answers and print the majority answer (self-consistency)
+  --tool calculator          run the calculator calls an answer writes, "[3+4=" -> "7]" (rlhf_jax/tools.py;
+                             default: the run's sampling.tool)
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
   shape = parser.add_mutually_exclusive_group()
   shape.add_argument("--regex", help="every answer matches this regular expression in full (constrain.py)")
   shape.add_argument("--choices", help="every answer is one of these, separated by '|'")
+  shape.add_argument("--tool", choices=("none", "calculator"),
+                     help="the tool the answers may call (tools.py); default: the run's config key sampling.tool")
 
 
 class Sampler:
@@ -52,11 +56,12 @@ class Sampler:
     self.params = quant.for_sampling(self.params, args.quantize)
     if self.tokenizer is None:
       raise UserError(f"{args.workdir}: no tokenizer.model or tokenizer.json next to the checkpoint")
-    stage = None
+    stage, run_tool = None, ""
     config_path = os.path.join(args.workdir, "config.json")
     if os.path.exists(config_path):
       with open(config_path) as f:
-        stage = json.load(f).get("stage")
+        run_config = json.load(f)
+      stage, run_tool = run_config.get("stage"), run_config.get("sampling", {}).get("tool", "")
     self.chat_model = stage not in (None, "pretrain")
     self.args = args
     self.constraint = None
@@ -64,6 +69,11 @@ class Sampler:
       from rlhf_jax import constrain
       self.constraint = (constrain.compile_regex(args.regex, self.tokenizer) if args.regex else
                          constrain.compile_choices(args.choices.split("|"), self.tokenizer))
+    from rlhf_jax import tools
+    tool = getattr(args, "tool", None)
+    if tool is None and not self.constraint:
+      tool = run_tool
+    self.tool = tools.from_name("" if tool in (None, "none") else tool, self.tokenizer)
     self._rng = jax.random.PRNGKey(args.seed)
     self._calls = 0
 
@@ -86,7 +96,7 @@ class Sampler:
     rng = jax.random.fold_in(self._rng, self._calls)
     out = generate(self.model, self.params, prompt_bp, mask_bp, rng, max_new_tokens=max_new,
                    temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, greedy=a.greedy, stop_ids=stop_ids,
-                   pad_id=self.tokenizer.pad_id, constraint=self.constraint)
+                   pad_id=self.tokenizer.pad_id, constraint=self.constraint, tool=self.tool)
     host = jax.device_get(out)
     return ([self.tokenizer.decode(t) for t in response_token_ids(host)],
             np.sum(np.where(host.mask, host.log_probs, 0.0), axis=-1))

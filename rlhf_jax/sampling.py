@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.constrain import TokenAutomaton
+from rlhf_jax.tools import Tool
 from rlhf_jax.model.transformer import KVCache, Transformer, grow_cache, init_cache
 from rlhf_jax.tokenizer import END_OF_TURN_ID, EOS_ID, PAD_ID
 
@@ -44,6 +45,8 @@ class SampleOutput:
   ended (B,) bool: whether the row produced a stop token.
   num_steps () int32: tokens sampled per row before the loop stopped (N, or fewer when every row ended early);
     columns from num_steps on are padding in every row.
+  tool_mask (B, N) bool or None: True on the tokens a tool wrote (`tools`: its result and the close marker;
+    log-prob 0, in `mask`); None when the sampler has no tool.
   """
   tokens: jax.Array
   log_probs: jax.Array
@@ -51,6 +54,7 @@ class SampleOutput:
   lengths: jax.Array
   ended: jax.Array
   num_steps: jax.Array
+  tool_mask: Optional[jax.Array] = None
 
 
 @flax.struct.dataclass
@@ -64,6 +68,13 @@ class _DecodeState:
   mask_bn: jax.Array
   ended_b: jax.Array
   automaton_b: jax.Array  # (B,) int32: each row's state in the constraint's automaton (0 without one).
+  # Tool calls (all unused without a tool): where each row's open call started (-1: none), the tool's result
+  # waiting to be emitted (B, Q) with its length and how much of it is out, and which columns it wrote.
+  call_start_b: jax.Array
+  queue_bq: jax.Array
+  queue_len_b: jax.Array
+  queue_pos_b: jax.Array
+  tool_bn: jax.Array
 
 
 def _block_size(vocab: int) -> int:
@@ -173,7 +184,7 @@ def _keys_per_row(rng: jax.Array, batch: int) -> bool:
 
 def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0, greedy: bool = False, stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID),
-                  pad_id: int = PAD_ID, constraint: Optional[TokenAutomaton] = None):
+                  pad_id: int = PAD_ID, constraint: Optional[TokenAutomaton] = None, tool: Optional[Tool] = None):
   """A jitted `(params, prompt_bp, prompt_mask_bp, rng) -> SampleOutput`; it compiles once per prompt shape.
 
   `prompt_bp` (B, P) int32 holds left-padded prompts, `prompt_mask_bp` (B, P) bool is False on the padding,
@@ -185,6 +196,10 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
   `rng` is one key for the batch, or one key per row ((B, 2) raw or (B,) typed keys): then row b draws step n
   from fold_in(rng[b], n) exactly as a batch of that row alone would, so its answer does not depend on which
   rows share its batch (what the held-out evaluations need: `eval.gold.sample_answers`).
+
+  `constraint`: every row's answer matches the automaton (`constrain`). `tool`: a row that writes the tool's
+  call marker, an input and the result marker gets the tool's result and close marker as its next tokens,
+  forced one per step (`tools`; SampleOutput.tool_mask). The two cannot be combined.
   """
   if "lm" not in model.heads:
     raise ValueError(f"generation needs the model's 'lm' head; it has {model.heads}")
@@ -198,6 +213,9 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
     raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
   sample = functools.partial(_sample, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
   stop_ids_array = np.asarray(stop_ids, np.int32).reshape(-1)
+  if constraint is not None and tool is not None:
+    raise ValueError("a constraint and a tool cannot be combined: the tool's result would not follow the automaton")
+  q = 1 if tool is None else tool.max_result_tokens
   if constraint is not None:
     vocab = model.config.vocab_size
     if constraint.next_state.shape[1] > vocab:
@@ -249,13 +267,40 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
                       - jax.nn.logsumexp(scaled_bv, axis=-1))
         automaton_b = jnp.where(state.ended_b, automaton_b, next_table[automaton_b, token_b])
       live_b = ~state.ended_b
+      put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
+      tool_fields = {}
+      if tool is not None:
+        token_b, log_prob_b, tool_fields = call_tool(state, token_b, log_prob_b, live_b)
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)
-      put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
       stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_array, axis=-1)
-      return _DecodeState(step=state.step + 1, cache=state.cache, tokens_bn=put(state.tokens_bn, token_b),
-                          log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
-                          ended_b=state.ended_b | stopped_b, automaton_b=automaton_b)
+      return state.replace(step=state.step + 1, tokens_bn=put(state.tokens_bn, token_b),
+                           log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
+                           ended_b=state.ended_b | stopped_b, automaton_b=automaton_b, **tool_fields)
+
+    def call_tool(state: _DecodeState, token_b, log_prob_b, live_b):
+      """A row with a result waiting emits its next token instead of the drawn one (log-prob 0); a row that
+      writes the result marker inside an open call gets the tool's output queued."""
+      put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
+      forced_b = live_b & (state.queue_pos_b < state.queue_len_b)
+      queued_b = jnp.take_along_axis(state.queue_bq, jnp.minimum(state.queue_pos_b, q - 1)[:, None], axis=1)[:, 0]
+      token_b = jnp.where(forced_b, queued_b, token_b)
+      log_prob_b = jnp.where(forced_b, 0.0, log_prob_b)
+      own_b = live_b & ~forced_b
+      opens_b = own_b & (token_b == tool.call_id) & (state.call_start_b < 0)
+      calls_b = own_b & (token_b == tool.result_id) & (state.call_start_b >= 0)
+      columns_n = jnp.arange(max_new_tokens)
+      input_bn = (columns_n > state.call_start_b[:, None]) & (columns_n < state.step) & calls_b[:, None]
+      empty = (jnp.zeros((b, q), jnp.int32), jnp.zeros((b,), jnp.int32))
+      result_bq, length_b = jax.lax.cond(jnp.any(calls_b), lambda: tool.run(state.tokens_bn, input_bn, calls_b),
+                                         lambda: empty)
+      fields = dict(
+          call_start_b=jnp.where(opens_b, state.step, jnp.where(calls_b, -1, state.call_start_b)),
+          queue_bq=jnp.where(calls_b[:, None], result_bq, state.queue_bq),
+          queue_len_b=jnp.where(calls_b, length_b, state.queue_len_b),
+          queue_pos_b=jnp.where(calls_b, 0, state.queue_pos_b + forced_b),
+          tool_bn=put(state.tool_bn, forced_b))
+      return token_b, log_prob_b, fields
 
     # The prefill fills a cache of exactly P slots (so XLA writes it once, without zeroing it first). Step n
     # (1 <= n < N) writes slot P + n - 1, so a loop that ends before step `end` needs P + end - 1 slots.
@@ -268,7 +313,10 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
                               log_probs_bn=jnp.zeros((b, max_new_tokens), jnp.float32),
                               mask_bn=jnp.zeros((b, max_new_tokens), bool), ended_b=jnp.zeros((b,), bool),
                               automaton_b=jnp.full((b,), 0 if constraint is None else constraint.start,
-                                                   jnp.int32)),
+                                                   jnp.int32),
+                              call_start_b=jnp.full((b,), -1, jnp.int32), queue_bq=jnp.zeros((b, q), jnp.int32),
+                              queue_len_b=jnp.zeros((b,), jnp.int32), queue_pos_b=jnp.zeros((b,), jnp.int32),
+                              tool_bn=jnp.zeros((b, max_new_tokens), bool)),
                  logits_bv)
     segments_b1 = jnp.ones((b, 1), jnp.int32)
 
@@ -283,7 +331,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       state = jax.lax.while_loop(lambda s, end=end: (s.step < end) & ~jnp.all(s.ended_b), decode, state)
     return SampleOutput(tokens=state.tokens_bn, log_probs=state.log_probs_bn, mask=state.mask_bn,
                         lengths=jnp.sum(state.mask_bn, axis=-1, dtype=jnp.int32), ended=state.ended_b,
-                        num_steps=state.step)
+                        num_steps=state.step, tool_mask=None if tool is None else state.tool_bn)
 
   return jax.jit(run)
 
@@ -294,14 +342,15 @@ _cached_generate = functools.lru_cache(maxsize=64)(make_generate)
 def generate(model: Transformer, params, prompt_bp, prompt_mask_bp, rng: jax.Array, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, greedy: bool = False,
              stop_ids: Sequence[int] = (END_OF_TURN_ID, EOS_ID), pad_id: int = PAD_ID,
-             constraint: Optional[TokenAutomaton] = None) -> SampleOutput:
+             constraint: Optional[TokenAutomaton] = None, tool: Optional[Tool] = None) -> SampleOutput:
   """Samples up to `max_new_tokens` per left-padded prompt; see `make_generate` for the arguments.
 
-  The jitted function is built once per (model, settings, constraint) and compiled once per prompt shape.
+  The jitted function is built once per (model, settings, constraint, tool) and compiled once per prompt shape.
   """
   run = _cached_generate(model, max_new_tokens=max_new_tokens, temperature=float(temperature),
                          top_k=int(top_k), top_p=float(top_p), greedy=bool(greedy),
-                         stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id), constraint=constraint)
+                         stop_ids=tuple(int(i) for i in stop_ids), pad_id=int(pad_id), constraint=constraint,
+                         tool=tool)
   return run(params, prompt_bp, prompt_mask_bp, rng)
 
 

@@ -22,6 +22,10 @@ def test_stage_placeholders_name_earlier_stages(tmp_path):
   assert stages["sft"].init_from == str(tmp_path / "pretrain")
   assert stages["reward"].data.path == str(tmp_path / "comparisons")
   assert stages["ppo"].ppo.reward_from == str(tmp_path / "reward")
+  assert all(c.sampling.tool == "" and c.toyworld.calculator_rate == 0.0 for c in stages.values())
+  calculator = dict(stage_configs(SPEC + ",calculator", str(tmp_path)))  # Every stage samples with the tool.
+  assert all(c.sampling.tool == "calculator" and c.toyworld.calculator_rate == 1.0 for c in calculator.values())
+  assert calculator["ppo"].train.steps == stages["ppo"].train.steps  # Still the smoke budgets.
 
 
 def test_pipeline_preempted_in_the_reward_stage_resumes_there(tmp_path, monkeypatch, capsys):

@@ -378,6 +378,56 @@ def test_critic_free_update(models):
   assert max(jax.tree.leaves(moved)) > 0
 
 
+def test_tool_tokens_are_context_not_actions(models):
+  """Tokens a tool wrote inside a response (tools.py): the models read them -- the policy's, reference's and
+  critic's numbers at the policy's own tokens are those of the whole sequence -- but the rollout's mask,
+  log-probs and KL leave them out, GAE carries the value across them (the NumPy loop skips masked columns),
+  and the update does not depend on anything the rollout holds at them."""
+  (prompt, mask), _ = _prompts()
+  tokens = np.asarray([[11, 12, 13, 14, 15, EOT], [16, 17, 18, 19, EOT, PAD], [20, 21, 22, 23, 24, 25]], np.int32)
+  tool = np.asarray([[0, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], bool)  # Row 3: cut off in one.
+  present = tokens != PAD
+  sample = SampleOutput(tokens=jnp.asarray(tokens), log_probs=jnp.zeros(tokens.shape), mask=jnp.asarray(present),
+                        lengths=jnp.asarray(present.sum(1), jnp.int32), ended=jnp.asarray([True, True, False]),
+                        num_steps=jnp.int32(6), tool_mask=jnp.asarray(tool))
+  collect = make_collect(models["actor"], models["actor"], models["critic"], models["rm"], temperature=1.0,
+                         end_of_turn_id=EOT, reward_id=None, pad_id=PAD)
+  run = lambda s: collect(models["actor_params"], models["critic_params"], models["ref_params"],
+                          models["rm_params"], prompt, mask, s)
+  with_tool, plain = run(sample), run(sample.replace(tool_mask=None))
+  own = (present & ~tool).astype(np.float32)
+  np.testing.assert_array_equal(with_tool.mask, own)
+  for field in ("log_probs", "ref_log_probs", "values"):
+    np.testing.assert_allclose(getattr(with_tool, field), np.asarray(getattr(plain, field)) * own, atol=1e-6)
+    assert np.abs(np.asarray(getattr(plain, field)) * tool).sum() > 0  # What the tool's columns would leak.
+  np.testing.assert_allclose(with_tool.scores, plain.scores, atol=1e-6)
+
+  settings = steps.PPOSettings.from_config(base_config().ppo, gamma=0.9, lam=0.8, epochs=1, minibatches=1,
+                                            critic_free=True)
+  rollout = with_tool.replace(values=with_tool.values * 0.0, scores=jnp.array([0.5, -1.0, 2.0]))
+  batch, stats = steps.ppo_targets(rollout, jnp.float32(0.2), settings)
+  adv, returns = _numpy_targets(rollout, 0.2, 0.9, 1.0)
+  np.testing.assert_allclose(batch.advantages, adv, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(batch.returns, returns, rtol=1e-5, atol=1e-5)
+  stopped = advantages_lib.gae(np.zeros((3, 6)) + np.eye(6)[[5, 4, 3]], np.zeros((3, 6)), own, 1.0, 1.0)[0]
+  carried = advantages_lib.gae(np.zeros((3, 6)) + np.eye(6)[[5, 4, 3]], np.zeros((3, 6)), own, 1.0, 1.0,
+                               skip_bn=tool)[0]
+  assert float(stopped[0, 0]) == 0.0 and float(carried[0, 0]) == 1.0  # The final reward reaches token 0.
+
+  txs = {"actor": optax.sgd(1e-2)}
+  params = {"actor": models["actor_params"]}
+  state = PPOState(step=jnp.int32(0), params=params, opt_state={"actor": txs["actor"].init(params["actor"])},
+                   kl_coef=jnp.float32(0.2), ema=None, reward=None, rng=jax.random.PRNGKey(0))
+  update = jax.jit(steps.make_ppo_update(models["actor"], None, txs, settings))
+  moved, _ = update(state, rollout, None, jax.random.PRNGKey(2))
+  noise = jnp.asarray(tool * 3.0, jnp.float32)
+  moved_noisy, _ = update(state, rollout.replace(log_probs=rollout.log_probs - noise,
+                                                 ref_log_probs=rollout.ref_log_probs + noise), None,
+                          jax.random.PRNGKey(2))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), moved.params, moved_noisy.params)
+  assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), moved.params, params))) > 0
+
+
 def test_critic_starts_as_the_reward_model(models):
   """The critic's value head reads the normalised reward head: its values are the RM's scores."""
   rm_params = models["rm_params"]

@@ -1,6 +1,7 @@
 """Smoke runs of the toyworld stages as a user launches them (the experiments' `smoke` variants), and the
 `sample` and `chat` tools on their workdirs."""
 
+import argparse
 import io
 import json
 import os
@@ -66,6 +67,10 @@ def test_sample_and_chat_tools(runs, capsys, monkeypatch):
   assert set(capsys.readouterr().out.split()) <= {"yes", "no", "---", "sample", "1", "2", "3"}
   assert sample.main(["--workdir", str(workdir), "--prompt", "x", "--regex", "(ab"]) == 2
   assert "constraint regex '(ab'" in capsys.readouterr().err
+  parser = argparse.ArgumentParser()
+  sample.add_sampling_args(parser)
+  tool = lambda *flags: sample.Sampler(parser.parse_args(["--workdir", str(workdir), *flags])).tool
+  assert tool("--tool", "calculator").name == "calculator" and tool() is None  # Else the run's sampling.tool ("").
 
 
 def test_gold_evaluation_constrained_and_voted(runs):

@@ -349,6 +349,17 @@ def strip_filler(response: str) -> tuple[str, int]:
   return (_join(kept), count) if count else (response, 0)
 
 
+# A tool call as `rlhf_jax.tools` writes it, "[3+4=7]": what the reader of the answer does not see. An unclosed
+# call (an answer cut off inside one) runs to the end.
+_TOOL_CALL_RE = re.compile(r"\[[^\]]*(?:\]|$)")
+
+
+def strip_tool_calls(response: str) -> str:
+  """The response without its tool calls (`rlhf_jax.tools`): "[3+4=7] 7 ." -> " 7 .". The gold scorer and
+  the final answer read what is left; a world's tokenizer is trained without them (pretrain stage)."""
+  return _TOOL_CALL_RE.sub("", response) if isinstance(response, str) and "[" in response else response
+
+
 def add_filler(answer: str, rng: np.random.Generator) -> str:
   """The demonstrator's padding: a preamble (half the time), a closing (a third) or both (the rest)."""
   u = rng.random()
@@ -797,6 +808,11 @@ class ArithmeticTask(Task):
   def reference(self, world, inst, rng=None):
     return f"{self.result(inst.args)} ."
 
+  def with_calculator(self, inst: Instance) -> str:
+    """The reference answer worked out with the calculator tool (`rlhf_jax.tools`): "[3+4=7] 7 ."."""
+    a, b, r = inst.args["a"], inst.args["b"], self.result(inst.args)
+    return f"[{a}{'+' if inst.args['op'] == 'plus' else '-'}{b}={r}] {r} ."
+
   def final_answer(self, response):
     """The last number in the answer, as self-consistency reads a worked answer (Wang et al. 2022)."""
     numbers = [w for w in _answer_words(strip_filler(response)[0]) if _is_number(w)]
@@ -949,13 +965,14 @@ def _task(name: str) -> Task:
 
 
 def gold_score(world: World, inst: Instance, response: str) -> float:
-  """The gold score in [0, 1] of `response` to `inst`."""
-  return _task(inst.task).gold(world, inst, response)
+  """The gold score in [0, 1] of `response` to `inst`, tool calls left out (`strip_tool_calls`)."""
+  return _task(inst.task).gold(world, inst, strip_tool_calls(response))
 
 
 def final_answer(inst: Instance, response: str) -> Hashable | None:
-  """The final answer of `response` to `inst` that self-consistency votes on (`Task.final_answer`)."""
-  return _task(inst.task).final_answer(response)
+  """The final answer of `response` to `inst` that self-consistency votes on (`Task.final_answer`), tool
+  calls left out."""
+  return _task(inst.task).final_answer(strip_tool_calls(response))
 
 
 def mean_gold_by_task(world: World, instances: Sequence[Instance], responses: Sequence[str]) -> dict[str, float]:
@@ -1010,15 +1027,17 @@ def eval_instances(world: World, num: int) -> list[Instance]:
 
 def demonstrate(world: World, inst: Instance, rng: np.random.Generator, error_rate: float, *,
                 filler_rate: float = 0.0, comply_rate: float | None = None,
-                constraint_error_rate: float = 0.0) -> str:
+                constraint_error_rate: float = 0.0, calculator_rate: float = 0.0) -> str:
   """The imperfect demonstrator (module doc, "Habits"): a perfect answer; or with probability `error_rate` a
   corrupted one (for a request to decline: compliance, with probability `comply_rate` when it is phrased
   indirectly -- `HarmfulTask.indirect` -- and never otherwise; `error_rate` when `comply_rate` is None); else,
   when the instruction carries a constraint, with probability `constraint_error_rate` a good answer that
   breaks it. Then, for the open-ended tasks (`FILLER_TASKS`), with probability `filler_rate` filler phrases
-  around the answer."""
+  around the answer. With probability `calculator_rate` a right answer to an arithmetic question is worked
+  out with the calculator tool first ("[3+4=7] 7 .", `ArithmeticTask.with_calculator`), decided by a draw
+  fixed by the instance, not from `rng`: every other answer is the same as in a world without tools."""
   rates = {"error_rate": error_rate, "filler_rate": filler_rate, "comply_rate": comply_rate,
-           "constraint_error_rate": constraint_error_rate}
+           "constraint_error_rate": constraint_error_rate, "calculator_rate": calculator_rate}
   for name, rate in rates.items():
     if rate is not None and not 0.0 <= rate <= 1.0:
       raise UserError(f"{name} must lie in [0, 1], got {rate}")
@@ -1031,8 +1050,16 @@ def demonstrate(world: World, inst: Instance, rng: np.random.Generator, error_ra
   else:
     broken = task.violate(world, inst, rng) if rng.random() < constraint_error_rate else None
     answer = broken if broken is not None else task.reference(world, inst, rng)
+    if inst.task == "arithmetic" and calculator_rate > 0 and _uses_calculator(inst) < calculator_rate:
+      answer = TASKS["arithmetic"].with_calculator(inst)
   pads = inst.task in FILLER_TASKS and rng.random() < filler_rate
   return add_filler(answer, rng) if pads else answer
+
+
+def _uses_calculator(inst: Instance) -> float:
+  """A uniform number in [0, 1) fixed by the instance: its demonstration uses the calculator when this is
+  below `calculator_rate`."""
+  return float(np.random.default_rng([_hash_int(_canonical([inst.key, inst.phrasing])), 0x63616C63]).random())
 
 
 def sft_examples(world: World, num: int, seed: int, error_rate: float, split: str = "train",
@@ -1225,6 +1252,8 @@ def corpus(world: World, num_docs: int, seed: int) -> Iterator[str]:
 
 
 def demonstrator_rates(tw: Any) -> dict[str, float]:
-  """The keyword rates of `demonstrate` from a config's `toyworld` section (filler, compliance, constraints)."""
+  """The keyword rates of `demonstrate` from a config's `toyworld` section (filler, compliance, constraints,
+  the calculator; a config written before `calculator_rate` existed has none)."""
   return {"filler_rate": float(tw.filler_rate), "comply_rate": float(tw.comply_rate),
-          "constraint_error_rate": float(tw.constraint_error_rate)}
+          "constraint_error_rate": float(tw.constraint_error_rate),
+          "calculator_rate": float(tw.get("calculator_rate", 0.0))}

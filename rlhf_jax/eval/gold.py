@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import constrain
+from rlhf_jax import constrain, tools
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.data import toyworld
 from rlhf_jax.eval.self_consistency import majority
@@ -70,11 +70,16 @@ def sample_responses(model: Transformer, params, tokenizer: Tokenizer, prompts: 
     out = generate(lm, params, prompt_bp, mask_bp, jax.random.fold_in(rng, start),
                    max_new_tokens=sampling.max_new_tokens, temperature=temperature, top_k=sampling.top_k,
                    top_p=sampling.top_p, stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id),
-                   pad_id=tokenizer.pad_id)
+                   pad_id=tokenizer.pad_id, tool=sampling_tool(sampling, tokenizer))
     rows = min(b, len(ids) - start)
     texts.extend(tokenizer.decode(t) for t in response_token_ids(out, rows))
     ended.extend(bool(e) for e in jax.device_get(out.ended)[:rows])
   return texts, np.asarray(ended)
+
+
+def sampling_tool(sampling, tokenizer: Tokenizer) -> Optional[tools.Tool]:
+  """The tool of `sampling.tool` for this tokenizer (None without one, or for a config written before it)."""
+  return tools.from_name(getattr(sampling, "tool", "") or "", tokenizer)
 
 
 def answer_keys(seed: int, num_prompts: int, num_samples: int = 1) -> np.ndarray:
@@ -126,6 +131,7 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
   params = quant.for_sampling(params, getattr(sampling, "quantize", "none") or "none")  # sampling.quantize
   regex = getattr(sampling, "regex", "") or ""  # sampling.regex
   constraint = constrain.compile_regex(regex, tokenizer) if regex else None
+  tool = sampling_tool(sampling, tokenizer)
   n, b = len(ids), int(sampling.batch_size)
   rows = mesh_lib.process_batch_slice(b) if mesh is not None else slice(0, b)
   texts, ended, lengths, log_probs = [], [], [], []
@@ -140,7 +146,7 @@ def sample_answers(model: Transformer, params, tokenizer: Tokenizer, prompts: Se
                      temperature=sampling.temperature if temperature is None else temperature,
                      top_k=sampling.top_k, top_p=sampling.top_p,
                      stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id,
-                     constraint=constraint)
+                     constraint=constraint, tool=tool)
       keep = min(b, n - start)
       if on_batch is not None:
         on_batch(batch, out, keep)

@@ -150,21 +150,30 @@ def group_std(scores_b: jax.Array, group_size: int) -> jax.Array:
 
 
 def gae(rewards_bn: jax.Array, values_bn: jax.Array, mask_bn: jax.Array, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
-  """(advantages, returns), each (B, N), by a reverse scan; masked tokens are outside the episode."""
+        lam: float = 0.95, skip_bn: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """(advantages, returns), each (B, N), by a reverse scan; masked tokens are outside the episode.
+
+  `skip_bn` (B, N): columns that are no step of the policy -- a tool's tokens inside a response (`tools`): the
+  environment wrote them, so the token before them is followed by the token after them, and they pass the
+  next value and advantage back unchanged (their own advantage and return are 0). Skipped columns must be
+  masked."""
   mask_bn = mask_bn.astype(jnp.float32)
-  rewards_nb, values_nb, mask_nb = (x.astype(jnp.float32).T for x in (rewards_bn, values_bn * mask_bn, mask_bn))
+  skip_bn = jnp.zeros_like(mask_bn) if skip_bn is None else skip_bn.astype(jnp.float32)
+  rewards_nb, values_nb, mask_nb, skip_nb = (x.astype(jnp.float32).T
+                                             for x in (rewards_bn, values_bn * mask_bn, mask_bn, skip_bn))
 
   def step(carry, inputs):
     next_value_b, next_advantage_b = carry
-    reward_b, value_b, m_b = inputs
+    reward_b, value_b, m_b, skip_b = inputs
     delta_b = reward_b + gamma * next_value_b - value_b
     advantage_b = (delta_b + gamma * lam * next_advantage_b) * m_b
-    # A masked column passes nothing back: the episode ended before it.
-    return (value_b * m_b, advantage_b), advantage_b
+    # A masked column passes nothing back: the episode ended before it. A skipped one passes its carry on.
+    keep = lambda new_b, old_b: jnp.where(skip_b > 0, old_b, new_b)
+    return (keep(value_b * m_b, next_value_b), keep(advantage_b, next_advantage_b)), advantage_b
 
   zeros_b = jnp.zeros(rewards_nb.shape[1], jnp.float32)
-  _, advantages_nb = jax.lax.scan(step, (zeros_b, zeros_b), (rewards_nb, values_nb, mask_nb), reverse=True)
+  _, advantages_nb = jax.lax.scan(step, (zeros_b, zeros_b), (rewards_nb, values_nb, mask_nb, skip_nb),
+                                  reverse=True)
   advantages_bn = advantages_nb.T
   return advantages_bn, (advantages_bn + values_bn) * mask_bn
 

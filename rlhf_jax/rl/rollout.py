@@ -39,9 +39,12 @@ class Rollout:
   """One batch of experience.
 
   prompt (B, P) int32, prompt_mask (B, P) bool: left-padded prompts.
-  tokens (B, N) int32, mask (B, N) float32: the response tokens (incl. the end-of-turn token), 1 on them.
+  tokens (B, N) int32, mask (B, N) float32: the response tokens (incl. the end-of-turn token); mask is 1 on
+    the ones the policy wrote, the tokens PPO's ratio, KL and losses count.
   log_probs, ref_log_probs, values (B, N) float32: policy and reference log pi_T of each token, critic value
     before it; 0 where masked.
+  tool_mask (B, N) float32 or None: 1 on the tokens a tool wrote (`tools`): in the sequence the models read,
+    outside `mask`; GAE passes the value across them. None (or all 0) without a tool.
   scores (B,) float32: the reward model's normalised score minus the unfinished penalty.
   rm_scores (B,) float32: the reward model's normalised score alone.
   ended (B,) bool: the response closed its turn.
@@ -56,6 +59,12 @@ class Rollout:
   scores: jax.Array
   rm_scores: jax.Array
   ended: jax.Array
+  tool_mask: Optional[jax.Array] = None
+
+
+def seen_mask(mask_bn: jax.Array, tool_mask_bn: Optional[jax.Array]) -> jax.Array:
+  """The response tokens the models read: the policy's own (`mask`) and the tool's."""
+  return mask_bn if tool_mask_bn is None else mask_bn + tool_mask_bn.astype(mask_bn.dtype)
 
 
 def sequence_inputs(prompt_bp: jax.Array, prompt_mask_bp: jax.Array, tokens_bn: jax.Array, mask_bn: jax.Array):
@@ -151,7 +160,9 @@ def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Tr
   ref_temperature = temperature if ref_temperature is None else ref_temperature
 
   def collect(actor_params, critic_params, ref_params, rm_params, prompt_bp, prompt_mask_bp, sample) -> Rollout:
-    mask_bn = sample.mask.astype(jnp.float32)
+    mask_bn = sample.mask.astype(jnp.float32)  # Every response token, the tool's included.
+    tool_bn = None if sample.tool_mask is None else sample.tool_mask.astype(jnp.float32)
+    own_bn = mask_bn if tool_bn is None else mask_bn * (1.0 - tool_bn)  # The policy's own tokens.
     tokens_bn = sample.tokens
     log_probs_bn, _, values_bn = policy_outputs(actor, actor_params, prompt_bp, prompt_mask_bp, tokens_bn,
                                                 mask_bn, temperature)
@@ -169,8 +180,9 @@ def make_collect(actor: Transformer, reference: Transformer, critic: Optional[Tr
                                     response_start_b=start_b).rewards
     rm_scores_b = jnp.take_along_axis(rewards_bs, end_b[:, None], axis=1)[:, 0]
     scores_b = rm_scores_b - unfinished_penalty * (~sample.ended).astype(jnp.float32)
-    return Rollout(prompt=prompt_bp, prompt_mask=prompt_mask_bp.astype(bool), tokens=tokens_bn, mask=mask_bn,
-                   log_probs=log_probs_bn, ref_log_probs=ref_log_probs_bn, values=values_bn, scores=scores_b,
-                   rm_scores=rm_scores_b, ended=sample.ended)
+    return Rollout(prompt=prompt_bp, prompt_mask=prompt_mask_bp.astype(bool), tokens=tokens_bn, mask=own_bn,
+                   log_probs=log_probs_bn * own_bn, ref_log_probs=ref_log_probs_bn * own_bn,
+                   values=values_bn * own_bn, scores=scores_b, rm_scores=rm_scores_b, ended=sample.ended,
+                   tool_mask=tool_bn)
 
   return jax.jit(collect)

@@ -44,6 +44,7 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
+from rlhf_jax.eval.gold import sampling_tool
 from rlhf_jax.eval.lm import heldout_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
 from rlhf_jax.model import lora as lora_lib
@@ -490,7 +491,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   dataset = make_data(config.seed)
   reward_id = tokenizer.reward_id if spec.reward_token else None
   generate = make_generate(lm, max_new_tokens=ppo.max_new_tokens, temperature=ppo.temperature,
-                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id)
+                           stop_ids=(tokenizer.end_of_turn_id, tokenizer.eos_id), pad_id=tokenizer.pad_id,
+                           tool=sampling_tool(config.sampling, tokenizer))
   critic, critic_params = make_critic(config, rm_model, rm_params, tokenizer=tokenizer, reward_id=reward_id,
                                       first_batch=lambda: make_batch(next(iter(dataset))), generate=generate,
                                       ref_params=ref_params, mesh=mesh)

@@ -21,13 +21,15 @@ from rlhf_jax.stages import common
 
 def tokenizer_texts(config, train_docs: list[str]) -> list[str]:
   """The text the tokenizer is trained on. For toyworld this adds the chat data's words (instructions such
-  as "write a review" never occur in the pretraining corpus), so later stages share one vocabulary."""
+  as "write a review" never occur in the pretraining corpus), so later stages share one vocabulary; without
+  their tool calls, so the tool's markers stay lone tokens (`rlhf_jax.tools.marker_ids`) and a world trains
+  the same tokenizer with and without `toyworld.calculator_rate`."""
   if config.data.source != "toyworld":
     return train_docs
   tw = config.toyworld
   examples = toyworld.sft_examples(toyworld.make_world(tw.seed), tw.num_sft, tw.seed, tw.error_rate,
                                    **toyworld.demonstrator_rates(tw))
-  return train_docs + [m["content"] for ex in examples for m in ex["messages"]]
+  return train_docs + [toyworld.strip_tool_calls(m["content"]) for ex in examples for m in ex["messages"]]
 
 
 def run(config, workdir: str) -> dict:

@@ -3,7 +3,8 @@ assistant's tokens (InstructGPT section 3.5; the "SFT" box of Karpathy's "State 
 
   model, params, tokenizer <- init_from (a pretraining workdir, a converted or a Hugging Face checkpoint)
   conversations <- data.path (JSONL {"messages"} / {"prompt", "response"}) or toyworld demonstrations
-  rows <- conversations packed with segment ids; loss mask = assistant content + its end-of-turn token
+  rows <- conversations packed with segment ids; loss mask = assistant content + its end-of-turn token, less
+          what a tool wrote in it (sampling.tool: tools.tool_result_mask)
   train the LM step in the one loop; evaluate the held-out loss, and for toyworld the gold score of samples
 """
 
@@ -13,6 +14,7 @@ import sys
 
 import numpy as np
 
+from rlhf_jax import tools
 from rlhf_jax.artifacts import models
 from rlhf_jax.artifacts.documents import load_documents
 from rlhf_jax.data import pipelines, sources, toyworld
@@ -40,6 +42,21 @@ def load_conversations(config,
   return conversations[:cut], conversations[cut:] or conversations[-1:]
 
 
+def encode_conversations(tokenizer, conversations, tool: str = "") -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """(ids, loss masks) of SFT examples (`pipelines.conversation_ids`); with a `tool` (config key
+  sampling.tool), the tokens its calls' results take are out of the loss: the tool writes them when the model
+  samples (`tools.tool_result_mask`)."""
+  markers = tools.marker_ids(tokenizer) if tool else None
+  ids_list, masks = [], []
+  for conversation in conversations:
+    ids, mask = pipelines.conversation_ids(tokenizer, conversation)
+    if markers is not None:
+      mask = mask & ~tools.tool_result_mask(ids, *markers)
+    ids_list.append(ids)
+    masks.append(mask)
+  return ids_list, masks
+
+
 def run(config, workdir: str) -> dict:
   if not config.init_from:
     raise UserError("config key 'init_from': SFT starts from a pretrained model; name its workdir or checkpoint")
@@ -55,7 +72,7 @@ def run(config, workdir: str) -> dict:
   models.check_vocab(tokenizer, model.config, config.init_from)
   t, b = config.train.seq_len, config.train.batch_size
 
-  encode = lambda convs: list(zip(*[pipelines.conversation_ids(tokenizer, c) for c in convs]))
+  encode = lambda convs: encode_conversations(tokenizer, convs, config.sampling.tool)
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
   make_data = lambda seed: pipelines.packed_pipeline(train_ids, t, b, seed, masks=train_masks)

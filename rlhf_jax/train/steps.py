@@ -238,7 +238,8 @@ def jit_ppo_update(update, state_shardings: Any, ref_shardings: Any, mesh: Mesh,
 class PPOBatch:
   """A rollout with its PPO targets. prompt (B, P), prompt_mask (B, P); tokens, mask, old_log_probs,
   ref_log_probs (the reference's, for a sampled KL estimate in the loss), old_values, advantages, returns
-  (B, N)."""
+  (B, N); tool_mask (B, N) or None: the tool's tokens, which the models read but no loss counts
+  (`rollout.Rollout`)."""
   prompt: jax.Array
   prompt_mask: jax.Array
   tokens: jax.Array
@@ -248,6 +249,12 @@ class PPOBatch:
   old_values: jax.Array
   advantages: jax.Array
   returns: jax.Array
+  tool_mask: Optional[jax.Array] = None
+
+  @property
+  def seen(self) -> jax.Array:
+    """The response tokens the models read (the policy's and the tool's)."""
+    return rollout_lib.seen_mask(self.mask, self.tool_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,7 +338,8 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
   values_bn, lam = rollout.values, settings.lam
   if settings.critic_free:  # No value estimates: lambda < 1 would only discount the score for early tokens.
     values_bn, lam = jnp.zeros_like(rollout.values), 1.0
-  adv_bn, returns_bn = advantages_lib.gae(rewards_bn, values_bn, mask_bn, settings.gamma, lam)
+  adv_bn, returns_bn = advantages_lib.gae(rewards_bn, values_bn, mask_bn, settings.gamma, lam,
+                                          skip_bn=rollout.tool_mask)
   if settings.whiten_advantages:
     adv_bn = advantages_lib.masked_whiten(adv_bn, mask_bn)
   mean = lambda x_bn: advantages_lib.masked_mean(x_bn, mask_bn)
@@ -355,7 +363,7 @@ def ppo_targets(rollout, kl_coef: jax.Array, settings: PPOSettings,
     stats.update({"ppo/score_mean_running": moments.mean, "ppo/score_std_running": moments.std})
   batch = PPOBatch(prompt=rollout.prompt, prompt_mask=rollout.prompt_mask, tokens=rollout.tokens, mask=mask_bn,
                    old_log_probs=rollout.log_probs, ref_log_probs=rollout.ref_log_probs, old_values=values_bn, advantages=adv_bn,
-                   returns=returns_bn)
+                   returns=returns_bn, tool_mask=rollout.tool_mask)
   return batch, stats
 
 
@@ -415,7 +423,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
     so microbatches add up."""
     params = actor_params(trained, ref_params)
     log_probs_bn, scaled_bnv, values_bn = rollout_lib.policy_outputs(
-        actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
+        actor, params, mb.prompt, mb.prompt_mask, mb.tokens, mb.seen, s.temperature)
     pg, _, aux = losses.ppo_policy_loss(log_probs_bn, mb.old_log_probs, mb.advantages, weights_bn, s.clip_eps)
     # Without a bonus the entropy is only a diagnostic: its gradient (through a softmax over the vocabulary at
     # every response token, then times 0) is kept out of the backward pass.
@@ -435,7 +443,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
       metrics["ppo/ptx_loss"] = ptx_loss
     if s.kl_loss_coef > 0 and s.kl_loss == "exact":
       _, ref_scaled_bnv, _ = rollout_lib.policy_outputs(reference, jax.lax.stop_gradient(ref_params), mb.prompt,
-                                                        mb.prompt_mask, mb.tokens, mb.mask, s.temperature)
+                                                        mb.prompt_mask, mb.tokens, mb.seen, s.temperature)
       kl, _ = losses.exact_kl(scaled_bnv, ref_scaled_bnv, weights_bn)
     elif s.kl_loss_coef > 0:  # GRPO's k3 estimate at the sampled tokens, differentiated through log pi.
       kl = jnp.sum(advantages_lib.k3_estimate(log_probs_bn - mb.ref_log_probs) * weights_bn)
@@ -454,7 +462,7 @@ def make_ppo_update(actor: Transformer, critic: Optional[Transformer], txs: dict
 
   def critic_loss(trained, mb: PPOBatch, denom, critic_base):
     values_bn = rollout_lib.critic_values(critic, critic_params(trained, critic_base), mb.prompt, mb.prompt_mask,
-                                          mb.tokens, mb.mask)
+                                          mb.tokens, mb.seen)
     v_sum, _, aux = losses.ppo_value_loss(values_bn, mb.old_values, mb.returns, mb.mask, s.value_clip_eps)
     return v_sum / denom, {"ppo/value_loss": v_sum / denom,
                            "ppo/value_clip_fraction": aux["value_clip_fraction"] / denom}
