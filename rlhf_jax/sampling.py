@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.constrain import TokenAutomaton
-from rlhf_jax.tools import Tool
 from rlhf_jax.model.transformer import KVCache, Transformer, grow_cache, init_cache
 from rlhf_jax.tokenizer import END_OF_TURN_ID, EOS_ID, PAD_ID
+from rlhf_jax.tools import Tool
 
 
 @flax.struct.dataclass
@@ -270,7 +270,7 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
       put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
       tool_fields = {}
       if tool is not None:
-        token_b, log_prob_b, tool_fields = call_tool(state, token_b, log_prob_b, live_b)
+        token_b, log_prob_b, tool_fields = call_tool(state, token_b, log_prob_b, live_b, put)
       token_b = jnp.where(live_b, token_b, pad_id)
       log_prob_b = jnp.where(live_b, log_prob_b, 0.0)
       stopped_b = live_b & jnp.any(token_b[:, None] == stop_ids_array, axis=-1)
@@ -278,10 +278,9 @@ def make_generate(model: Transformer, *, max_new_tokens: int, temperature: float
                            log_probs_bn=put(state.log_probs_bn, log_prob_b), mask_bn=put(state.mask_bn, live_b),
                            ended_b=state.ended_b | stopped_b, automaton_b=automaton_b, **tool_fields)
 
-    def call_tool(state: _DecodeState, token_b, log_prob_b, live_b):
+    def call_tool(state: _DecodeState, token_b, log_prob_b, live_b, put):
       """A row with a result waiting emits its next token instead of the drawn one (log-prob 0); a row that
-      writes the result marker inside an open call gets the tool's output queued."""
-      put = lambda x_bn, x_b: jax.lax.dynamic_update_slice_in_dim(x_bn, x_b[:, None], state.step, axis=1)
+      writes the result marker inside an open call gets the tool's output queued. `put` writes column step."""
       forced_b = live_b & (state.queue_pos_b < state.queue_len_b)
       queued_b = jnp.take_along_axis(state.queue_bq, jnp.minimum(state.queue_pos_b, q - 1)[:, None], axis=1)[:, 0]
       token_b = jnp.where(forced_b, queued_b, token_b)
