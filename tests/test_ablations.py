@@ -1,5 +1,6 @@
 """Every ablation file's sweeps load and finalise (no training), and the smoke sweeps of the ablations that no
-other test runs -- rm_variants.py and ptx.py -- run through `python -m rlhf_jax.sweep`.
+other test runs -- rm_variants.py and ptx.py -- run through `python -m rlhf_jax.sweep` (ptx.py's in the slow
+tier, `python -m pytest -m slow`: every PPO smoke run already takes the ptx loss).
 
 The other smoke sweeps run in tests/test_sweep.py (kl_coef.py, rm_data.py) and tests/test_seeds.py
 (sft_error_rate.py).
@@ -78,6 +79,7 @@ def test_rm_variants_smoke_sweep(toyworld_smoke, tmp_path):
   assert len(pairs) == 1 and pairs.pop() > 0  # The same held-out comparisons for every loss.
 
 
+@pytest.mark.slow  # 71 s in CI; the PPO smoke runs take the ptx loss (toyworld_ppo.py:smoke, gamma_ptx 0.5).
 def test_ptx_smoke_sweep(toyworld_smoke, toyworld_reward_smoke, tmp_path):
   """ablations/ptx.py:smoke: PPO with gamma_ptx 0 and 1, one iteration each: only the second takes the
   pretraining loss (ppo/ptx_loss); both report the held-out pretraining loss after PPO, next to the SFT

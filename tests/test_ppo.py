@@ -912,11 +912,13 @@ def test_ppo_against_the_gold_scorer(tmp_path, ppo_args, monkeypatch):
 
 def test_ppo_stage_without_a_critic(tmp_path, ppo_args, capsys):
   """ppo.critic_free: the run trains and checkpoints the actor alone, every value is 0; combined with
-  ppo.shared_critic it is refused by key."""
+  ppo.shared_critic it is refused by key. The run also samples with the calculator tool (sampling.tool,
+  tools.py): the stage's rollouts and evaluations go through the tool's sampler."""
   workdir = tmp_path / "critic_free"
   summary = run_smoke("toyworld_ppo.py", workdir, *ppo_args, "--config.ppo.critic_free=True",
-                      "--config.train.steps=2")
-  assert summary["complete"] is True
+                      "--config.train.steps=2", "--config.sampling.tool=calculator")
+  assert summary["complete"] is True and "eval/gold/all" in summary
+  assert json.loads((workdir / "config.json").read_text())["sampling"]["tool"] == "calculator"
   rows = [r for r in read_metrics(str(workdir)) if "ppo/kl" in r]
   assert len(rows) == 2 and all(r["ppo/value_mean"] == 0.0 and "ppo/value_loss" not in r for r in rows)
   _, state = checkpoint_state(workdir)

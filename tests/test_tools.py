@@ -6,7 +6,6 @@ tokens the sampler forces, with SFT's loss mask leaving them out."""
 
 import functools
 import itertools
-import json
 import re
 
 import jax
@@ -20,7 +19,6 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.sampling import generate, prompt_batch
 from rlhf_jax.stages import sft as sft_stage
 from rlhf_jax.tokenizer import CharTokenizer, NUM_SPECIAL, PAD_ID
-from conftest import run_smoke
 from test_constrain import _model, _tokenizer
 from test_sampling import _forward, _log_softmax
 
@@ -209,12 +207,3 @@ def test_marker_and_config_errors():
     generate(model, params, *prompt_batch([[10]], PAD_ID), jax.random.PRNGKey(0), max_new_tokens=4,
              constraint=compile_regex(r"\d+", tok), tool=tools.calculator(tok))
 
-
-def test_ppo_stage_runs_with_the_calculator(tmp_path, toyworld_smoke, toyworld_reward_smoke):
-  """The wiring through a stage, from the session's smoke runs: PPO's rollouts and its evaluations sample
-  with the tool (the SFT stage's part is `encode_conversations`, above)."""
-  summary = run_smoke("toyworld_ppo.py", tmp_path / "ppo", f"--config.init_from={toyworld_smoke['sft'][0]}",
-                      f"--config.ppo.reward_from={toyworld_reward_smoke[0]}", "--config.sampling.tool=calculator")
-  config = json.loads((tmp_path / "ppo" / "config.json").read_text())
-  assert config["sampling"]["tool"] == "calculator"
-  assert np.isfinite(summary["ppo/kl"]) and "eval/gold/all" in summary
