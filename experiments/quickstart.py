@@ -23,11 +23,7 @@ gave exactly these): SFT 0.619, SFT at T 0.5 0.653 (KL 0.21), the RM's best of 4
 own pick 0.793), PPO 0.665: +0.045 +- 0.030 over SFT (paired, 95%), win rate 54.8% +- 3.1 by gold, KL 0.32.
 Other world seeds and the mean over seeds: the README.
 
-`:calculator` (combinable with `smoke`): arithmetic demonstrations work the sum out with the calculator tool
-("[3+4=7] 7 .") and every sampler runs the calls (`rlhf_jax/tools.py`); the tokenizer and pretraining are
-the plain run's, so a copy of a finished plain `pretrain` directory is reused. World 0, 2026-12-06, from
-session 16's pretraining: SFT 345 s, comparisons 88 s, reward 203 s, PPO 239 s (beside a test run); held-out
-gold SFT 0.755 (arithmetic 1.000 against the plain run's 0.143), reward label accuracy 0.785, PPO 0.807.
+`:calculator`: arithmetic worked out with the calculator tool (README, "Tool calls"; figures in NOTES.md).
 """
 
 import os
