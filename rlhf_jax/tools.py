@@ -71,12 +71,12 @@ class Tool:
   name: str
 
 
-def marker_ids(tokenizer: Tokenizer, markers: str = MARKERS) -> tuple[int, int, int]:
+def marker_ids(tokenizer: Tokenizer, markers: str = MARKERS, texts=None) -> tuple[int, int, int]:
   """The ids of the call, result and close markers; UserError unless each is one token of its own that no
-  other token's text contains."""
+  other token's text contains. `texts`: `token_texts(tokenizer)[0]` when the caller has it already."""
   if len(markers) != 3 or len(set(markers)) != 3:
     raise UserError(f"tool markers must be three different characters (call, result, close), got {markers!r}")
-  texts, _ = token_texts(tokenizer)
+  texts = token_texts(tokenizer)[0] if texts is None else texts
   ids = []
   for marker in markers:
     try:
@@ -120,10 +120,9 @@ def _result_table(tokenizer: Tokenizer, texts: list[str], close_id: int) -> tupl
   return table, np.asarray([len(ids) for ids in encoded], np.int32)
 
 
-def _char_table(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  """((V, L) int32 calculator codes of each token's characters, 0-padded; (V,) bool: the token has a
-  character the calculator does not read, or no text at all)."""
-  texts, _ = token_texts(tokenizer)
+def _char_table(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+  """((V, L) int32 calculator codes of each token's characters (`texts`: `token_texts`), 0-padded; (V,) bool:
+  the token has a character the calculator does not read, or no text at all)."""
   readable = [text if text is not None and all(ch in _CODES for ch in text) else None for text in texts]
   width = max([len(text) for text in readable if text], default=1)
   table = np.zeros((len(texts), width), np.int32)
@@ -168,8 +167,9 @@ def calculator(tokenizer: Tokenizer, *, max_abs: int = 9999, markers: str = MARK
   """Integer addition and subtraction, inside the jitted sampler (module doc)."""
   if max_abs < 1 or max_abs > 10**8:
     raise UserError(f"calculator max_abs must lie in [1, 1e8], got {max_abs}")
-  call_id, result_id, close_id = marker_ids(tokenizer, markers)
-  chars_vl, unreadable_v = _char_table(tokenizer)
+  pieces, _ = token_texts(tokenizer)  # Decodes every token: once, for both uses.
+  call_id, result_id, close_id = marker_ids(tokenizer, markers, pieces)
+  chars_vl, unreadable_v = _char_table(pieces)
   texts = [str(r) for r in range(-max_abs, max_abs + 1)] + [ERROR]
   results_rq, lengths_r = _result_table(tokenizer, texts, close_id)
 
