@@ -210,6 +210,11 @@ def base_config() -> ConfigDict:
       annotator_temperature=0.1,  # Plackett-Luce noise on the gold scores (0: rank by gold exactly).
       tie_margin=0.02,  # Responses whose gold scores differ by less than this are tied.
       disagreement=0.05,  # How often an annotator's ranking is replaced by a random one.
+      # Judging demonstrations (rlhf_jax/judge.py) added to the SFT stage's data: "which answer is better?"
+      # under one of toyworld.JUDGE_PRINCIPLES, and the share `judge_pointwise` of them "is the answer good?",
+      # each with its exact label (toyworld.judge_pairs, judge_verdicts): the SFT model becomes a judge.
+      judge_sft=0,
+      judge_pointwise=0.33,
   ))
   # The reward-model stage (stages/reward.py): which loss, and how its scores are normalised.
   config.reward = ConfigDict(dict(
@@ -238,6 +243,23 @@ def base_config() -> ConfigDict:
       # A reward model's workdir: its only use is the evaluation's RM-score column, so that a DPO policy is
       # evaluated exactly as PPO's (KL to SFT, win rates, SFT at T 0.5); "": held-out gold alone (toyworld).
       reward_from="",
+  ))
+  # AI feedback (rlhf_jax/judge.py): a language model that judges answers, for stage=ai_comparisons (it ranks
+  # the policy's K answers to each prompt instead of an annotator) and for ppo.reward=judge (its log-odds of
+  # "yes" to "is the answer good?" is PPO's score, normalised on SFT samples like a reward model's).
+  config.judge = ConfigDict(dict(
+      model="",  # The judge: a workdir, a converted or a Hugging Face checkpoint (with its own tokenizer).
+      principles="",  # A text file, one principle per line, all of which vote; "": judge.DEFAULT_PRINCIPLE.
+      rank="pairwise",  # pairwise: every pair under every principle | pointwise: by the log-odds of "yes".
+      pair_template=("{principle} question : {prompt} answer a : {first} answer b : {second} "
+                     "which answer is better ?"),
+      pair_labels="a,b",
+      point_template="question : {prompt} answer : {answer} is the answer good ?",
+      point_labels="yes,no",
+      batch_size=64,  # Judging questions a forward pass.
+      # ai_comparisons on toyworld: the policy answers the held-out evaluation prompts best_of_n times and the
+      # summary gives gold of the pointwise judge's pick out of 1, 2, 4, ... next to gold's own pick; 0 = off.
+      best_of_n=16,
   ))
   # Low-rank adapters (model/lora.py) for the sft, reward, dpo and ppo stages: rank 0 trains every weight; rank
   # r > 0 freezes the model and trains rank-r adapters on the `targets` (projection names q,k,v,o,fc_in,fc_out,
@@ -333,6 +355,8 @@ def base_config() -> ConfigDict:
       ema_decay=0.0,  # > 0 keeps an EMA of the actor's weights, used for evaluation.
       # "gold" (toyworld): the rollout's score is gold_scale x the gold scorer instead of the reward model's --
       # PPO with a perfect reward model, the ceiling a learned one can approach (evaluations still report both).
+      # "judge": the score is the judge's (judge.model) log-odds of "yes" to "is the answer good?", normalised
+      # to mean 0 and std 1 on reward.norm_samples answers of the SFT model -- a generative reward model.
       reward="rm",
       gold_scale=3.0,
       # Iterated rounds (the seeds: repeat stages 3 and 4): every `round_every` iterations label
@@ -521,7 +545,17 @@ def finalize(config: ConfigDict) -> ConfigDict:
     raise UserError("config key 'toyworld.responses_per_prompt': a comparison needs at least 2 responses, got "
                     f"{config.toyworld.responses_per_prompt}")
   ppo = config.ppo
-  _check_choice("ppo.reward", ppo.reward, ("rm", "gold"))
+  _check_choice("ppo.reward", ppo.reward, ("rm", "gold", "judge"))
+  _check_choice("judge.rank", config.judge.rank, ("pairwise", "pointwise"))
+  if config.judge.batch_size < 1 or config.judge.best_of_n < 0:
+    raise UserError(f"config keys 'judge.batch_size' (>= 1) and 'judge.best_of_n' (>= 0): got "
+                    f"{config.judge.batch_size} and {config.judge.best_of_n}")
+  if (config.stage == "ai_comparisons" or (config.stage == "ppo" and ppo.reward == "judge")) and not config.judge.model:
+    raise UserError("config key 'judge.model': name the judge's workdir or checkpoint (stage=ai_comparisons and "
+                    "ppo.reward=judge read it)")
+  if config.toyworld.judge_sft < 0 or not 0.0 <= config.toyworld.judge_pointwise <= 1.0:
+    raise UserError(f"config keys 'toyworld.judge_sft' (>= 0) and 'toyworld.judge_pointwise' (in [0, 1]): got "
+                    f"{config.toyworld.judge_sft} and {config.toyworld.judge_pointwise}")
   if ppo.reward == "gold" and config.data.source != "toyworld":
     raise UserError("config key 'ppo.reward': 'gold' scores with toyworld's gold scorer; it needs "
                     "data.source='toyworld'")
@@ -611,9 +645,9 @@ def _check_compiled_ppo(config: ConfigDict) -> None:
       raise UserError(f"config key 'train.seeds': {train.seeds} PPO seeds in one program need the compiled "
                       "iteration; set ppo.iterations_per_call >= 1")
     return
-  if ppo.reward == "gold":
-    raise UserError("config key 'ppo.iterations_per_call': reward='gold' scores answers on the host; it runs "
-                    "only in the Python iteration (ppo.iterations_per_call=0)")
+  if ppo.reward in ("gold", "judge"):
+    raise UserError(f"config key 'ppo.iterations_per_call': reward={ppo.reward!r} scores answers on the host; it "
+                    "runs only in the Python iteration (ppo.iterations_per_call=0)")
   if ppo.round_every > 0:
     raise UserError("config key 'ppo.iterations_per_call': iterated rounds (ppo.round_every > 0) label "
                     "answers on the host; they run only in the Python iteration (ppo.iterations_per_call=0)")

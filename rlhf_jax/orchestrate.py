@@ -14,13 +14,14 @@ from typing import Callable, Optional, Sequence
 from rlhf_jax import config as config_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.errors import UserError
-from rlhf_jax.stages import comparisons, dpo, ppo, pretrain, reward, sft
+from rlhf_jax.stages import ai_comparisons, comparisons, dpo, ppo, pretrain, reward, sft
 
 # Every stage's entry point: `run(config, workdir) -> summary`.
 STAGES: dict[str, Callable[..., dict]] = {
     "pretrain": pretrain.run,
     "sft": sft.run,
     "comparisons": comparisons.run,
+    "ai_comparisons": ai_comparisons.run,
     "reward": reward.run,
     "ppo": ppo.run,
     "dpo": dpo.run,

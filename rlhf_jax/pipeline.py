@@ -4,8 +4,8 @@
 
 A pipeline file is an experiment file whose `get_config(arg)` has `stage = "pipeline"` and which also
 defines `stages(arg) -> [(name, config), ...]`: the stages in order, each run into DIR/name. A stage's
-`init_from`, `ppo.reward_from` and `data.path` may name earlier stages as "{sft}", "{reward}", ... (filled in with their
-directories). Command-line overrides apply to every stage, as in sweeps (only the stages that read a key
+`init_from`, `ppo.reward_from`, `data.path` and `judge.model` may name earlier stages as "{sft}", "{reward}", ...
+(filled in with their directories). Command-line overrides apply to every stage, as in sweeps (only the stages that read a key
 are affected by it). Each stage is an ordinary run: a finished one is skipped, an interrupted one resumes,
 so re-running the command after a crash or preemption continues where it stopped. At the end
 `eval/report.py` writes DIR/report.md (plots in DIR/plots/) and DIR/summary.json.
@@ -24,7 +24,7 @@ from rlhf_jax.errors import UserError
 from rlhf_jax.eval.report import write_report
 from rlhf_jax.train.loop import read_summary, write_summary
 
-PLACEHOLDER_KEYS = ("init_from", "ppo.reward_from", "data.path")
+PLACEHOLDER_KEYS = ("init_from", "ppo.reward_from", "data.path", "judge.model")
 REPORTED = ("pretrain", "sft", "reward", "ppo")
 
 
@@ -62,6 +62,8 @@ TABLE = {
     "pretrain": (("held-out loss", "eval/loss", None),),
     "sft": (("gold", "eval/gold/all", None), ("end of turn", "eval/gold/end_of_turn_rate", None)),
     "comparisons": (("comparisons", "comparisons/train/comparisons", None),),
+    "ai_comparisons": (("comparisons", "comparisons/train/comparisons", None),
+                       ("judge vs gold", "comparisons/heldout/gold_agreement/all", None)),
     "reward": (("accuracy vs labels", "eval/label_accuracy", None),
                ("vs gold (pairs >= 0.2 apart)", "eval/gold_accuracy_clear/all", None)),
     "ppo": (("gold", "eval/gold/all", "eval/gold/all_ci"), ("SFT's gold", "sft/gold/all", "sft/gold/all_ci"),

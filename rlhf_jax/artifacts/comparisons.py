@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable, Optional
 
 import jax
 import numpy as np
@@ -25,32 +26,66 @@ from rlhf_jax.eval.gold import sample_responses
 FILES = {"train": "train.jsonl", "heldout": "heldout.jsonl"}
 
 
+# A ranker: (prompts, each prompt's K responses) -> (ranks of each prompt's responses, each record's confidence
+# (N,) or None, statistics). `judge_ranker` (stages/ai_comparisons.py) is one; None means the annotator.
+Ranker = Callable[[list, list[list[str]]], tuple[list[list[int]], Optional[np.ndarray], dict]]
+
+
 def toyworld_comparisons(model, params, tokenizer, config, instances: list[toyworld.Instance],
-                         seed: int) -> tuple[list[dict], dict]:
+                         seed: int, rank: Optional[Ranker] = None) -> tuple[list[dict], dict]:
   """Samples K responses per instance from the policy (`model`, `params`), ranks them with the simulated
-  annotator. Returns (records, statistics)."""
+  annotator, or with `rank` (AI feedback), whose records also carry its "confidence". Returns (records,
+  statistics); the statistics include how often the ranking orders two answers as gold does
+  (`gold_agreement/TASK`, ties half: `ranking_gold_agreement`)."""
   tw = config.toyworld
   world = toyworld.make_world(tw.seed)
   k = tw.responses_per_prompt
   prompts = [inst.prompt for inst in instances for _ in range(k)]
   texts, ended = sample_responses(model, params, tokenizer, prompts, config.sampling, seed,
                                   temperature=tw.sample_temperature)
-  rng = np.random.default_rng(seed)
+  groups = [texts[n * k:(n + 1) * k] for n in range(len(instances))]
+  if rank is None:
+    rng = np.random.default_rng(seed)
+    rankings = [toyworld.annotate(world, inst, responses, rng, temperature=tw.annotator_temperature,
+                                  tie_margin=tw.tie_margin, disagreement=tw.disagreement)
+                for inst, responses in zip(instances, groups)]
+    confidence, rank_stats = None, {}
+  else:
+    rankings, confidence, rank_stats = rank([inst.prompt for inst in instances], groups)
   records, all_tied = [], 0
-  for n, inst in enumerate(instances):
-    responses = texts[n * k:(n + 1) * k]
-    ranks = toyworld.annotate(world, inst, responses, rng, temperature=tw.annotator_temperature,
-                              tie_margin=tw.tie_margin, disagreement=tw.disagreement)
+  for n, (inst, responses, ranks) in enumerate(zip(instances, groups, rankings)):
+    gold = [toyworld.gold_score(world, inst, r) for r in responses]
     if len(set(ranks)) < 2:
       all_tied += 1
       continue
-    records.append({"prompt": inst.prompt, "responses": responses, "ranking": ranks, "task": inst.task,
-                    "gold": [toyworld.gold_score(world, inst, r) for r in responses],
-                    "instance": toyworld.instance_to_json(inst)})
+    record = {"prompt": inst.prompt, "responses": responses, "ranking": ranks, "task": inst.task, "gold": gold,
+              "instance": toyworld.instance_to_json(inst)}
+    if confidence is not None:
+      record["confidence"] = float(confidence[n])
+    records.append(record)
   gold = toyworld.mean_gold_by_task(world, [i for i in instances for _ in range(k)], texts)
   stats = {"prompts": len(instances), "comparisons": len(records), "all_tied": all_tied,
-           "end_of_turn_rate": float(np.mean(ended)), **{f"sample_gold/{t}": v for t, v in gold.items()}}
+           "end_of_turn_rate": float(np.mean(ended)), **{f"sample_gold/{t}": v for t, v in gold.items()},
+           **{f"gold_agreement/{t}": v for t, v in ranking_gold_agreement(instances, groups, rankings, world).items()},
+           **rank_stats}
+  if confidence is not None and len(confidence):
+    stats["mean_confidence"] = float(np.mean(confidence))
   return records, stats
+
+
+def ranking_gold_agreement(instances, groups, rankings, world) -> dict[str, float]:
+  """Per task and "all": over every pair of a prompt's answers whose gold differs, the share the ranking
+  orders as gold does (a tie counts half) -- an annotator's or a judge's agreement with the hidden truth."""
+  hits: dict[str, list[float]] = {}
+  for inst, responses, ranks in zip(instances, groups, rankings):
+    gold = [toyworld.gold_score(world, inst, r) for r in responses]
+    for i in range(len(gold)):
+      for j in range(len(gold)):
+        if gold[i] > gold[j]:
+          value = 1.0 if ranks[i] < ranks[j] else 0.5 if ranks[i] == ranks[j] else 0.0
+          for name in (inst.task, "all"):
+            hits.setdefault(name, []).append(value)
+  return {name: float(np.mean(v)) for name, v in sorted(hits.items())}
 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
@@ -60,9 +95,10 @@ def write_jsonl(path: str, records: list[dict]) -> None:
   os.replace(path + ".tmp", path)
 
 
-def ensure_comparisons(config, directory: str, model, params, tokenizer) -> dict:
-  """Writes `directory/train.jsonl` and `heldout.jsonl` unless both exist. Returns the statistics (read
-  back from `directory/comparisons.json` when the files were already there)."""
+def ensure_comparisons(config, directory: str, model, params, tokenizer, rank: Optional[Ranker] = None) -> dict:
+  """Writes `directory/train.jsonl` and `heldout.jsonl` unless both exist, ranked by the annotator or by
+  `rank`. Returns the statistics (read back from `directory/comparisons.json` when the files were already
+  there)."""
   stats_path = os.path.join(directory, "comparisons.json")
   paths = {split: os.path.join(directory, name) for split, name in FILES.items()}
   if all(os.path.exists(p) for p in paths.values()) and os.path.exists(stats_path):
@@ -75,10 +111,11 @@ def ensure_comparisons(config, directory: str, model, params, tokenizer) -> dict
   for split, num, offset in (("train", tw.num_comparisons, 4), ("heldout", tw.num_val_comparisons, 5)):
     instances = toyworld.sample_instances(world, num, tw.seed + offset, split=split)
     records, split_stats = toyworld_comparisons(model, params, tokenizer, config, instances,
-                                                config.seed + offset)
+                                                config.seed + offset, rank)
     stats.update({f"comparisons/{split}/{k}": v for k, v in split_stats.items()})
     if not records:
-      raise UserError(f"{directory}: the annotator tied all K answers of every one of the {num} {split} prompts "
+      who = "annotator" if rank is None else "judge"
+      raise UserError(f"{directory}: the {who} tied all K answers of every one of the {num} {split} prompts "
                       f"(mean gold {split_stats['sample_gold/all']:.3f}), so there is no preference to learn; "
                       "is init_from a trained SFT model?")
     if jax.process_index() == 0:

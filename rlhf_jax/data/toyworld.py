@@ -1257,3 +1257,84 @@ def demonstrator_rates(tw: Any) -> dict[str, float]:
   return {"filler_rate": float(tw.filler_rate), "comply_rate": float(tw.comply_rate),
           "constraint_error_rate": float(tw.constraint_error_rate),
           "calculator_rate": float(tw.get("calculator_rate", 0.0))}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Judging demonstrations (AI feedback, rlhf_jax/judge.py): questions about answers, with exact labels.
+
+# The principles a toyworld judge learns, each with the order it puts answers in (`principle_key`): the
+# principle's own criterion first, gold breaking its ties, so every pair has one right label. They are the
+# lines of experiments/principles/toyworld.txt.
+JUDGE_PRINCIPLES = {
+    "best": "rule : prefer the answer that does the task best .",
+    "filler": "rule : prefer the answer without filler .",
+    "constraint": "rule : prefer the answer that keeps to the rule in the question .",
+}
+JUDGE_GOOD_GOLD = 0.75  # The pointwise question's "yes": an answer whose gold is at least this.
+# The answers judged in the demonstrations: the demonstrator with these rates (errors, broken constraints,
+# filler, compliance), so pairs hold every kind of flaw an SFT model makes and the judge sees both sides.
+_JUDGED_RATES = {"error_rate": 0.5, "filler_rate": 0.5, "comply_rate": None, "constraint_error_rate": 0.5}
+
+
+def constraint_broken(inst: Instance, response: str) -> bool:
+  """Whether the response breaks the instruction's constraint (`avoid`: uses the word; `sentences`: more
+  sentences than asked), read as gold reads it (without filler and tool calls)."""
+  tokens = tokenize(strip_filler(strip_tool_calls(response))[0])
+  if "avoid" in inst.args and inst.args["avoid"] in tokens:
+    return True
+  return "sentences" in inst.args and len(_split_sentences(tokens)) > inst.args["sentences"]
+
+
+def principle_key(world: World, inst: Instance, response: str, principle: str) -> tuple[float, float]:
+  """The order a principle of `JUDGE_PRINCIPLES` puts answers in (larger is better): "best" by gold alone,
+  "filler" by fewer filler phrases, "constraint" by keeping the constraint, each then by gold."""
+  gold = gold_score(world, inst, response)
+  if principle == "best":
+    return (0.0, gold)
+  if principle == "filler":
+    return (-float(strip_filler(strip_tool_calls(response))[1]), gold)
+  if principle == "constraint":
+    return (-float(constraint_broken(inst, response)), gold)
+  raise UserError(f"unknown toyworld principle {principle!r}; expected one of {', '.join(JUDGE_PRINCIPLES)}")
+
+
+def judged_answer(world: World, inst: Instance, rng: np.random.Generator) -> str:
+  """An answer to be judged: the demonstrator at `_JUDGED_RATES`, perfect or flawed in any of its ways."""
+  return demonstrate(world, inst, rng, **_JUDGED_RATES)
+
+
+def judge_pairs(world: World, num: int, seed: int, split: str = "train",
+                tie_margin: float = 0.02) -> list[dict[str, Any]]:
+  """`num` pairwise judging examples: {"instance", "principle" (a key of JUDGE_PRINCIPLES), "first",
+  "second", "first_better"}, two answers (`judged_answer`) to one instance, the principles in turn. A pair
+  whose keys tie (same criterion, gold within `tie_margin`) has no right label and is drawn again."""
+  instances = sample_instances(world, num, seed, split)
+  rng = np.random.default_rng([int(seed), 0x6A756467])
+  names = list(JUDGE_PRINCIPLES)
+  out = []
+  for n, inst in enumerate(instances):
+    principle = names[n % len(names)]
+    for _ in range(100):
+      first, second = judged_answer(world, inst, rng), judged_answer(world, inst, rng)
+      a, b = principle_key(world, inst, first, principle), principle_key(world, inst, second, principle)
+      if a[0] != b[0] or abs(a[1] - b[1]) >= tie_margin:
+        out.append({"instance": inst, "principle": principle, "first": first, "second": second,
+                    "first_better": a > b})
+        break
+  return out
+
+
+def judge_verdicts(world: World, num: int, seed: int, split: str = "train") -> list[dict[str, Any]]:
+  """`num` pointwise examples: {"instance", "answer", "good"}, good = gold >= JUDGE_GOOD_GOLD; half of the
+  answers are drawn from the good ones and half from the others, so both labels are common."""
+  instances = sample_instances(world, num, seed, split)
+  rng = np.random.default_rng([int(seed), 0x76657264])
+  out = []
+  for n, inst in enumerate(instances):
+    want = n % 2 == 0
+    for _ in range(100):
+      answer = judged_answer(world, inst, rng)
+      if (gold_score(world, inst, answer) >= JUDGE_GOOD_GOLD) == want:
+        break
+    out.append({"instance": inst, "answer": answer, "good": gold_score(world, inst, answer) >= JUDGE_GOOD_GOLD})
+  return out

@@ -19,7 +19,9 @@
   `build_ppo` builds all of it (a `PPOSetup`) without running or writing anything; `run` hands it to the loop.
   ppo.iterations_per_call K >= 1: rollout and update as one compiled program, K iterations a call (lax.scan),
   and train.seeds N > 1 replicas of it vmapped (`compile_iterations`, rl/iteration.py); the Python iteration
-  above stays for the gold reward, iterated rounds, ppo/gold and the per-phase timings.
+  above stays for the gold reward, the judge's reward, iterated rounds, ppo/gold and the per-phase timings.
+  ppo.reward=judge: the judge (judge.model, rlhf_jax/judge.py) scores the decoded answers on the host, its
+  log-odds of "yes" normalised on SFT samples (`JudgeReward`); the reward model still starts the critic.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rlhf_jax import judge as judge_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import comparisons, models
 from rlhf_jax.artifacts.documents import load_documents
@@ -44,7 +47,7 @@ from rlhf_jax.data import pipelines, sources, toyworld
 from rlhf_jax.data.pipelines import encode_responses
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import rm as rm_eval
-from rlhf_jax.eval.gold import sampling_tool
+from rlhf_jax.eval.gold import sample_responses, sampling_tool
 from rlhf_jax.eval.lm import heldout_lm_evaluator
 from rlhf_jax.eval.policy import PolicyEvaluator, to_host
 from rlhf_jax.model import lora as lora_lib
@@ -298,6 +301,7 @@ class PPOSetup:
   baseline: dict
   loop: LoopConfig
   rng: jax.Array
+  judge_reward: JudgeReward | None = None  # ppo.reward=judge's scorer, with its normalisation (`fitted`).
 
 
 def load_models(config, workdir: str, mesh) -> tuple[Transformer, dict, Tokenizer, Transformer, dict, dict]:
@@ -403,12 +407,37 @@ def rollout_gold(world, instances: list, tokenizer, index_b: np.ndarray, host_sa
   return np.array([toyworld.gold_score(world, instances[i], text) for i, text in zip(index_b, texts)], np.float32)
 
 
+class JudgeReward:
+  """ppo.reward=judge: a rollout's score is the judge's log-odds of "yes" to "is the answer good?"
+  (`Judge.verdicts`, a generative reward model), normalised as the reward stage normalises a reward model's
+  score: to mean 0 and std 1 on reward.norm_samples answers of the SFT model to training prompts, sampled at
+  ppo.temperature (`fit`, recorded in the summary as judge/raw_mean and judge/raw_std)."""
+
+  def __init__(self, config, mesh):
+    self.judge = judge_lib.load_judge(config, mesh)
+    self.mean, self.std = 0.0, 1.0
+
+  def fit(self, config, lm: Transformer, sft_params, tokenizer, train_prompts: Prompts) -> dict:
+    n = config.reward.norm_samples
+    conversations = [train_prompts.conversations[i % len(train_prompts.conversations)] for i in range(n)]
+    texts, _ = sample_responses(lm, sft_params, tokenizer, conversations, config.sampling, config.seed + 17,
+                                temperature=config.ppo.temperature)
+    fit = rm_eval.fit_normalization(self.judge.verdicts(conversations, texts), 1.0, 0.0)
+    self.mean, self.std = fit["raw_mean"], 1.0 / fit["gain"]  # gain = 1 / std (1 for constant scores).
+    self.fitted = {"judge/raw_mean": fit["raw_mean"], "judge/raw_std": fit["raw_std"], "judge/norm_samples": n}
+    return self.fitted
+
+  def __call__(self, conversations: list, texts: list[str]) -> np.ndarray:
+    return ((self.judge.verdicts(conversations, texts) - self.mean) / self.std).astype(np.float32)
+
+
 def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, rounds: RewardRounds | None,
                   tokenizer, world, train_prompts: Prompts, lora_actor: bool = False,
-                  critic_base: dict | None = None) -> Callable:
+                  critic_base: dict | None = None, judge_reward: JudgeReward | None = None) -> Callable:
   """`ppo_step(state, batch, rng) -> (state, metrics)`: one PPO iteration, a reward-model round first when one
   is due; Python, as generation's early exit and the phase timings need the host. `lora_actor`: the state
-  holds the actor's adapters, on the reference's weights; `critic_base`: a LoRA critic's frozen trunk."""
+  holds the actor's adapters, on the reference's weights; `critic_base`: a LoRA critic's frozen trunk;
+  `judge_reward`: ppo.reward=judge's scorer."""
   ppo = config.ppo
   needs_ref = steps.PPOSettings.from_config(ppo).kl_needs_reference or lora_actor
   loss_ref = ref_params if needs_ref else None
@@ -436,8 +465,14 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
     gold = None
     if train_prompts.instances is not None:
       gold = rollout_gold(world, train_prompts.instances, tokenizer, to_host(batch["index"]), host_sample)
+    scores = None
     if ppo.reward == "gold":  # The oracle: the gold scorer replaces the reward model's score.
       scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
+    elif ppo.reward == "judge":  # A generative reward model: the judge's normalised log-odds of "yes".
+      texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
+      asked = [train_prompts.conversations[i] for i in to_host(batch["index"])]
+      scores = judge_reward(asked, texts) - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
+    if scores is not None:
       rollout = rollout.replace(scores=jax.make_array_from_callback(
           scores.shape, rollout.scores.sharding, lambda idx: scores[idx]))
     new_tokens = float(host_sample.lengths.sum())
@@ -516,9 +551,14 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
   iteration = iteration_lib.make_ppo_iteration(generate, collect, update_fn, kl_in_loss=settings.kl_needs_reference,
                                                mesh=mesh, lora_actor=lora_spec is not None,
                                                critic_base=None if critic_base is None else critic_trunk)
+  judge_reward = None
+  if ppo.reward == "judge":
+    judge_reward = JudgeReward(config, mesh)
+    judge_reward.fit(config, lm, strip_value(ref_params), tokenizer, train_prompts)
   step_fn = make_ppo_step(config, generate=generate, collect=collect, update=update, ref_params=ref_params,
                           rm_params=rm_params, rounds=rounds, tokenizer=tokenizer, world=world,
-                          train_prompts=train_prompts, lora_actor=lora_spec is not None, critic_base=critic_base)
+                          train_prompts=train_prompts, lora_actor=lora_spec is not None, critic_base=critic_base,
+                          judge_reward=judge_reward)
   evaluator, cold = make_evaluators(config, actor=actor, ref_params=ref_params, rm_model=rm_model,
                                     rm_params=rm_params, tokenizer=tokenizer, mesh=mesh, world=world,
                                     eval_prompts=eval_prompts, reward_token=reward_id is not None)
@@ -533,7 +573,8 @@ def build_ppo(config, workdir: str, mesh=None) -> PPOSetup:
       collect=collect, update=update, step_fn=step_fn, iteration=iteration, evaluator=evaluator, cold=cold,
       pretrain_eval=pretrain_eval, evaluate=make_evaluate(evaluator, cold, pretrain_eval, ref_params, baseline,
                                                           policy_params),
-      baseline=baseline, loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1))
+      baseline=baseline, loop=loop_config(config), rng=jax.random.PRNGKey(config.seed + 1),
+      judge_reward=judge_reward)
   return compile_iterations(setup, make_data) if ppo.iterations_per_call else setup
 
 
@@ -597,7 +638,9 @@ def run(config, workdir: str) -> dict:
   models.save_tokenizer(workdir, setup.tokenizer)
   _, summary = train_loop(setup.loop, workdir=workdir, state=setup.state, shardings=setup.shardings,
                           step_fn=setup.step_fn, rng=setup.rng, data=setup.data(), make_batch=setup.make_batch,
-                          evaluate=setup.evaluate, config=config, extra_summary=actor_counts(setup))
+                          evaluate=setup.evaluate, config=config,
+                          extra_summary={**actor_counts(setup),
+                                         **(setup.judge_reward.fitted if setup.judge_reward else {})})
   summary = finish_summary(setup.evaluator, setup.baseline, workdir, summary)
   print(common.result_line("ppo", summary, ["eval/rm_score", "eval/kl", "eval/gold/all", "sft/gold/all",
                                             "eval/win_rate_gold", "eval/win_rate_rm"]))

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from rlhf_jax import judge as judge_lib
 from rlhf_jax import tools
 from rlhf_jax.artifacts import models
 from rlhf_jax.artifacts.documents import load_documents
@@ -35,11 +36,27 @@ def load_conversations(config,
                                    **toyworld.demonstrator_rates(tw))
     val = toyworld.sft_examples(world, tw.num_val_sft, tw.seed + 1, tw.error_rate, split="heldout",
                                  **toyworld.demonstrator_rates(tw))
-    return [ex["messages"] for ex in train], [ex["messages"] for ex in val]
+    judging = judge_conversations(config, world, tw.judge_sft, tw.seed + 6, "train")
+    val_judging = judge_conversations(config, world, tw.judge_sft // 10, tw.seed + 7, "heldout")
+    return [ex["messages"] for ex in train] + judging, [ex["messages"] for ex in val] + val_judging
   source = sources.open_source(config.data.path, "sft", bad=bad)
   conversations = [source[i]["messages"] for i in range(len(source))]
   cut = max(1, int(round(len(conversations) * (1.0 - config.data.val_fraction))))
   return conversations[:cut], conversations[cut:] or conversations[-1:]
+
+
+def judge_conversations(config, world, num: int, seed: int, split: str) -> list[list[dict]]:
+  """`num` toyworld judging demonstrations (rlhf_jax/judge.py), the share toyworld.judge_pointwise of them
+  pointwise: the questions of the config's judge section with their exact labels."""
+  spec = judge_lib.JudgeSpec.from_config(config.judge)
+  points = int(round(num * config.toyworld.judge_pointwise))
+  pairs = toyworld.judge_pairs(world, num - points, seed, split) if num - points else []
+  verdicts = toyworld.judge_verdicts(world, points, seed, split) if points else []
+  out = [spec.pair_conversation(toyworld.JUDGE_PRINCIPLES[p["principle"]], p["instance"].prompt, p["first"],
+                                p["second"], p["first_better"]) for p in pairs]
+  out += [spec.point_conversation(v["instance"].prompt, v["answer"], v["good"]) for v in verdicts]
+  order = np.random.default_rng([seed, 0x6A]).permutation(len(out))
+  return [out[i] for i in order]
 
 
 def encode_conversations(tokenizer, conversations, tool: str = "") -> tuple[list[np.ndarray], list[np.ndarray]]:
