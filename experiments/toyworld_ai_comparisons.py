@@ -9,7 +9,13 @@ temperature 1.0 to each training prompt; the same seeds give the same answers), 
 principles of experiments/principles/toyworld.txt, in both orders, 36 questions a prompt. The reward stage
 then trains on them as data.path (`--config.data.path=runs/toyworld/ai_comparisons`). With judge.best_of_n
 16 the stage ends with the pointwise judge as a best-of-n picker on the held-out evaluation prompts.
-Figures and the commands that made them: README, "AI feedback".
+
+Measured (2026-12-06, world 0, the quickstart's SFT model and 8,000 prompts, experiments/toyworld_judge.py's
+judge; 824 s alone on a 2-core Xeon, 288,000 judging questions at about 360 a second): 7,898 comparisons kept
+(the annotator kept 6,625: it ties answers whose gold is within 0.02), agreement with gold 0.709 (training)
+and 0.697 (held-out) of the pairs, mean confidence 0.62; the pointwise judge's pick of 4 and of 16 held-out
+answers scores gold 0.662 and 0.641 (one answer 0.598, gold's own pick 0.795 and 0.907). The reward model
+trained on them and PPO against it: README, "AI feedback".
 """
 
 import os

@@ -1,6 +1,7 @@
 """Every ablation file's sweeps load and finalise (no training), and the smoke sweeps of the ablations that no
-other test runs -- rm_variants.py and ptx.py -- run through `python -m rlhf_jax.sweep` (ptx.py's in the slow
-tier, `python -m pytest -m slow`: every PPO smoke run already takes the ptx loss).
+other test runs -- rm_variants.py and ptx.py -- run through `python -m rlhf_jax.sweep`, both in the slow tier
+(`python -m pytest -m slow`): every PPO smoke run already takes the ptx loss, each reward loss has its own
+stage test (tests/test_reward.py), and a reward-stage sweep runs in tests/test_sweep.py (rm_data.py).
 
 The other smoke sweeps run in tests/test_sweep.py (kl_coef.py, rm_data.py) and tests/test_seeds.py
 (sft_error_rate.py).
@@ -55,6 +56,7 @@ def _table(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # 65 s in CI, which the AI-feedback smoke runs (tests/test_judge.py) took over.
 def test_rm_variants_smoke_sweep(toyworld_smoke, tmp_path):
   """ablations/rm_variants.py:smoke: one comparisons run, then a reward model per loss on exactly those
   comparisons -- the four losses on the plain head, and the pairwise loss with the likelihood term -- each a

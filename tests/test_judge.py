@@ -206,6 +206,15 @@ def test_ai_comparisons_stage_writes_comparisons_the_reward_stage_reads(toyworld
   ranks, confidence, _ = judge.rank([r["prompt"] for r in raw[:4]], [r["responses"] for r in raw[:4]], principles)
   assert ranks == [r["ranking"] for r in raw[:4]]
   np.testing.assert_allclose(confidence, [r["confidence"] for r in raw[:4]], atol=1e-4)
+  # Any prompts: a prompt JSONL, its last val_fraction held out, no gold.
+  prompts = tmp_path / "prompts.jsonl"
+  prompts.write_text("".join(json.dumps({"prompt": f"name {n} fruits ."}) + "\n" for n in range(2, 8)))
+  run_smoke("toyworld_ai_comparisons.py", tmp_path / "own", f"--config.init_from={toyworld_smoke['sft'][0]}",
+            f"--config.judge.model={judge_smoke[0]}", "--config.data.source=text", f"--config.data.path={prompts}",
+            "--config.data.val_fraction=0.34", "--config.judge.rank=pointwise")
+  train, heldout = read_comparisons(str(tmp_path / "own"), 0.1)
+  assert [r["prompt"][0]["content"] for r in train + heldout] == [f"name {n} fruits ." for n in range(2, 8)]
+  assert len(heldout) == 2 and all("gold" not in r for r in train)
 
 
 def test_ppo_scores_rollouts_with_the_judges_normalised_log_odds(toyworld_smoke, toyworld_reward_smoke, judge_smoke,
