@@ -20,9 +20,9 @@ restricted to the first token of each label (which must differ; `JudgeSpec` chec
 - `verdicts`: log P("yes") - log P("no"), the pointwise judge's log-odds: the generative reward model's score.
 
 Principles files (`read_principles`) are plain UTF-8 text, one principle per line; blank lines and lines that
-start with "#" are skipped. Any causal LM this codebase loads can judge (`load_judge`: a workdir, a converted
-or a Hugging Face checkpoint, with its own tokenizer -- answers reach it as text). toyworld trains one
-(`toyworld.judge_pairs`, `toyworld.judge_verdicts`, the SFT stage's `toyworld.judge_sft`).
+start with "#" are skipped. Any causal LM this codebase loads can judge (`artifacts.models.load_judge`: a
+workdir, a converted or a Hugging Face checkpoint, with its own tokenizer -- answers reach it as text). toyworld
+trains one (`toyworld.judge_pairs`, `toyworld.judge_verdicts`, the SFT stage's `toyworld.judge_sft`).
 """
 
 from __future__ import annotations
@@ -260,20 +260,6 @@ class Judge:
              for p, a in zip(prompts, answers)]
     lp = self.label_log_probs(texts, self.point_ids)
     return lp[:, 0] - lp[:, 1]
-
-
-def load_judge(config, mesh) -> Judge:
-  """The judge of the config's `judge` section: `judge.model` loaded (with its own tokenizer)."""
-  from rlhf_jax.artifacts import models  # The artifacts layer loads checkpoints.
-
-  path = config.judge.model
-  if not path:
-    raise UserError("config key 'judge.model': name the judge's workdir or checkpoint")
-  spec = JudgeSpec.from_config(config.judge)
-  model, params, tokenizer = models.load_pretrained(path, mesh, config.model, heads=("lm",))
-  if tokenizer is None:
-    raise UserError(f"{path}: no tokenizer.model or tokenizer.json next to the judge's checkpoint")
-  return Judge(model, params, tokenizer, spec, mesh, chunk=config.judge.batch_size)
 
 
 def principles_of(config) -> list[str]:

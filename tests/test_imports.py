@@ -8,7 +8,7 @@ The layers, bottom to top (a module not listed fails the test: place it when you
   1 platform      config, mesh, tokenizer and its constrained-decoding automata and tools, data (sources, pipelines,
                   toyworld)
   2 model         the Transformer, its heads, Hugging Face and our own checkpoint format
-  3 compute       sampling, rollouts, training state/steps/loop/checkpoints, and the evaluators
+  3 compute       sampling, rollouts, training state/steps/loop/checkpoints, the evaluators and the judge
   4 artifacts     what one stage writes and another reads: models, tokenizers, the reward model and its spec,
                   comparisons, pretraining documents
   5 stages        the stages (which never import one another, only stages.common) and the report
@@ -34,10 +34,10 @@ LAYERS = {
     2: ("model.heads", "model.transformer", "model.hf", "model.converted"),
     3: ("sampling", "rl.rollout", "rl.iteration", "train.state", "train.checkpoint", "train.steps", "train.loop",
         "eval.lm", "eval.rm", "eval.gold", "eval.policy", "eval.best_of_n",
-        "eval.self_consistency"),
+        "eval.self_consistency", "judge"),
     4: ("artifacts.models", "artifacts.reward_model", "artifacts.comparisons", "artifacts.documents"),
-    5: ("stages.common", "stages.pretrain", "stages.sft", "stages.comparisons", "stages.reward", "stages.ppo",
-        "stages.dpo", "eval.report"),
+    5: ("stages.common", "stages.pretrain", "stages.sft", "stages.comparisons", "stages.ai_comparisons",
+        "stages.reward", "stages.ppo", "stages.dpo", "eval.report"),
     6: ("orchestrate", "pipeline", "main", "sweep", "sample", "chat", "convert", "best_of_n", "evaluate"),
 }
 LAYER = {name: layer for layer, names in LAYERS.items() for name in names}

@@ -16,6 +16,7 @@ import pytest
 from conftest import run_smoke, tiny_model
 from rlhf_jax import judge as judge_lib
 from rlhf_jax import mesh as mesh_lib
+from rlhf_jax.artifacts import models
 from rlhf_jax.artifacts.comparisons import read_comparisons
 from rlhf_jax.config import base_config, finalize
 from rlhf_jax.data import toyworld
@@ -200,7 +201,7 @@ def test_ai_comparisons_stage_writes_comparisons_the_reward_stage_reads(toyworld
   # The labels are the judge's: rank the first records again with the same judge and principles.
   config = base_config()
   config.judge.model = str(judge_smoke[0])
-  judge = judge_lib.load_judge(config, mesh_lib.single_device_mesh())
+  judge = models.load_judge(config, mesh_lib.single_device_mesh())
   principles = judge_lib.read_principles(os.path.join(os.path.dirname(__file__), "..", "experiments",
                                                       "principles", "toyworld.txt"))
   ranks, confidence, _ = judge.rank([r["prompt"] for r in raw[:4]], [r["responses"] for r in raw[:4]], principles)

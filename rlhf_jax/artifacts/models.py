@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Optional
 import jax
 from jax.experimental import multihost_utils
 
+from rlhf_jax import judge as judge_lib
 from rlhf_jax.errors import UserError
 from rlhf_jax.model import hf
 from rlhf_jax.model import lora as lora_lib
@@ -140,3 +141,16 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
   params = {k: params[k] for k in abstract}
   hf.check_params(model_config, params, path)
   return model, jax.device_put(params, shardings), tokenizer
+
+
+def load_judge(config, mesh):
+  """The judge of the config's `judge` section (rlhf_jax/judge.py): `judge.model` loaded like any LM, with its
+  own tokenizer, asked the section's questions."""
+  path = config.judge.model
+  if not path:
+    raise UserError("config key 'judge.model': name the judge's workdir or checkpoint")
+  spec = judge_lib.JudgeSpec.from_config(config.judge)
+  model, params, tokenizer = load_pretrained(path, mesh, config.model, heads=("lm",))
+  if tokenizer is None:
+    raise UserError(f"{path}: no tokenizer.model or tokenizer.json next to the judge's checkpoint")
+  return judge_lib.Judge(model, params, tokenizer, spec, mesh, chunk=config.judge.batch_size)

@@ -109,7 +109,7 @@ def run(config, workdir: str) -> dict:
   model, params, tokenizer = models.load_pretrained(config.init_from, mesh, config.model)
   common.record_model(config, workdir, model.config)
   tokenizer = models.resolve_tokenizer(config, workdir, lambda: [], given=tokenizer)
-  judge = judge_lib.load_judge(config, mesh)
+  judge = models.load_judge(config, mesh)
   common.write_run_config(config, workdir)
   rank = judge_ranker(judge, principles, config.judge.rank)
   started = time.time()

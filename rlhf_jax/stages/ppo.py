@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from rlhf_jax import judge as judge_lib
 from rlhf_jax import mesh as mesh_lib
 from rlhf_jax.artifacts import comparisons, models
 from rlhf_jax.artifacts.documents import load_documents
@@ -414,7 +413,7 @@ class JudgeReward:
   ppo.temperature (`fit`, recorded in the summary as judge/raw_mean and judge/raw_std)."""
 
   def __init__(self, config, mesh):
-    self.judge = judge_lib.load_judge(config, mesh)
+    self.judge = models.load_judge(config, mesh)
     self.mean, self.std = 0.0, 1.0
 
   def fit(self, config, lm: Transformer, sft_params, tokenizer, train_prompts: Prompts) -> dict:
