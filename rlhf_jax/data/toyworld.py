@@ -103,6 +103,12 @@ mistakes), lists of things of a kind, counting, small arithmetic and word lists 
 reversals: the words, the grammar and the raw skills, but never the instruction/chat format, which SFT
 has to teach.
 
+Judging demonstrations (AI feedback, rlhf_jax/judge.py): `judge_pairs` gives two answers to one instance
+(`judged_answer`: the demonstrator at 50% error, filler and constraint-breaking rates) and which is better
+under one of `JUDGE_PRINCIPLES` -- "best" by gold, "filler" by fewer filler phrases, "constraint" by keeping
+the instruction's constraint, each then by gold (`principle_key`) -- and `judge_verdicts` one answer and
+whether its gold is at least `JUDGE_GOOD_GOLD`. The labels are exact; the answers are never a policy's.
+
 Pure Python and numpy, no JAX: data pipelines run on the host.
 """
 
