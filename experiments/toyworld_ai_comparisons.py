@@ -11,11 +11,11 @@ then trains on them as data.path (`--config.data.path=runs/toyworld/ai_compariso
 16 the stage ends with the pointwise judge as a best-of-n picker on the held-out evaluation prompts.
 
 Measured (2026-12-06, world 0, the quickstart's SFT model and 8,000 prompts, experiments/toyworld_judge.py's
-judge; 824 s alone on a 2-core Xeon, 288,000 judging questions at about 360 a second): 7,898 comparisons kept
-(the annotator kept 6,625: it ties answers whose gold is within 0.02), agreement with gold 0.709 (training)
-and 0.697 (held-out) of the pairs, mean confidence 0.62; the pointwise judge's pick of 4 and of 16 held-out
-answers scores gold 0.662 and 0.641 (one answer 0.598, gold's own pick 0.795 and 0.907). The reward model
-trained on them and PPO against it: README, "AI feedback".
+judge; 824 s alone on a 2-core Xeon of float32 matmul peak 241 GFLOP/s, 288,000 judging questions at about 360
+a second): 7,898 comparisons kept (the annotator kept 6,625: it ties answers whose gold is within 0.02),
+agreement with gold 0.709 (training) and 0.697 (held-out) of the pairs, mean confidence 0.62; the pointwise
+judge's pick of 4 and of 16 held-out answers scores gold 0.662 and 0.641 (one answer 0.598, gold's own pick
+0.795 and 0.907). The reward model trained on them and PPO against it: README, "AI feedback".
 """
 
 import os

@@ -15,13 +15,13 @@ about 60 of them, or the usual 130 answers; 24,000 judging and 16,000 answers fi
 1,200 steps are about 2.4 epochs. The judge is then read by stage=ai_comparisons (judge.model) and by
 ppo.reward=judge.
 
-Measured (2026-12-06, world 0, from the quickstart's 1,000-step pretraining; 799 s on a 2-core Xeon beside
-other jobs): on the quickstart's 250 held-out comparisons its rankings (3 principles, both orders) agree
-with gold on 0.697 of the pairs whose gold differs, against the simulated annotator's 0.903 and the scalar
-reward model's 0.820; sums 0.45, copying 0.55-0.57, reviews 0.80, lists 0.76, refusals 1.00. The two orders
-of a pair agree 36% of the time (position bias, which averaging them removes). As a policy it keeps SFT's
-gold (0.609). Started from the SFT model instead of the pretrained one it judges no better (0.669).
-README, "AI feedback"; experiments/NOTES.md.
+Measured (2026-12-06, world 0, from the quickstart's 1,000-step pretraining; 799 s on a 2-core Xeon, matmul
+peak 241 GFLOP/s, beside other jobs): on the quickstart's 250 held-out comparisons its rankings (3 principles,
+both orders) agree with gold on 0.697 of the pairs whose gold differs, against the simulated annotator's 0.903
+and the scalar reward model's 0.820; sums 0.45, copying 0.55-0.57, reviews 0.80, lists 0.76, refusals 1.00.
+The two orders of a pair agree 36% of the time (position bias, which averaging them removes). As a policy it
+keeps SFT's gold (0.609). Started from the SFT model instead of the pretrained one it judges no better
+(0.669). README, "AI feedback"; experiments/NOTES.md.
 """
 
 import os
