@@ -2,13 +2,13 @@
 
   python -m rlhf_jax.main --config experiments/quickstart.py --workdir runs/quickstart
 
-Stages, each in its own directory of the workdir (re-running the command skips finished stages and resumes
-an interrupted one): `pretrain` (trains the tokenizer, then the 4-layer model on the generated corpus),
-`sft` (instruction tuning on imperfect demonstrators), `comparisons` (4 SFT answers to each of 8,000 fresh
-prompts ranked by the simulated annotator), `reward` (one epoch over them, normalised on SFT samples, then
-best-of-n on the held-out prompts), `ppo` (30 iterations of 64 prompts x 4 answers, each answer scored
-against the other three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toyworld_ppo.py),
-then `report.md` with plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
+Stages, each in its own directory of the workdir (re-running the command skips finished stages and resumes an
+interrupted one): `pretrain` (trains the tokenizer, then the 4-layer model on the generated corpus), `sft`
+(instruction tuning on imperfect demonstrators), `comparisons` (4 SFT answers to each of 8,000 fresh prompts
+ranked by the simulated annotator), `reward` (one epoch over them, normalised on SFT samples, then best-of-n on
+the held-out prompts), `ppo` (30 iterations of 64 prompts x 4 answers, each answer scored against the other
+three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toyworld_ppo.py), then `report.md`
+with plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
 gold's best of 4 SFT answers, per task) and `summary.json`.
 
 Budgets: 1,000 of toyworld_pretrain's 1,200 steps (700 leave a model that cannot copy a word from its
@@ -16,14 +16,12 @@ prompt), 500 of SFT's 600, 8,000 of the reward model's 24,000 prompts (one epoch
 30 PPO iterations (7,680 episodes, 120 actor updates). `:smoke` runs every stage in seconds (the tests).
 
 Measured alone on a 2-core Intel Xeon (float32 matmul peak 271-276 GFLOP/s in the same session) on 2026-12-05,
-world seed 0: 14 min 25 s wall -- pretrain 359 s, SFT 195 s, comparisons 53 s, reward 113 s, PPO 103 s, the
-rest start-up and the report; PPO with the exact KL in its loss (today's default) then took 115 s alone, so
-about 14 min 37 s. Held-out gold (250 prompts, the one evaluator of eval/gold.py; a PPO stage rerun with it
-gave exactly these): SFT 0.619, SFT at T 0.5 0.653 (KL 0.21), the RM's best of 4 SFT answers 0.708 (gold's
-own pick 0.793), PPO 0.665: +0.045 +- 0.030 over SFT (paired, 95%), win rate 54.8% +- 3.1 by gold, KL 0.32.
-Other world seeds and the mean over seeds: the README.
-
-`:calculator`: arithmetic worked out with the calculator tool (README, "Tool calls"; figures in NOTES.md).
+world seed 0: 14 min 25 s wall -- pretrain 359 s, SFT 195 s, comparisons 53 s, reward 113 s, PPO 103 s, the rest
+start-up and the report; PPO with the exact KL in its loss (today's default) then took 115 s alone, so about 14
+min 37 s. Held-out gold (250 prompts, the one evaluator of eval/gold.py; a PPO stage rerun with it gave exactly
+these): SFT 0.619, SFT at T 0.5 0.653 (KL 0.21), the RM's best of 4 SFT answers 0.708 (gold's own pick 0.793),
+PPO 0.665: +0.045 +- 0.030 over SFT (paired, 95%), win rate 54.8% +- 3.1 by gold, KL 0.32. Other worlds: the
+README. `:calculator`: arithmetic worked out with the calculator tool (README, "Tool calls"; NOTES.md).
 """
 
 import os

@@ -52,9 +52,9 @@ def toyworld_comparisons(model, params, tokenizer, config, instances: list[toywo
     confidence, rank_stats = None, {}
   else:
     rankings, confidence, rank_stats = rank([inst.prompt for inst in instances], groups)
+  golds = [[toyworld.gold_score(world, inst, r) for r in responses] for inst, responses in zip(instances, groups)]
   records, all_tied = [], 0
-  for n, (inst, responses, ranks) in enumerate(zip(instances, groups, rankings)):
-    gold = [toyworld.gold_score(world, inst, r) for r in responses]
+  for n, (inst, responses, ranks, gold) in enumerate(zip(instances, groups, rankings, golds)):
     if len(set(ranks)) < 2:
       all_tied += 1
       continue
@@ -66,24 +66,25 @@ def toyworld_comparisons(model, params, tokenizer, config, instances: list[toywo
   gold = toyworld.mean_gold_by_task(world, [i for i in instances for _ in range(k)], texts)
   stats = {"prompts": len(instances), "comparisons": len(records), "all_tied": all_tied,
            "end_of_turn_rate": float(np.mean(ended)), **{f"sample_gold/{t}": v for t, v in gold.items()},
-           **{f"gold_agreement/{t}": v for t, v in ranking_gold_agreement(instances, groups, rankings, world).items()},
+           **{f"gold_agreement/{t}": v for t, v in ranking_gold_agreement([i.task for i in instances], golds,
+                                                                            rankings).items()},
            **rank_stats}
   if confidence is not None and len(confidence):
     stats["mean_confidence"] = float(np.mean(confidence))
   return records, stats
 
 
-def ranking_gold_agreement(instances, groups, rankings, world) -> dict[str, float]:
-  """Per task and "all": over every pair of a prompt's answers whose gold differs, the share the ranking
-  orders as gold does (a tie counts half) -- an annotator's or a judge's agreement with the hidden truth."""
+def ranking_gold_agreement(tasks: list[str], golds: list[list[float]], rankings: list[list[int]]) -> dict[str, float]:
+  """Per task and "all": over every pair of a prompt's answers whose gold differs (`golds[n]`, the gold of
+  prompt n's answers), the share the ranking orders as gold does (a tie counts half) -- an annotator's or a
+  judge's agreement with the hidden truth."""
   hits: dict[str, list[float]] = {}
-  for inst, responses, ranks in zip(instances, groups, rankings):
-    gold = [toyworld.gold_score(world, inst, r) for r in responses]
+  for task, gold, ranks in zip(tasks, golds, rankings):
     for i in range(len(gold)):
       for j in range(len(gold)):
         if gold[i] > gold[j]:
           value = 1.0 if ranks[i] < ranks[j] else 0.5 if ranks[i] == ranks[j] else 0.0
-          for name in (inst.task, "all"):
+          for name in (task, "all"):
             hits.setdefault(name, []).append(value)
   return {name: float(np.mean(v)) for name, v in sorted(hits.items())}
 

@@ -51,6 +51,11 @@ def best_of_n(pick_by: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
   return np.take_along_axis(values, order, axis=1) @ pick_weights(pick_by.shape[1], n)
 
 
+def best_of_n_sizes(n: int) -> list[int]:
+  """The n of a best-of-n table of n samples a prompt: 1, 2, 4, ... up to n, and n itself."""
+  return sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
+
+
 def best_of_n_table(rm_scores: np.ndarray, gold: np.ndarray, tasks: Sequence[str],
                     ns: Sequence[int]) -> list[dict]:
   """One row per n: the KL bound, the reward model's score and gold of its pick, and gold of the oracle's
@@ -90,8 +95,7 @@ def best_of_n_rows(score, params, tokenizer, world, instances, texts: list[str],
   tokens, start, end = encode_responses(tokenizer, pairs, seq_len, reward_token)
   scores = score(params, tokens, start, end).reshape(len(instances), n)
   gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
-  ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
-  rows = best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+  rows = best_of_n_table(scores, gold, [inst.task for inst in instances], best_of_n_sizes(n))
   if log_probs is not None:
     answers = [[toyworld.final_answer(inst, t) for t in texts[i * n:(i + 1) * n]] for i, inst in enumerate(instances)]
     tasks = np.asarray([inst.task for inst in instances])

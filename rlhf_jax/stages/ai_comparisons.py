@@ -28,7 +28,7 @@ from rlhf_jax.artifacts.comparisons import FILES, ensure_comparisons, write_json
 from rlhf_jax.data import sources, toyworld
 from rlhf_jax.errors import UserError
 from rlhf_jax.eval import gold as eval_gold
-from rlhf_jax.eval.best_of_n import best_of_n_samples, best_of_n_table
+from rlhf_jax.eval.best_of_n import best_of_n_samples, best_of_n_sizes, best_of_n_table
 from rlhf_jax.eval.gold import sample_responses
 from rlhf_jax.stages import common
 from rlhf_jax.train.loop import read_summary, write_summary
@@ -82,8 +82,7 @@ def judge_best_of_n(config, model, params, tokenizer, judge: judge_lib.Judge, me
   repeated = [inst for inst in instances for _ in range(n)]
   scores = judge.verdicts([inst.prompt for inst in repeated], texts).reshape(len(instances), n)
   gold = np.array([toyworld.gold_score(world, inst, t) for inst, t in zip(repeated, texts)]).reshape(scores.shape)
-  ns = sorted({2 ** k for k in range(n.bit_length()) if 2 ** k <= n} | {n})
-  rows = best_of_n_table(scores, gold, [inst.task for inst in instances], ns)
+  rows = best_of_n_table(scores, gold, [inst.task for inst in instances], best_of_n_sizes(n))
   return {f"judge_best_of_n/{row['n']}/{key.replace('rm_score', 'judge_log_odds')}": value
           for row in rows for key, value in row.items() if key != "n"}
 

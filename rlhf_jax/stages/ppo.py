@@ -400,9 +400,8 @@ def make_optimizers(config, with_critic: bool) -> dict:
   return txs
 
 
-def rollout_gold(world, instances: list, tokenizer, index_b: np.ndarray, host_sample) -> np.ndarray:
-  """(B,) float32: toyworld's gold score of each sampled answer, row b answering `instances[index_b[b]]`."""
-  texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
+def rollout_gold(world, instances: list, index_b: np.ndarray, texts: list[str]) -> np.ndarray:
+  """(B,) float32: toyworld's gold score of each sampled answer `texts[b]`, answering `instances[index_b[b]]`."""
   return np.array([toyworld.gold_score(world, instances[i], text) for i, text in zip(index_b, texts)], np.float32)
 
 
@@ -461,15 +460,18 @@ def make_ppo_step(config, *, generate, collect, update, ref_params, rm_params, r
     rollout = jax.block_until_ready(rollout)
     rollout_s = time.time() - started  # Without the host's decoding and gold scoring below.
     host_sample = jax.tree.map(to_host, sample)
+    index_b = to_host(batch["index"])
+    texts = None  # The answers as text, decoded once for the host's scorers (gold, the judge).
+    if train_prompts.instances is not None or ppo.reward == "judge":
+      texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
     gold = None
     if train_prompts.instances is not None:
-      gold = rollout_gold(world, train_prompts.instances, tokenizer, to_host(batch["index"]), host_sample)
+      gold = rollout_gold(world, train_prompts.instances, index_b, texts)
     scores = None
     if ppo.reward == "gold":  # The oracle: the gold scorer replaces the reward model's score.
       scores = ppo.gold_scale * gold - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
     elif ppo.reward == "judge":  # A generative reward model: the judge's normalised log-odds of "yes".
-      texts = [tokenizer.decode(t) for t in response_token_ids(host_sample)]
-      asked = [train_prompts.conversations[i] for i in to_host(batch["index"])]
+      asked = [train_prompts.conversations[i] for i in index_b]
       scores = judge_reward(asked, texts) - ppo.unfinished_penalty * (~host_sample.ended).astype(np.float32)
     if scores is not None:
       rollout = rollout.replace(scores=jax.make_array_from_callback(
