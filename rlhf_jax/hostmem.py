@@ -7,8 +7,9 @@ most 64 MB) and returns it with `munmap`, so every call writes into newly mapped
 faults and 0.15-0.2 s of kernel time in a 0.33-0.38 s toyworld pretraining step on a 2-core Xeon
 (/proc and strace, 2026-12-06). With one arena (the main one, grown by `brk`), no `mmap` for large blocks and
 no trimming of the heap's top, the buffer freed by one call is the buffer the next call gets: no faults, no
-kernel time, and the step runs in 0.23-0.27 s. The numerics are untouched (the same programs on the same
-values; only where their scratch memory comes from changes).
+kernel time: 289 ms a step against 371 ms (`python benchmarks/hostmem.py`, medians of 3 alternating
+processes each, alone). The numerics are untouched (the same programs on the same values; only where their
+scratch memory comes from changes): the losses agree to the last bit.
 
 `keep_freed_memory()` sets that with glibc's `mallopt`; `rlhf_jax/__init__.py` calls it on import, before
 jax starts its CPU client (a thread keeps the arena it first allocated from, so later calls help less).
