@@ -4,7 +4,7 @@ XLA's CPU runtime allocates each call's scratch buffer ("preallocated temp": 364
 step, B 32 x T 128) with `posix_memalign` from one of its worker threads, and frees it when the call ends.
 glibc serves a request that large from a thread's arena with a fresh `mmap` (a thread arena's heaps are at
 most 64 MB) and returns it with `munmap`, so every call writes into newly mapped pages: 93,000 minor page
-faults and 0.15-0.2 s of kernel time in a 0.33-0.38 s toyworld pretraining step on a 2-core Xeon
+faults and 0.15-0.22 s of kernel time in a 0.33-0.44 s toyworld pretraining step on a 2-core Xeon
 (/proc and strace, 2026-12-06). With one arena (the main one, grown by `brk`), no `mmap` for large blocks and
 no trimming of the heap's top, the buffer freed by one call is the buffer the next call gets: no faults, no
 kernel time: 289 ms a step against 371 ms (`python benchmarks/hostmem.py`, medians of 3 alternating
@@ -13,9 +13,12 @@ scratch memory comes from changes): the losses agree to the last bit.
 
 `keep_freed_memory()` sets that with glibc's `mallopt`; `rlhf_jax/__init__.py` calls it on import, before
 jax starts its CPU client (a thread keeps the arena it first allocated from, so later calls help less).
-RLHF_JAX_KEEP_FREED_MEMORY=0 leaves the allocator alone. What it costs: the process keeps the peak of its
-heap mapped until it exits (the resident set does not shrink after a large call), and all threads share one
-arena's lock, which XLA's compute threads, allocating per call and not per operation, do not contend for.
+RLHF_JAX_KEEP_FREED_MEMORY=0 leaves the allocator alone. What it costs: memory. Freed blocks are reused only
+where the next request fits, so the heap grows until fragmentation settles and never shrinks: for the toyworld
+pretraining step it grew to 1.8 GB within 100 steps and stayed there (400 steps), a peak resident set of
+2.2 GB against 0.83 GB with glibc's defaults (/work/runs/s19/growth.py). Turn it off for a model whose
+scratch buffer is a large share of the machine's memory. All threads share one arena's lock, which XLA's
+compute threads, allocating per call and not per operation, do not contend for.
 Other C libraries (macOS, musl) are left as they are.
 """
 
@@ -39,7 +42,7 @@ def keep_freed_memory() -> bool:
     return False
   try:
     libc = ctypes.CDLL(None)
-    libc.gnu_get_libc_version  # glibc's own symbol: musl's mallopt accepts and ignores these parameters.
+    libc.gnu_get_libc_version  # glibc's own symbol: the parameter numbers below are glibc's.
     mallopt = libc.mallopt
   except (OSError, AttributeError):
     return False
