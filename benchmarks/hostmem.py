@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from machine import cpu_model
+
 
 def worker(steps: int) -> dict:
   import jax
@@ -82,8 +84,6 @@ def main():
   if args.worker:
     print(json.dumps(worker(args.steps)))
     return
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from machine import cpu_model
   print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs", flush=True)
   runs = {"kept": [], "default": []}
   for round_ in range(args.rounds):
