@@ -15,7 +15,7 @@ the old world, where 4,000 over-fitted and 64,000 gave no more (experiments/NOTE
 Data: 16,000 demonstrations (one user turn, one assistant turn; about 30 tokens each) packed into rows of
 128 tokens; the loss counts only the assistant's tokens and its end-of-turn token. Batch arithmetic: 32 rows
 x 128 tokens hold about 130 demonstrations, so 600 steps are about 5 epochs. `:lora` (rank-8 adapters, lr 5e-3)
-fails here: held-out gold 0.14 against full fine-tuning's 0.60 at the quickstart's 500 steps (README, LoRA).
+fails here: held-out gold 0.14 against full fine-tuning's 0.60 at 500 steps (quickstart.py:short; README, LoRA).
 """
 
 import os

@@ -167,6 +167,7 @@ def test_model_and_ppo_settings_come_from_the_schema():
 EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "**", "*.py"), recursive=True)
                      if os.path.basename(p) != "common.py")
 MORE_VARIANTS = {"shakespeare_char.py": ("nanogpt", "nanogpt,smoke", "smoke,nanogpt"), "kl_coef.py": ("pair",),
+                 "quickstart.py": ("calculator", "short", "short,calculator", "smoke,calculator"),
                  "toyworld_sft.py": ("lora", "smoke,lora"), "toyworld_ppo.py": ("lora", "smoke,lora,rloo")}
 
 

@@ -5,7 +5,10 @@ import json
 import os
 import signal
 
+import pytest
+
 from rlhf_jax import main as main_lib
+from rlhf_jax.errors import UserError
 from rlhf_jax.eval.report import NUM_SAMPLE_PROMPTS
 from rlhf_jax.pipeline import stage_configs
 from rlhf_jax.train.checkpoint import Checkpointer
@@ -26,6 +29,23 @@ def test_stage_placeholders_name_earlier_stages(tmp_path):
   calculator = dict(stage_configs(SPEC + ",calculator", str(tmp_path)))  # Every stage samples with the tool.
   assert all(c.sampling.tool == "calculator" and c.toyworld.calculator_rate == 1.0 for c in calculator.values())
   assert calculator["ppo"].train.steps == stages["ppo"].train.steps  # Still the smoke budgets.
+
+
+def test_short_variant_differs_only_in_the_pretraining_and_sft_steps(tmp_path):
+  """`:short` is the quickstart as it was until 2026-12-06 (1,000 pretraining and 500 SFT steps, which the
+  README's sections measured on its models name); every other setting is the full command's."""
+  full = dict(stage_configs(SPEC.replace(":smoke", ""), str(tmp_path)))
+  short = dict(stage_configs(SPEC.replace(":smoke", ":short"), str(tmp_path)))
+  assert [(full[n].train.steps, short[n].train.steps) for n in ("pretrain", "sft")] == [(1200, 1000), (600, 500)]
+  for name in STAGES:
+    a, b = full[name].to_dict(), short[name].to_dict()
+    if name in ("pretrain", "sft"):
+      for key in ("steps", "eval_every", "checkpoint_every"):
+        a["train"].pop(key), b["train"].pop(key)
+    assert a == b, name
+  assert short["pretrain"].train.eval_every == 1000 and short["sft"].train.eval_every == 500
+  with pytest.raises(UserError, match="two budgets"):
+    stage_configs(SPEC + ",short", str(tmp_path))
 
 
 def test_pipeline_preempted_in_the_reward_stage_resumes_there(tmp_path, monkeypatch, capsys):
