@@ -32,8 +32,8 @@ def test_stage_placeholders_name_earlier_stages(tmp_path):
 
 
 def test_short_variant_differs_only_in_the_pretraining_and_sft_steps(tmp_path):
-  """`:short` is the quickstart as it was until 2026-12-06 (1,000 pretraining and 500 SFT steps, which the
-  README's sections measured on its models name); every other setting is the full command's."""
+  """`:short` is the quickstart as it was until 2026-12-06 (1,000 pretraining and 500 SFT steps; the README's
+  sections measured on those models name it); every other setting is the full command's."""
   full = dict(stage_configs(SPEC.replace(":smoke", ""), str(tmp_path)))
   short = dict(stage_configs(SPEC.replace(":smoke", ":short"), str(tmp_path)))
   assert [(full[n].train.steps, short[n].train.steps) for n in ("pretrain", "sft")] == [(1200, 1000), (600, 500)]
@@ -41,7 +41,7 @@ def test_short_variant_differs_only_in_the_pretraining_and_sft_steps(tmp_path):
     a, b = full[name].to_dict(), short[name].to_dict()
     if name in ("pretrain", "sft"):
       for key in ("steps", "eval_every", "checkpoint_every"):
-        a["train"].pop(key), b["train"].pop(key)
+        del a["train"][key], b["train"][key]
     assert a == b, name
   assert short["pretrain"].train.eval_every == 1000 and short["sft"].train.eval_every == 500
   with pytest.raises(UserError, match="two budgets"):
