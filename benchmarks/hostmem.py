@@ -4,8 +4,8 @@ defaults, which map and fault in every call's scratch buffer afresh.
 Command:  python benchmarks/hostmem.py [--rounds N] [--steps N]
 
 What it times: the toyworld pretraining step (experiments/toyworld_pretrain.py's model: L=4 D=128 H=4 F=512
-V=1024; B=32 x T=128 packed rows with segment ids, as the pretraining stage feeds it; `make_lm_step` and
-`jit_step` on a one-device mesh), in fresh processes that alternate between RLHF_JAX_KEEP_FREED_MEMORY=1
+V=1024; B=32 x T=128 packed rows with segment ids, as the pretraining stage feeds it; built by
+benchmarks/seeds.py's `build` on a one-device mesh), in fresh processes that alternate between RLHF_JAX_KEEP_FREED_MEMORY=1
 (the default: one malloc arena, no mmap'd blocks, no heap trimming) and =0 (glibc as it comes), `--rounds`
 times each. Each process compiles, warms up 5 steps, then times `--steps` steps; it reports the median step,
 and the minor page faults and kernel (system) CPU seconds a step from getrusage over the timed steps. The two
@@ -30,36 +30,14 @@ from machine import cpu_model
 
 def worker(steps: int) -> dict:
   import jax
-  import numpy as np
+  from seeds import build, experiment_config  # The toy case of benchmarks/seeds.py, one seed.
 
-  from rlhf_jax import config as config_lib
   from rlhf_jax import mesh as mesh_lib
-  from rlhf_jax.batches import LMBatch
-  from rlhf_jax.config import load_module
   from rlhf_jax.model.transformer import Transformer, TransformerConfig
-  from rlhf_jax.train.state import create_train_state, make_optimizer
-  from rlhf_jax.train.steps import jit_step, make_lm_step
 
-  here = os.path.dirname(os.path.abspath(__file__))
-  config = load_module(os.path.join(here, "..", "experiments", "toyworld_pretrain.py")).get_config()
-  config.model.vocab_size = 1024
-  config.mesh.data = config.mesh.fsdp = config.mesh.tensor = 1
-  config_lib.finalize(config)
-  b, t = config.train.batch_size, config.train.seq_len
-  model = Transformer(TransformerConfig.from_config(config.model), heads=("lm",))
-  mesh = mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:1])
-  tx, schedule = make_optimizer(config.optim, config.train.steps)
-  state, shardings = create_train_state(model, tx, mesh, jax.random.PRNGKey(0))
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(0, 1024, (b, t + 1), dtype=np.int32)
-  # Documents of ~60 tokens packed into each row: segment ids count up, positions restart in each segment.
-  segments = (np.cumsum(rng.random((b, t + 1)) < 1 / 60, axis=1) + 1).astype(np.int32)
-  starts = np.maximum.accumulate(np.where(np.diff(segments, axis=1, prepend=0) != 0, np.arange(t + 1), 0), axis=1)
-  positions = (np.arange(t + 1) - starts).astype(np.int32)
-  batch = mesh_lib.shard_batch(LMBatch.from_sequences(tokens, segment_ids_bt1=segments, positions_bt1=positions),
-                               mesh)
-  step = jit_step(make_lm_step(model, tx, schedule), shardings, batch, mesh)
-  key = jax.random.PRNGKey(1)
+  config = experiment_config("toyworld_pretrain.py", 1024)
+  model = Transformer(TransformerConfig.from_config(config.model))
+  step, state, batch, key = build(config, model, mesh_lib.make_mesh(config.mesh, devices=jax.devices()[:1]), 1)
   for _ in range(6):
     state, metrics = step(state, batch, key)
   jax.block_until_ready(state)
