@@ -11,22 +11,18 @@ three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toywo
 with plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
 gold's best of 4 SFT answers, per task) and `summary.json`.
 
-Budgets: toyworld_pretrain's 1,200 steps and toyworld_sft's 600, paid for by session 19's faster training
-step. `:short` runs 1,000 and 500 as the quickstart did until 2026-12-06: its model repeats and reverses word
-lists at 0.70 and 0.61 held-out gold where this one reaches 0.90 and 0.84, and three PPO seeds gain +0.051
-from it instead of +0.100. 8,000 of the reward model's 24,000 prompts (one epoch, about 210 steps of 32); 30
-PPO iterations (7,680 episodes, 120 actor updates). `:smoke` runs every stage in seconds (the tests).
+Budgets: toyworld_pretrain's 1,200 steps and toyworld_sft's 600 (`:short`: 1,000 and 500, the quickstart
+until 2026-12-06, on whose models the README's later sections were measured); 8,000 of the reward model's
+24,000 prompts (one epoch, about 210 steps of 32); 30 PPO iterations (7,680 episodes, 120 actor updates).
+`:smoke` runs every stage in seconds (the tests).
 
-Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 15 min 20 s wall (920 s; float32 matmul
-peak 243 GFLOP/s before the run, 261 after) -- pretrain 377 s, SFT 220 s, comparisons 62 s, reward 91 s, PPO
-116 s, the rest start-up, the stages' set-up (the reward stage samples 8 answers to each held-out prompt for
-best-of-n) and the report; an earlier run, 937 s at 208 -> 289 GFLOP/s, gave the same figures to the digit.
-Held-out gold (250 prompts, the one evaluator of eval/gold.py): SFT 0.691, SFT at T 0.5 0.734 (KL 0.06), the
-RM's best of 4 SFT answers 0.815 (gold's own pick 0.882), PPO 0.821: +0.131 +- 0.037 over SFT (paired, 95%),
-win rate 59.6% +- 3.0 by gold, KL 0.40. Seeds 1 and 2 of the PPO stage from the same SFT and reward model
-(`train.seeds=3`, README) give +0.083 and +0.087, so +0.100 +- 0.027 over three: seed 0's arithmetic (0.45
-against SFT's 0.21 on 42 prompts) is a lucky draw. Other worlds (+0.053, +0.077, +0.066): the README.
-`:calculator`: arithmetic worked out with the calculator tool (README, "Tool calls"; NOTES.md).
+Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 15 min 20 s wall (float32 matmul peak
+243 -> 261 GFLOP/s) -- pretrain 377 s, SFT 220 s, comparisons 62 s, reward 91 s, PPO 116 s, the rest start-up,
+set-up and the report. Held-out gold (250 prompts, eval/gold.py): SFT 0.691, SFT at T 0.5 0.734, the RM's
+best of 4 SFT answers 0.815 (gold's pick 0.882), PPO 0.821: +0.131 +- 0.037 over SFT (paired, 95%), win
+rate 59.6% +- 3.0, KL 0.40; three PPO seeds +0.100 +- 0.027. Other worlds and the history: the README,
+experiments/NOTES.md (session 20). `:calculator`: arithmetic worked out with the calculator tool (README,
+"Tool calls").
 """
 
 import os
