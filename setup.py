@@ -34,6 +34,7 @@ setup(
         "matplotlib>=3.8",  # The pipeline's report.md and a sweep's results.png.
         "datasketch>=1.6",  # MinHash and LSH for near-duplicate removal (rlhf_jax/data/clean.py).
         "interegular>=0.3.3",  # Regular expression -> automaton for constrained decoding (rlhf_jax/constrain.py).
+        "filelock>=3.12",  # JAX's compilation cache locks its directory when capped (rlhf_jax/compile_cache.py).
     ],
     extras_require={
         "test": ["pytest>=8.0"],

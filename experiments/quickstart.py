@@ -16,13 +16,13 @@ until 2026-12-06, on whose models the README's later sections were measured); 8,
 24,000 prompts (one epoch, about 210 steps of 32); 30 PPO iterations (7,680 episodes, 120 actor updates).
 `:smoke` runs every stage in seconds (the tests).
 
-Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 15 min 20 s wall (float32 matmul peak
-243 -> 261 GFLOP/s) -- pretrain 377 s, SFT 220 s, comparisons 62 s, reward 91 s, PPO 116 s, the rest start-up,
-set-up and the report. Held-out gold (250 prompts, eval/gold.py): SFT 0.691, SFT at T 0.5 0.734, the RM's
-best of 4 SFT answers 0.815 (gold's pick 0.882), PPO 0.821: +0.131 +- 0.037 over SFT (paired, 95%), win
-rate 59.6% +- 3.0, KL 0.40; three PPO seeds +0.100 +- 0.027. Other worlds and the history: the README,
-experiments/NOTES.md (session 20). `:calculator`: arithmetic worked out with the calculator tool (README,
-"Tool calls").
+Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 12 min 16 s wall (float32 matmul peak
+353 -> 267 GFLOP/s) -- pretrain 291 s, SFT 155 s, comparisons 51 s, reward 93 s, PPO 99 s, the rest start-up,
+set-up and the report; 15 min 20 s at 243 -> 261 GFLOP/s. Held-out gold (250 prompts, eval/gold.py): SFT
+0.691, SFT at T 0.5 0.734, the RM's best of 4 SFT answers 0.815 (gold's pick 0.882), PPO 0.821: +0.131 +-
+0.037 over SFT (paired, 95%), win rate 59.6% +- 3.0, KL 0.40; three PPO seeds +0.100 +- 0.027. Other worlds
+and the history: the README, experiments/NOTES.md (sessions 20-21). `:calculator`: arithmetic worked out
+with the calculator tool (README, "Tool calls").
 """
 
 import os

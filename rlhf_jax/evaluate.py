@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import ml_collections
 
+from rlhf_jax import compile_cache
 from rlhf_jax.errors import UserError
 
 TABLE_TASKS = ("review", "list", "harmful", "repeat", "reverse", "arithmetic", "all")
@@ -105,6 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--ppo", required=True, help="workdir of a finished toyworld PPO run")
   parser.add_argument("--out", help="write the figures as JSON to this file")
   args = parser.parse_args(argv)
+  compile_cache.enable()
   try:
     figures = evaluate(args.ppo)
   except UserError as e:

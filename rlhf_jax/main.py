@@ -42,6 +42,8 @@ def run(argv: Sequence[str]) -> dict:
   args, overrides = parse_args(argv)
   config = resolve_config(args.config, overrides)
   # Imports jax (and every stage) after the cheap checks, before any device use.
+  from rlhf_jax import compile_cache
+  compile_cache.enable()  # Before the first compilation (rlhf_jax/compile_cache.py).
   if config.stage == "pipeline":  # Several stages, each configured by the pipeline file (rlhf_jax/pipeline.py).
     from rlhf_jax.pipeline import run_pipeline
     return run_pipeline(args.config, args.workdir, overrides)

@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 
 import jax
 
+from rlhf_jax import compile_cache
 from rlhf_jax import config as config_lib
 from rlhf_jax import orchestrate
 from rlhf_jax.errors import Preempted, UserError
@@ -125,6 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--workdir", required=True, help="directory for the sweep's runs and table")
   try:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    compile_cache.enable()  # Every run of a sweep compiles the same programs (rlhf_jax/compile_cache.py).
     run_sweep(args.ablation, args.workdir, config_lib.parse_overrides(rest))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,9 @@ DEVICES = int(os.environ.get("RLHF_JAX_TEST_DEVICES", "8"))
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_force_host_platform_device_count={DEVICES}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The command line's own compilation cache (rlhf_jax/compile_cache.py) stays off in the tests and in the
+# processes they start: nothing is written under the home directory, and no test reads another run's programs.
+os.environ["RLHF_JAX_COMPILE_CACHE"] = "0"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -5,7 +5,7 @@ The layers, bottom to top (a module not listed fails the test: place it when you
 
   0 pure          array maths and plain data with no dependency on the rest: the losses, advantages and KL
                   control, the LoRA and int8 parameter maths, batch types, metric files, errors, the host
-                  allocator's settings
+                  allocator's settings, the compilation cache's
   1 platform      config, mesh, tokenizer and its constrained-decoding automata and tools, data (sources, pipelines,
                   toyworld)
   2 model         the Transformer, its heads, Hugging Face and our own checkpoint format
@@ -29,7 +29,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 LAYERS = {
     0: ("errors", "batches", "losses", "rl.advantages", "rl.kl_control", "train.metrics",
-        "model.lora", "model.quant", "hostmem"),
+        "model.lora", "model.quant", "hostmem", "compile_cache"),
     1: ("config", "mesh", "tokenizer", "constrain", "tools", "data.sources", "data.pipelines", "data.toyworld",
         "data.clean"),
     2: ("model.heads", "model.transformer", "model.hf", "model.converted"),
