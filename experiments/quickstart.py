@@ -66,9 +66,7 @@ def stages(arg=None):
   comparisons.init_from = "{sft}"
   reward.init_from = "{sft}"
   reward.data.path = "{comparisons}"
-  ppo = _load("toyworld_ppo").get_config(arg)
-  if arg is None:
-    ppo.train.steps, ppo.train.eval_every, ppo.train.checkpoint_every = 30, 30, 30  # 7,680 episodes.
+  ppo = _load("toyworld_ppo").get_config(arg)  # 30 iterations, 7,680 episodes.
   ppo.init_from = "{sft}"
   ppo.ppo.reward_from = "{reward}"
   out = [("pretrain", pretrain), ("sft", sft), ("comparisons", comparisons), ("reward", reward), ("ppo", ppo)]

@@ -11,8 +11,8 @@ the KL penalty the policy is free to move wherever the proxy is wrong, so its RM
 its gold score peaks and falls (Gao et al. 2022, "Scaling laws for reward model overoptimization"); the
 penalty keeps it near the SFT model, where the RM was trained. The table gives each run's final and best
 gold and RM scores and the evaluation step of the best (`.../max_step`); metrics.jsonl in each run has the
-curves. `:pair` runs beta 0 and the default only, for 100 iterations evaluated every 20 (about 5 minutes
-each on a 2-core CPU). `:smoke` runs beta 0 and the adaptive one (the two with paths of their own) in
+curves. Each run is 100 iterations evaluated every 25 (toyworld_ppo.py's own default is 30); `:pair` runs
+beta 0 and the default only, for 100 iterations evaluated every 20 (about 5 minutes each on a 2-core CPU). `:smoke` runs beta 0 and the adaptive one (the two with paths of their own) in
 seconds from smoke workdirs.
 
 Measured results and the history: experiments/NOTES.md.
@@ -39,7 +39,10 @@ def get_config(arg=None):
     config = toyworld_ppo.get_config(None)
     config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, 20, 20
     return config
-  return toyworld_ppo.get_config(arg)
+  config = toyworld_ppo.get_config(arg)
+  if arg is None:  # 100 iterations evaluated every 25 (toyworld_ppo.py runs 30): long enough to over-optimise.
+    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, 25, 25
+  return config
 
 
 def sweep(arg, workdir):
