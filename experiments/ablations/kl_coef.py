@@ -12,8 +12,8 @@ its gold score peaks and falls (Gao et al. 2022, "Scaling laws for reward model 
 penalty keeps it near the SFT model, where the RM was trained. The table gives each run's final and best
 gold and RM scores and the evaluation step of the best (`.../max_step`); metrics.jsonl in each run has the
 curves. Each run is 100 iterations evaluated every 25 (toyworld_ppo.py's own default is 30); `:pair` runs
-beta 0 and the default only, for 100 iterations evaluated every 20 (about 5 minutes each on a 2-core CPU). `:smoke` runs beta 0 and the adaptive one (the two with paths of their own) in
-seconds from smoke workdirs.
+beta 0 and the default only, evaluated every 20 (about 5 minutes each on a 2-core CPU). `:smoke` runs beta 0
+and the adaptive one (the two with paths of their own) in seconds from smoke workdirs.
 
 Measured results and the history: experiments/NOTES.md.
 """
@@ -35,13 +35,10 @@ COLUMNS = ("eval/gold/all", "eval/gold/all/max", "eval/gold/all/max_step", "eval
 
 def get_config(arg=None):
   common.parse_variants(arg, "pair", "smoke")
-  if arg == "pair":  # beta 0 against the default, 100 iterations evaluated every 20: over-optimisation.
-    config = toyworld_ppo.get_config(None)
-    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, 20, 20
-    return config
-  config = toyworld_ppo.get_config(arg)
-  if arg is None:  # 100 iterations evaluated every 25 (toyworld_ppo.py runs 30): long enough to over-optimise.
-    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, 25, 25
+  config = toyworld_ppo.get_config("smoke" if arg == "smoke" else None)
+  if arg != "smoke":  # 100 iterations (toyworld_ppo.py runs 30): long enough to over-optimise.
+    every = 20 if arg == "pair" else 25
+    config.train.steps, config.train.eval_every, config.train.checkpoint_every = 100, every, every
   return config
 
 
