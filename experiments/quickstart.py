@@ -11,8 +11,9 @@ three, KL penalty 0.1 and the exact KL in the loss, no critic: experiments/toywo
 with plots and the final table (PPO against SFT, SFT sampled at temperature 0.5, and the reward model's and
 gold's best of 4 SFT answers, per task) and `summary.json`.
 
-Budgets: toyworld_pretrain's 1,200 steps and toyworld_sft's 600 (`:short`: 1,000 and 500, the quickstart
-until 2026-12-06, on whose models the README's later sections were measured); 8,000 of the reward model's
+Budgets: toyworld_pretrain's 1,200 steps and toyworld_sft's 600 with 5% of its tokens from pretraining
+documents (`:short`: 1,000 and 500 and none, the quickstart until 2026-12-06, on whose models the README's
+later sections were measured); 8,000 of the reward model's
 24,000 prompts (one epoch, about 210 steps of 32); 30 PPO iterations (7,680 episodes, 120 actor updates).
 `:smoke` runs every stage in seconds (the tests).
 
@@ -53,8 +54,8 @@ def stages(arg=None):
   sft = _load("toyworld_sft").get_config(arg)
   if arg is None:  # The files' own 1,200 pretraining and 600 SFT steps (`:short`: 1,000 and 500), one evaluation
     # each. The last 200 pretraining steps are when the model learns to copy words from its prompt (NOTES.md).
-    if "short" in variants:
-      pretrain.train.steps, sft.train.steps = 1000, 500
+    if "short" in variants:  # As it ran until 2026-12-06: also without pretraining documents in SFT's rows.
+      pretrain.train.steps, sft.train.steps, sft.data.pretrain_mix = 1000, 500, 0.0
     pretrain.train.eval_every, pretrain.train.checkpoint_every = pretrain.train.steps, pretrain.train.steps // 2
     sft.train.eval_every = sft.train.steps
   sft.init_from = "{pretrain}"

@@ -37,6 +37,7 @@ def get_config(arg=None):
   variants = common.parse_variants(arg, "smoke")
   config = sft.get_config("smoke" if "smoke" in variants else None)
   config.toyworld.judge_sft = 24000
+  config.data.pretrain_mix = 0.0  # As measured (before toyworld_sft.py mixed in pretraining documents).
   config.train.steps = 1200
   config.train.eval_every = config.train.checkpoint_every = 600
   if "smoke" in variants:

@@ -16,7 +16,8 @@ Batch arithmetic: 256 answers x 1 epoch in 4 minibatches of 64 = 4 actor updates
 7,680 episodes. Evaluation: the 250 held-out prompts at temperature 0.7, against the SFT model's answers to
 the same prompts with the same keys and against SFT sampled at temperature 0.5 (the free baseline).
 
-Expected (2026-12-06, world 0, from the full-size toyworld_sft and toyworld_reward runs, seeds 0-2 in one
+Expected (2026-12-06, world 0, from the full-size toyworld_sft run without its pretraining mix
+(--config.data.pretrain_mix=0) and the toyworld_reward run from it, seeds 0-2 in one
 program: --config.train.seeds=3 --config.ppo.iterations_per_call=5 --config.train.log_every=5; 379 s alone
 at 289-294 GFLOP/s):
 held-out gold 0.791 / 0.784 / 0.776 against SFT 0.691, gain +0.093 +- 0.007 (each +- 0.035 paired), KL

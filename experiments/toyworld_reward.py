@@ -14,11 +14,12 @@ under the RM's own LM head (model/transformer.py), the projection starting at ze
 
 The stage ends with best-of-n: the SFT model answers the held-out evaluation prompts 8 times, and the summary
 gives the gold of the RM's pick out of 1, 2, 4, 8 next to the gold scorer's own pick -- what its ranking is
-worth before any PPO. Measured (2026-12-06, world 0, from the quickstart's SFT model, which is toyworld_sft's;
-460 s alone on a 2-core Xeon whose matmul peak read 267-353 GFLOP/s in the hour around it: 147 s sampling the
-comparisons, 286 s training): 20,231 of the 24,000 prompts kept, 633 steps; on held-out comparisons 0.795
-accuracy against the labels, 0.869 against gold (0.886 on pairs >= 0.2 apart), Spearman 0.70 with gold;
-best of 4 SFT answers (the one evaluator): 0.826 by the RM's pick, 0.882 by gold's, SFT 0.691.
+worth before any PPO. Measured (2026-12-06, world 0, from toyworld_sft's model as it was before its
+pretraining mix, --config.data.pretrain_mix=0; 460 s alone on a 2-core Xeon whose matmul peak read 267-353
+GFLOP/s in the hour around it: 147 s sampling the comparisons, 286 s training): 20,231 of the 24,000 prompts
+kept, 633 steps; on held-out comparisons 0.795 accuracy against the labels, 0.869 against gold (0.886 on
+pairs >= 0.2 apart), Spearman 0.70 with gold; best of 4 SFT answers (the one evaluator): 0.826 by the RM's
+pick, 0.882 by gold's, SFT 0.691.
 """
 
 import os

@@ -181,6 +181,12 @@ def base_config() -> ConfigDict:
       # Invalid records of data.path (SFT and reward stages) that may be left out, each named as a warning
       # and in the summary (data/bad_records); one more stops the run. 0: the first invalid record stops it.
       max_bad_records=0,
+      # SFT: the share of its training tokens that are pretraining documents (loss on every token), so that
+      # instruction tuning does not wipe out the language model (experiments/NOTES.md, session 22). The
+      # documents: data.pretrain_mix_path (pretraining text, read as the pretraining stage reads data.path),
+      # or for toyworld its corpus. 0: demonstrations only.
+      pretrain_mix=0.0,
+      pretrain_mix_path="",
   ))
   # The run this one starts from: a workdir of ours, a `python -m rlhf_jax.convert from-hf` output, or a
   # Hugging Face GPT-2/Llama directory (SFT starts from pretraining, the reward model from SFT, ...).
@@ -524,6 +530,8 @@ def finalize(config: ConfigDict) -> ConfigDict:
   resolve_model({**dict(config.model), "vocab_size": config.model.vocab_size or 1})
   for key, choices in (("source", ("text", "toyworld")), ("layout", ("packed", "windows"))):
     _check_choice(f"data.{key}", config.data[key], choices)
+  if not 0.0 <= config.data.pretrain_mix < 1.0:
+    raise UserError(f"config key 'data.pretrain_mix' must be in [0, 1), got {config.data.pretrain_mix}")
   if not 0.0 < config.data.val_fraction < 1.0:
     raise UserError(f"config key 'data.val_fraction' must be in (0, 1), got {config.data.val_fraction}")
   if config.data.max_bad_records < 0:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 from conftest import run_smoke
 
@@ -113,3 +114,75 @@ def test_sft_from_a_hugging_face_checkpoint(runs, tmp_path):
                         "--workdir", str(tmp_path / "sft2"), BATCH, f"--config.init_from={tmp_path / 'small'}",
                         f"--config.data.tokenizer={pre_dir / 'tokenizer.model'}"])
   assert code == 2
+
+
+def _mix_config(tmp_path, share, texts=None):
+  from rlhf_jax.config import base_config
+  config = base_config()
+  config.data.pretrain_mix = share
+  if texts is not None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config.data.pretrain_mix_path = str(path)
+  return config
+
+
+def test_pretrain_mix_takes_its_share_of_the_tokens_in_whole_documents(tmp_path):
+  """data.pretrain_mix: the documents mixed into SFT hold that share of all training tokens (the last one
+  tips it over), each a whole document as pretraining encodes it, in a seeded order that cycles."""
+  import numpy as np
+  from rlhf_jax.data import pipelines
+  from rlhf_jax.errors import UserError
+  from rlhf_jax.stages.sft import pretrain_mix
+  from rlhf_jax.tokenizer import CharTokenizer
+  texts = [f"document {i} " + "ab" * i for i in range(1, 21)]  # The last 10% (2) are held out.
+  tokenizer = CharTokenizer.from_text("".join(texts))
+  sft_ids = [np.arange(30, dtype=np.int32)] * 10  # 300 tokens.
+  whole = {tuple(pipelines.document_ids(tokenizer, t)) for t in texts[:18]}
+  config = _mix_config(tmp_path, 0.25, texts)
+  mixed = pretrain_mix(config, tokenizer, sft_ids)
+  total = sum(len(ids) for ids in mixed)
+  assert total >= 100 > total - len(mixed[-1])  # 0.25 / 0.75 x 300 = 100 tokens.
+  assert all(tuple(ids) in whole for ids in mixed)
+  assert [list(x) for x in pretrain_mix(config, tokenizer, sft_ids)] == [list(x) for x in mixed]
+  config.seed = 1
+  assert [list(x) for x in pretrain_mix(config, tokenizer, sft_ids)] != [list(x) for x in mixed]
+  many = pretrain_mix(_mix_config(tmp_path, 0.9, texts), tokenizer, sft_ids)  # 2,700 tokens: every doc twice+.
+  assert sum(len(ids) for ids in many) >= 2700 and len(many) > 2 * 18
+  assert len({tuple(ids) for ids in many}) == 18
+  assert pretrain_mix(_mix_config(tmp_path, 0.0, texts), tokenizer, sft_ids) == []
+  with pytest.raises(UserError, match="data.pretrain_mix_path"):
+    pretrain_mix(_mix_config(tmp_path, 0.25), tokenizer, sft_ids)
+
+
+def test_pretrain_mix_out_of_range_is_refused():
+  from rlhf_jax.config import base_config, finalize
+  from rlhf_jax.errors import UserError
+  for bad in (-0.1, 1.0):
+    config = base_config()
+    config.data.pretrain_mix = bad
+    with pytest.raises(UserError, match="data.pretrain_mix"):
+      finalize(config)
+
+
+def test_sft_trains_on_the_mixed_documents(runs, tmp_path, monkeypatch):
+  """sft.run feeds data.pretrain_mix's documents to the loop: with half the tokens from them, far more of each
+  training row is in the loss (documents count every token, demonstrations only the assistant's)."""
+  from rlhf_jax.config import finalize, load_config
+  from rlhf_jax.data import pipelines
+  from rlhf_jax.stages import common, sft
+  pre_dir, _ = runs["pretrain"]
+  seen = {}
+
+  def capture(config, workdir, *, make_data, **kwargs):
+    rows = iter(make_data(config.seed))
+    seen[config.data.pretrain_mix] = np.mean([next(rows)["mask"].mean() for _ in range(8)])
+    return {}
+
+  monkeypatch.setattr(common, "train_lm", capture)
+  monkeypatch.setattr(common, "result_line", lambda *args: "")
+  for share in (0.0, 0.5):
+    config = load_config(os.path.join(ROOT, "experiments", "toyworld_sft.py") + ":smoke")
+    config.init_from, config.data.pretrain_mix, config.train.batch_size = str(pre_dir), share, 8
+    sft.run(finalize(config), str(tmp_path / f"sft{share}"))
+  assert seen[0.5] > seen[0.0] + 0.15, seen

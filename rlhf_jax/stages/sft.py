@@ -74,6 +74,29 @@ def encode_conversations(tokenizer, conversations, tool: str = "") -> tuple[list
   return ids_list, masks
 
 
+def pretrain_mix(config, tokenizer, sft_ids: list[np.ndarray]) -> list[np.ndarray]:
+  """Pretraining documents (`pipelines.document_ids`) for SFT's training rows: data.pretrain_mix of all its
+  training tokens, in a seeded order of the documents, whole documents, cycling through them if they are too
+  few. [] when data.pretrain_mix is 0."""
+  share = config.data.pretrain_mix
+  if share <= 0.0:
+    return []
+  if config.data.source != "toyworld" and not config.data.pretrain_mix_path:
+    raise UserError("config key 'data.pretrain_mix_path': data.pretrain_mix > 0 needs pretraining text to mix "
+                    "into SFT (the toyworld corpus is used only with data.source=toyworld)")
+  docs = load_documents(config, config.data.pretrain_mix_path)[0]
+  if not docs:
+    raise UserError(f"data.pretrain_mix_path={config.data.pretrain_mix_path!r}: no training documents")
+  want = share / (1.0 - share) * sum(len(ids) for ids in sft_ids)
+  order = np.random.default_rng([config.seed, 0x5F7]).permutation(len(docs))
+  out, have = [], 0
+  while have < want:
+    ids = pipelines.document_ids(tokenizer, docs[order[len(out) % len(docs)]])
+    out.append(ids)
+    have += len(ids)
+  return out
+
+
 def run(config, workdir: str) -> dict:
   if not config.init_from:
     raise UserError("config key 'init_from': SFT starts from a pretrained model; name its workdir or checkpoint")
@@ -92,6 +115,8 @@ def run(config, workdir: str) -> dict:
   encode = lambda convs: encode_conversations(tokenizer, convs, config.sampling.tool)
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
+  mixed = pretrain_mix(config, tokenizer, train_ids)  # Whole documents, every token in the loss.
+  train_ids, train_masks = train_ids + mixed, train_masks + [np.ones(len(ids), bool) for ids in mixed]
   make_data = lambda seed: pipelines.packed_pipeline(train_ids, t, b, seed, masks=train_masks)
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
   lm_eval = make_lm_evaluator(model, mesh, eval_batches, b)
