@@ -129,7 +129,8 @@ def _mix_config(tmp_path, share, texts=None):
 
 def test_pretrain_mix_takes_its_share_of_the_tokens_in_whole_documents(tmp_path):
   """data.pretrain_mix: the documents mixed into SFT hold that share of all training tokens (the last one
-  tips it over), each a whole document as pretraining encodes it, in a seeded order that cycles."""
+  tips it over), each a whole document as pretraining encodes it, in a shuffled order that cycles and does
+  not depend on the run's seed (replica i of train.seeds = N must equal the run with seed + i)."""
   import numpy as np
   from rlhf_jax.data import pipelines
   from rlhf_jax.errors import UserError
@@ -145,8 +146,9 @@ def test_pretrain_mix_takes_its_share_of_the_tokens_in_whole_documents(tmp_path)
   assert total >= 100 > total - len(mixed[-1])  # 0.25 / 0.75 x 300 = 100 tokens.
   assert all(tuple(ids) in whole for ids in mixed)
   assert [list(x) for x in pretrain_mix(config, tokenizer, sft_ids)] == [list(x) for x in mixed]
+  assert [list(x) for x in mixed] != [list(pipelines.document_ids(tokenizer, t)) for t in texts[:len(mixed)]]
   config.seed = 1
-  assert [list(x) for x in pretrain_mix(config, tokenizer, sft_ids)] != [list(x) for x in mixed]
+  assert [list(x) for x in pretrain_mix(config, tokenizer, sft_ids)] == [list(x) for x in mixed]
   many = pretrain_mix(_mix_config(tmp_path, 0.9, texts), tokenizer, sft_ids)  # 2,700 tokens: every doc twice+.
   assert sum(len(ids) for ids in many) >= 2700 and len(many) > 2 * 18
   assert len({tuple(ids) for ids in many}) == 18

@@ -76,8 +76,9 @@ def encode_conversations(tokenizer, conversations, tool: str = "") -> tuple[list
 
 def pretrain_mix(config, tokenizer, sft_ids: list[np.ndarray]) -> list[np.ndarray]:
   """Pretraining documents (`pipelines.document_ids`) for SFT's training rows: data.pretrain_mix of all its
-  training tokens, in a seeded order of the documents, whole documents, cycling through them if they are too
-  few. [] when data.pretrain_mix is 0."""
+  training tokens, whole documents in one fixed shuffled order, cycling through them if they are too few; []
+  when data.pretrain_mix is 0. The same documents for every seed, so that replica i of a `train.seeds` run
+  trains on what the run with seed + i trains on (the pipeline's shuffle is the seed's)."""
   share = config.data.pretrain_mix
   if share <= 0.0:
     return []
@@ -88,7 +89,7 @@ def pretrain_mix(config, tokenizer, sft_ids: list[np.ndarray]) -> list[np.ndarra
   if not docs:
     raise UserError(f"data.pretrain_mix_path={config.data.pretrain_mix_path!r}: no training documents")
   want = share / (1.0 - share) * sum(len(ids) for ids in sft_ids)
-  order = np.random.default_rng([config.seed, 0x5F7]).permutation(len(docs))
+  order = np.random.default_rng([0, 0x5F7]).permutation(len(docs))  # One order for all seeds.
   out, have = [], 0
   while have < want:
     ids = pipelines.document_ids(tokenizer, docs[order[len(out) % len(docs)]])
