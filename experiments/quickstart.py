@@ -14,19 +14,16 @@ gold's best of 4 SFT answers, per task) and `summary.json`.
 Budgets: toyworld_pretrain's 1,200 steps and toyworld_sft's 600 with 5% of its tokens from pretraining
 documents (`:short`: 1,000 and 500 and none, the quickstart until 2026-12-06, on whose models the README's
 later sections were measured); 8,000 of the reward model's 24,000 prompts (one epoch, about 210 steps of
-32); 30 PPO iterations (7,680 episodes, 120 actor updates).
-`:smoke` runs every stage in seconds (the tests).
+32); 30 PPO iterations (7,680 episodes, 120 actor updates). `:smoke` runs every stage in seconds (the tests);
+`:calculator` works arithmetic out with the calculator tool (README, "Tool calls").
 
 Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 12 min 16 s wall (float32 matmul peak
 353 -> 267 GFLOP/s) -- pretrain 291 s, SFT 155 s, comparisons 51 s, reward 93 s, PPO 99 s, the rest start-up,
-set-up and the report; 15 min 20 s at 243 -> 261 GFLOP/s; 18 min 14 s at 278 -> 163 (session 22, with SFT's
-pretraining mix: the same steps on rows of the same shape). Held-out gold (250 prompts, eval/gold.py),
+set-up and the report; 18 min 14 s at 278 -> 163 GFLOP/s. Held-out gold (250 prompts, eval/gold.py),
 session 22: SFT 0.694 (its held-out pretraining loss 1.333, the pretrained model's 1.155), SFT at T 0.5
 0.712, the RM's best of 4 SFT answers 0.789 (gold's pick 0.867), PPO 0.763: +0.069 +- 0.032 over SFT
 (paired, 95%), win rate 55.6% +- 3.1, KL 0.36; three PPO seeds +0.059 +- 0.013; worlds 0-3 +0.061 +- 0.017.
-Without the mix (`--config.data.pretrain_mix=0`, until session 22): SFT 0.691 at a pretraining loss of 4.60,
-PPO +0.131 on world 0, +0.082 +- 0.034 over the worlds. The history: the README, experiments/NOTES.md
-(sessions 20-22). `:calculator`: arithmetic worked out with the calculator tool (README, "Tool calls").
+Other times and the history (before SFT's pretraining mix): the README, experiments/NOTES.md (sessions 20-22).
 """
 
 import os

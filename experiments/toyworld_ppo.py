@@ -21,9 +21,8 @@ Expected (2026-12-06, world 0, from the full-size toyworld_sft run without its p
 program: --config.train.seeds=3 --config.ppo.iterations_per_call=5 --config.train.log_every=5; 379 s alone
 at 289-294 GFLOP/s):
 held-out gold 0.791 / 0.784 / 0.776 against SFT 0.691, gain +0.093 +- 0.007 (each +- 0.035 paired), KL
-0.27-0.36, win rate 57.0-57.6%; SFT at T 0.5 0.734, the RM's best of 4 0.826, gold's 0.882. Continued to
-100 iterations (the default until then), the RM's score rose 0.397 -> 0.422 and the gain fell to +0.082
-(lower on every seed). The history: experiments/NOTES.md. `:lora`: rank-8 adapters on every projection of
+0.27-0.36, win rate 57.0-57.6%; SFT at T 0.5 0.734, the RM's best of 4 0.826, gold's 0.882. The history
+(100 iterations: +0.082): experiments/NOTES.md. `:lora`: rank-8 adapters on every projection of
 the actor, lr x10 (README, LoRA and int8).
 """
 
