@@ -17,6 +17,16 @@ def token_log_probs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
   return picked_bt - jax.nn.logsumexp(logits_btv, axis=-1)
 
 
+def first_max_index(logits_btv: jax.Array) -> jax.Array:
+  """`jnp.argmax` over the last axis (the first index of the largest value) for values without NaN, as two
+  one-operand reductions: the max, then the least index holding it. XLA's CPU backend runs argmax's paired
+  (value, index) reduction element by element; this took the toyworld pretraining step from 170.8 to 163.2
+  ms (benchmarks/README.md), with the loss and the count of correct tokens unchanged to the bit."""
+  max_bt1 = jnp.max(logits_btv, axis=-1, keepdims=True)
+  index_btv = jax.lax.broadcasted_iota(jnp.int32, logits_btv.shape, logits_btv.ndim - 1)
+  return jnp.min(jnp.where(logits_btv == max_bt1, index_btv, logits_btv.shape[-1]), axis=-1)
+
+
 def lm_loss(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array):
   """Masked next-token cross-entropy. Returns (sum of -log p over counted tokens, number counted, aux).
 
@@ -24,7 +34,7 @@ def lm_loss(logits_btv: jax.Array, targets_bt: jax.Array, mask_bt: jax.Array):
   """
   mask_bt = mask_bt.astype(jnp.float32)
   nll_bt = -token_log_probs(logits_btv, targets_bt)
-  correct = jnp.sum((jnp.argmax(logits_btv, axis=-1) == targets_bt) * mask_bt)
+  correct = jnp.sum((first_max_index(logits_btv) == targets_bt) * mask_bt)
   return jnp.sum(nll_bt * mask_bt), jnp.sum(mask_bt), {"correct": correct}
 
 
