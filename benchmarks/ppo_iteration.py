@@ -17,10 +17,10 @@ Limit = `iteration_flops` (157 GFLOP: generate 5.4, collect 21.8, update 129.7) 
 before and after the iterations. `--breakdown` times our pieces alone, each against its limit. Where the rest
 goes: the update's forward+backward+AdamW steps run at ~31% of their limit (elementwise work: GELU, norms,
 softmax and their backward), generation at ~22% (31 decode steps of 64-row matmuls, the sampler, the loop).
-Hardware: 2-core Intel Xeon, jax 0.10.2, torch 2.13.0, trl 1.12.0. Runtime ~1.5 min alone; `--quick` is a
-smoke test. Measured 2026-12-05 alone (others on 0.01 cores): ours 1.32 s (generate 0.087, collect 0.142,
-update 1.092), as one program 1.31 s, TRL 2.52 s: 1.90x / 1.92x; 42% of the limit (0.556 s at 282 GFLOP/s).
-Earlier (AMD EPYC, 2026-11-30): 1.25 s against 2.40 s, 1.92x. More: benchmarks/README.md.
+Hardware: 2-core AMD EPYC (AVX-512), jax 0.10.2, torch 2.13.0, trl 1.12.0. Runtime ~1.8 min alone; `--quick`
+is a smoke test. Measured 2026-12-07 alone (others on 0.01 cores): ours 1.16 s (generate 0.079, collect 0.128,
+update 0.944), as one program 1.15 s, TRL 3.16 s: 2.72x / 2.74x; 37% of the limit (0.433 s at 363 GFLOP/s).
+On a 2-core Intel Xeon (2026-12-05): 1.32 s against 2.52 s, 1.90x. More: benchmarks/README.md.
 Last line: `BENCH ppo_iteration key=value ...`.
 """
 
