@@ -170,6 +170,7 @@ def test_pretrain_mix_out_of_range_is_refused():
 def test_sft_trains_on_the_mixed_documents(runs, tmp_path, monkeypatch):
   """sft.run feeds data.pretrain_mix's documents to the loop: with half the tokens from them, far more of each
   training row is in the loss (documents count every token, demonstrations only the assistant's)."""
+  from rlhf_jax.artifacts.documents import load_documents
   from rlhf_jax.config import finalize, load_config
   from rlhf_jax.data import pipelines
   from rlhf_jax.stages import common, sft
@@ -181,10 +182,16 @@ def test_sft_trains_on_the_mixed_documents(runs, tmp_path, monkeypatch):
     seen[config.data.pretrain_mix] = np.mean([next(rows)["mask"].mean() for _ in range(8)])
     return {}
 
+  loads = []
+  counted = lambda *args: loads.append(args) or load_documents(*args)
   monkeypatch.setattr(common, "train_lm", capture)
   monkeypatch.setattr(common, "result_line", lambda *args: "")
+  monkeypatch.setattr(sft, "load_documents", counted)
   for share in (0.0, 0.5):
     config = load_config(os.path.join(ROOT, "experiments", "toyworld_sft.py") + ":smoke")
     config.init_from, config.data.pretrain_mix, config.train.batch_size = str(pre_dir), share, 8
+    loads.clear()
     sft.run(finalize(config), str(tmp_path / f"sft{share}"))
+    # The toyworld corpus is made once, for the mix and the held-out pretraining loss alike.
+    assert len(loads) == 1, (share, loads)
   assert seen[0.5] > seen[0.0] + 0.15, seen

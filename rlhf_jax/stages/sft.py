@@ -10,6 +10,7 @@ assistant's tokens (InstructGPT section 3.5; the "SFT" box of Karpathy's "State 
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -74,18 +75,22 @@ def encode_conversations(tokenizer, conversations, tool: str = "") -> tuple[list
   return ids_list, masks
 
 
-def pretrain_mix(config, tokenizer, sft_ids: list[np.ndarray]) -> list[np.ndarray]:
+def pretrain_mix(config, tokenizer, sft_ids: list[np.ndarray], documents=None) -> list[np.ndarray]:
   """Pretraining documents (`pipelines.document_ids`) for SFT's training rows: data.pretrain_mix of all its
   training tokens, whole documents in one fixed shuffled order, cycling through them if they are too few; []
   when data.pretrain_mix is 0. The same documents for every seed, so that replica i of a `train.seeds` run
-  trains on what the run with seed + i trains on (the pipeline's shuffle is the seed's)."""
+  trains on what the run with seed + i trains on (the pipeline's shuffle is the seed's). `documents`, when
+  given, returns what `load_documents(config)` would (the run loads the toyworld corpus once for this and for
+  its held-out pretraining loss); it is not used with data.pretrain_mix_path."""
   share = config.data.pretrain_mix
   if share <= 0.0:
     return []
   if config.data.source != "toyworld" and not config.data.pretrain_mix_path:
     raise UserError("config key 'data.pretrain_mix_path': data.pretrain_mix > 0 needs pretraining text to mix "
                     "into SFT (the toyworld corpus is used only with data.source=toyworld)")
-  docs = load_documents(config, config.data.pretrain_mix_path)[0]
+  if documents is None or config.data.pretrain_mix_path:
+    documents = lambda: load_documents(config, config.data.pretrain_mix_path)
+  docs = documents()[0]
   if not docs:
     raise UserError(f"data.pretrain_mix_path={config.data.pretrain_mix_path!r}: no training documents")
   want = share / (1.0 - share) * sum(len(ids) for ids in sft_ids)
@@ -116,7 +121,8 @@ def run(config, workdir: str) -> dict:
   encode = lambda convs: encode_conversations(tokenizer, convs, config.sampling.tool)
   train_ids, train_masks = encode(train_convs)
   val_ids, val_masks = encode(val_convs)
-  mixed = pretrain_mix(config, tokenizer, train_ids)  # Whole documents, every token in the loss.
+  documents = functools.cache(lambda: load_documents(config))  # Toyworld's corpus: made once, if needed.
+  mixed = pretrain_mix(config, tokenizer, train_ids, documents)  # Whole documents, every token in the loss.
   train_ids, train_masks = train_ids + mixed, train_masks + [np.ones(len(ids), bool) for ids in mixed]
   make_data = lambda seed: pipelines.packed_pipeline(train_ids, t, b, seed, masks=train_masks)
   eval_batches = lambda: pipelines.packed_pipeline(val_ids, t, b, config.seed, masks=val_masks, repeat=False)
@@ -130,7 +136,7 @@ def run(config, workdir: str) -> dict:
     heldout = toyworld.eval_instances(world, tw.num_eval_prompts)
 
     # The held-out pretraining loss, as pretraining measured it: what instruction tuning costs the LM.
-    pretrain_eval = heldout_lm_evaluator(model, mesh, tokenizer, load_documents(config)[1], config.train.seq_len, b,
+    pretrain_eval = heldout_lm_evaluator(model, mesh, tokenizer, documents()[1], config.train.seq_len, b,
                                          config.seed, prefix="eval/pretrain")
 
     def evaluate_with_gold(state, seed):
