@@ -16,12 +16,12 @@ Batch arithmetic: 256 answers x 1 epoch in 4 minibatches of 64 = 4 actor updates
 7,680 episodes. Evaluation: the 250 held-out prompts at temperature 0.7, against the SFT model's answers to
 the same prompts with the same keys and against SFT sampled at temperature 0.5 (the free baseline).
 
-Expected (2026-12-06, world 0, from the full-size toyworld_sft run without its pretraining mix
-(--config.data.pretrain_mix=0) and the toyworld_reward run from it, seeds 0-2 in one
-program: --config.train.seeds=3 --config.ppo.iterations_per_call=5 --config.train.log_every=5; 379 s alone
-at 289-294 GFLOP/s):
-held-out gold 0.791 / 0.784 / 0.776 against SFT 0.691, gain +0.093 +- 0.007 (each +- 0.035 paired), KL
-0.27-0.36, win rate 57.0-57.6%; SFT at T 0.5 0.734, the RM's best of 4 0.826, gold's 0.882. The history
+Expected (2026-12-07, world 0, 2-core AMD EPYC, from toyworld_sft.py's model with its pretraining mix and
+the toyworld_reward run from it, seeds 0-2 in one program: --config.train.seeds=3
+--config.ppo.iterations_per_call=5 --config.train.log_every=5; 397 s, beside the test suite):
+held-out gold 0.754 / 0.748 / 0.754 against SFT 0.692, gain +0.060 +- 0.004 (each +- 0.035-0.040 paired), KL
+0.32-0.35, win rate 55.0-56.0%; SFT at T 0.5 0.720, the RM's best of 4 0.806, gold's 0.871. From the SFT
+without the mix (2026-12-06, Intel Xeon): +0.093 +- 0.007 against its RM's best of 4 at 0.826. The history
 (100 iterations: +0.082): experiments/NOTES.md. `:lora`: rank-8 adapters on every projection of
 the actor, lr x10 (README, LoRA and int8).
 """

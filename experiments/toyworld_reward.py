@@ -14,12 +14,11 @@ under the RM's own LM head (model/transformer.py), the projection starting at ze
 
 The stage ends with best-of-n: the SFT model answers the held-out evaluation prompts 8 times, and the summary
 gives the gold of the RM's pick out of 1, 2, 4, 8 next to the gold scorer's own pick -- what its ranking is
-worth before any PPO. Measured (2026-12-06, world 0, from toyworld_sft's model as it was before its
-pretraining mix, --config.data.pretrain_mix=0; 460 s alone on a 2-core Xeon whose matmul peak read 267-353
-GFLOP/s in the hour around it: 147 s sampling the comparisons, 286 s training): 20,231 of the 24,000 prompts
-kept, 633 steps; on held-out comparisons 0.795 accuracy against the labels, 0.869 against gold (0.886 on
-pairs >= 0.2 apart), Spearman 0.70 with gold; best of 4 SFT answers (the one evaluator): 0.826 by the RM's
-pick, 0.882 by gold's, SFT 0.691.
+worth before any PPO. Measured (2026-12-07, world 0, from toyworld_sft.py's model with its pretraining mix, on
+a 2-core AMD EPYC beside the test suite: 505 s): 634 steps; on held-out comparisons 0.785 accuracy against the
+labels, 0.865 against gold (0.887 on pairs >= 0.2 apart), Spearman 0.66 with gold; best of 4 SFT answers (the
+one evaluator): 0.806 by the RM's pick, 0.871 by gold's, one answer 0.676. From the SFT without the
+mix (2026-12-06, Intel Xeon, 460 s alone): 633 steps, 0.795 / 0.869 / 0.886, Spearman 0.70, best of 4 0.826.
 """
 
 import os
