@@ -13,8 +13,9 @@ whether the results (validation loss after each stage, held-out gold and token a
 digit. `--smoke` runs 20 + 10 steps, a check of the script itself. The float32 matmul peak is measured before
 the rounds and after each run.
 Hardware: 2-core AMD EPYC (AVX-512), jax 0.10.2. Runtime ~22 min a round alone (four runs of 5-9 min).
-Measured 2026-12-07 alone, one round of 4 runs (/work/runs/s23/stages_ab.sh, the same commands): base 509 and
-562 s, new (d927654) 338 and 343 s: 0.64x, every result identical to the last digit. benchmarks/README.md.
+Measured 2026-12-07 alone, `python benchmarks/stages.py` (new b51ef14), one round: base 478 and 444 s, new 279
+and 275 s: 0.60x, every result identical to the last digit (a shell script of the same commands before it,
+new d927654: 0.64x). benchmarks/README.md.
 Last line: `BENCH stages key=value ...`.
 """
 
