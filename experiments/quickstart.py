@@ -17,14 +17,12 @@ later sections were measured); 8,000 of the reward model's 24,000 prompts (one e
 32); 30 PPO iterations (7,680 episodes, 120 actor updates). `:smoke` runs every stage in seconds (the tests);
 `:calculator` works arithmetic out with the calculator tool (README, "Tool calls").
 
-Measured alone on a 2-core Intel Xeon on 2026-12-06, world seed 0: 12 min 16 s wall (float32 matmul peak
-353 -> 267 GFLOP/s) -- pretrain 291 s, SFT 155 s, comparisons 51 s, reward 93 s, PPO 99 s, the rest start-up,
-set-up and the report; 18 min 14 s at 278 -> 163 GFLOP/s; on a 2-core AMD EPYC on 2026-12-07, 10 min 17 s at
-416 -> 413 GFLOP/s (PPO +0.085 +- 0.037 there). Held-out gold (250 prompts, eval/gold.py),
-session 22: SFT 0.694 (its held-out pretraining loss 1.333, the pretrained model's 1.155), SFT at T 0.5
-0.712, the RM's best of 4 SFT answers 0.789 (gold's pick 0.867), PPO 0.763: +0.069 +- 0.032 over SFT
-(paired, 95%), win rate 55.6% +- 3.1, KL 0.36; three PPO seeds +0.059 +- 0.013; worlds 0-3 +0.061 +- 0.017.
-Other times and the history (before SFT's pretraining mix): the README, experiments/NOTES.md (sessions 20-22).
+Measured alone, world seed 0: 12 min 16 s on a 2-core Intel Xeon (2026-12-06, matmul peak 353 -> 267 GFLOP/s;
+pretrain 291 s, SFT 155 s, comparisons 51 s, reward 93 s, PPO 99 s; 18 min 14 s at 278 -> 163), 10 min 17 s on
+a 2-core AMD EPYC (2026-12-07, 416 -> 413 GFLOP/s). Held-out gold (250 prompts, eval/gold.py), session 22:
+SFT 0.694, SFT at T 0.5 0.712, the RM's best of 4 0.789 (gold's 0.867), PPO 0.763: +0.069 +- 0.032 (paired,
+95%), win rate 55.6% +- 3.1, KL 0.36; three PPO seeds +0.059 +- 0.013; worlds 0-3 +0.061 +- 0.017 (the EPYC:
++0.085, three seeds +0.071 +- 0.013). More, and the history: the README, experiments/NOTES.md (sessions 20-23).
 """
 
 import os
