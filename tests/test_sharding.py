@@ -61,6 +61,17 @@ def test_loss_and_gradients_on_a_2x2x2_mesh_match_one_device(family):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), grads_eight, grads_one)
 
 
+def test_init_params_of_some_names_equals_those_of_the_whole_tree():
+  # A fresh head on a loaded model (artifacts/models.py:load_pretrained) initialises only what it lacks.
+  model = Transformer(tiny_model("gpt2", vocab_size=64), heads=("lm", "reward", "value"))
+  mesh = _mesh(2, 2, 2)
+  whole, _ = state_lib.init_params(model, jax.random.PRNGKey(3), mesh)
+  some, shardings = state_lib.init_params(model, jax.random.PRNGKey(3), mesh, only={"reward_head", "value_head"})
+  assert set(some) == set(shardings) == {"reward_head", "value_head"}
+  jax.tree.map(np.testing.assert_array_equal, some, {k: whole[k] for k in some})
+  assert float(jnp.abs(some["reward_head"]["kernel"]).sum()) > 0  # Not zeros: its normal initialiser ran.
+
+
 def test_train_step_is_traced_once_and_matches_one_device():
   cfg = tiny_model("llama", vocab_size=64)
   model = Transformer(cfg)

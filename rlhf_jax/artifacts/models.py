@@ -135,9 +135,10 @@ def load_pretrained(path: str, mesh, runtime=None, heads=("lm",)):
       params = stack_layers(params, saved.n_layers)
   model = Transformer(model_config, heads=tuple(heads))
   abstract, shardings = state_lib.param_shardings(model, mesh)
-  if set(abstract) - set(params):  # Heads the checkpoint lacks start from their initialisers.
-    fresh, _ = state_lib.init_params(model, jax.random.PRNGKey(0), mesh)
-    params = {**{k: fresh[k] for k in abstract if k not in params}, **params}
+  missing = set(abstract) - set(params)
+  if missing:  # Heads the checkpoint lacks start from their initialisers (only theirs are compiled and run).
+    fresh, _ = state_lib.init_params(model, jax.random.PRNGKey(0), mesh, only=missing)
+    params = {**fresh, **params}
   params = {k: params[k] for k in abstract}
   hf.check_params(model_config, params, path)
   return model, jax.device_put(params, shardings), tokenizer

@@ -83,10 +83,18 @@ def init_trainable(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_li
     return init(rng)
 
 
-def init_params(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.RULES):
-  """Sharded random parameters for `model`, allocated shard by shard. Returns (params, shardings)."""
+def init_params(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.RULES, only=None):
+  """Sharded random parameters for `model`, allocated shard by shard. Returns (params, shardings).
+
+  `only`: the top-level names (e.g. {"reward_head"}) to return, the rest neither computed nor allocated (XLA
+  drops their unused initialisers): the same values as in the whole tree, since flax keys each module's
+  initialiser by its path, and a fraction of the compile (a fresh head on a loaded model)."""
   _, shardings = param_shardings(model, mesh, rules)
-  init = jax.jit(lambda r: unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]), out_shardings=shardings)
+  if only is not None:
+    shardings = {k: v for k, v in shardings.items() if k in only}
+  pick = (lambda p: p) if only is None else (lambda p: {k: v for k, v in p.items() if k in only})
+  init = jax.jit(lambda r: pick(unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"])),
+                 out_shardings=shardings)
   with mesh_lib.activate(mesh, rules):
     return init(rng), shardings
 
