@@ -91,10 +91,9 @@ def init_params(model: Transformer, rng: jax.Array, mesh: Mesh, rules=mesh_lib.R
   initialiser by its path, and a fraction of the compile (a fresh head on a loaded model)."""
   _, shardings = param_shardings(model, mesh, rules)
   if only is not None:
-    shardings = {k: v for k, v in shardings.items() if k in only}
-  pick = (lambda p: p) if only is None else (lambda p: {k: v for k, v in p.items() if k in only})
-  init = jax.jit(lambda r: pick(unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"])),
-                 out_shardings=shardings)
+    shardings = {k: shardings[k] for k in only}
+  init = jax.jit(lambda r: {k: v for k, v in unbox(model.init(r, jnp.zeros((1, 1), jnp.int32))["params"]).items()
+                            if k in shardings}, out_shardings=shardings)
   with mesh_lib.activate(mesh, rules):
     return init(rng), shardings
 
